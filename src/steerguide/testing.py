@@ -1,0 +1,221 @@
+"""Tiny random pipelines of the real architectures (SD 1.5, SDXL, SD3), saved to disk.
+
+Tests, benchmarks and examples load them through the same `from_pretrained` code as real checkpoints,
+so nothing here needs the network. The tokenizers are character-level CLIP BPE vocabularies written
+on the spot: every word is spelled out, which is all a random model needs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+ARCHITECTURES = ("sd15", "sdxl", "sd3")
+
+_SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
+_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"
+
+
+def write_clip_tokenizer(folder: str | Path, max_length: int = 16) -> int:
+    """Write a character-level `CLIPTokenizer` to `folder`; returns its vocabulary size."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = list(_CHARS) + [c + "</w>" for c in _CHARS] + _SPECIALS
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": max_length,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return len(tokens)
+
+
+def _clip_config(vocab_size: int, hidden: int = 32, projection_dim: int = 32, max_length: int = 16):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=max_length,
+        projection_dim=projection_dim,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+        hidden_act="gelu",
+    )
+
+
+def _vae(scaling_factor: float = 0.18215, **kwargs):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+        scaling_factor=scaling_factor,
+        **kwargs,
+    )
+
+
+def build_pipeline(arch: str = "sd15", seed: int = 0):
+    """A tiny random diffusers text-to-image pipeline of the given architecture (32×32 images)."""
+    import tempfile
+
+    from diffusers import (
+        DDIMScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_size = write_clip_tokenizer(tmp)
+        tokenizer = CLIPTokenizer.from_pretrained(tmp)
+    scheduler_kwargs = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+    if arch == "sd15":
+        unet = UNet2DConditionModel(
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
+        return StableDiffusionPipeline(
+            vae=_vae(),
+            text_encoder=CLIPTextModel(_clip_config(vocab_size)),
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=DDIMScheduler(**scheduler_kwargs, clip_sample=False, set_alpha_to_one=False),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    if arch == "sdxl":
+        unet = UNet2DConditionModel(
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(4, 8),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 1),
+            projection_class_embeddings_input_dim=6 * 8 + 32,
+            cross_attention_dim=64,
+            norm_num_groups=8,
+        )
+        return StableDiffusionXLPipeline(
+            vae=_vae(scaling_factor=0.13025),
+            text_encoder=CLIPTextModel(_clip_config(vocab_size)),
+            text_encoder_2=CLIPTextModelWithProjection(_clip_config(vocab_size)),
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer,
+            unet=unet,
+            scheduler=DDIMScheduler(**scheduler_kwargs, clip_sample=False, set_alpha_to_one=False),
+            add_watermarker=False,
+        )
+    transformer = SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=64,
+        caption_projection_dim=32,
+        pooled_projection_dim=64,
+        pos_embed_max_size=32,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae(scaling_factor=1.5035, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=CLIPTextModelWithProjection(_clip_config(vocab_size)),
+        tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(vocab_size)),
+        tokenizer_2=tokenizer,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+
+
+def save_pipeline(arch: str, folder: str | Path, seed: int = 0) -> Path:
+    """Build a tiny pipeline and save it as a diffusers folder (safetensors); returns the folder."""
+    folder = Path(folder)
+    pipe = build_pipeline(arch, seed=seed)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    # Optional components left out (SD3 without T5) are written as [null, null], as the hub's SD3 repos
+    # loaded with `text_encoder_3=None` are, so that a plain `from_pretrained(folder)` accepts the folder.
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text())
+    expected, _ = type(pipe)._get_signature_keys(pipe)
+    for name in expected:
+        index.setdefault(name, [None, None])
+    index_path.write_text(json.dumps(index, indent=2))
+    return folder
+
+
+def random_lora_state_dict(pipe, rank: int = 4, seed: int = 1, std: float = 0.05) -> dict[str, torch.Tensor]:
+    """A random LoRA on the denoiser's attention projections, as `save_lora_weights` writes it.
+
+    Both A and B are random (a freshly initialised LoRA has B = 0 and would change nothing), so the tests
+    see a real personalization delta.
+    """
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    denoiser = pipe.transformer if hasattr(pipe, "transformer") and pipe.transformer is not None else pipe.unet
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    denoiser.add_adapter(config, adapter_name="random")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in denoiser.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+    state = get_peft_model_state_dict(denoiser, adapter_name="random")
+    denoiser.delete_adapters("random")
+    return state
+
+
+def save_random_lora(pipe, folder: str | Path, rank: int = 4, seed: int = 1) -> Path:
+    """Save a random denoiser LoRA for `pipe` in the diffusers format; returns the folder."""
+    folder = Path(folder)
+    state = random_lora_state_dict(pipe, rank=rank, seed=seed)
+    key = "transformer_lora_layers" if hasattr(pipe, "transformer") and pipe.transformer is not None else (
+        "unet_lora_layers"
+    )
+    type(pipe).save_lora_weights(folder, **{key: state}, safe_serialization=True)
+    return folder

@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny random pipelines of the real architectures, saved once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """`tiny_model_dir("sd15" | "sdxl" | "sd3") -> Path`: a saved tiny random pipeline folder (cached)."""
+    from steerguide.testing import save_pipeline
+
+    cache: dict[str, Path] = {}
+
+    def get(arch: str = "sd15") -> Path:
+        if arch not in cache:
+            cache[arch] = save_pipeline(arch, tmp_path_factory.mktemp(f"tiny-{arch}"))
+        return cache[arch]
+
+    return get
