@@ -1,0 +1,205 @@
+"""Benchmarks: subjects (name, class noun, unique token, reference images) and their evaluation prompts.
+
+DreamBench (Ruiz et al., CVPR 2023) is read in its original layout, so the 5-subject sample and the full
+30-subject dataset load the same way:
+
+    ROOT/prompts_and_classes.txt     "subject_name,class" rows, then the object and live-subject prompt lists
+    ROOT/<subject>/*.jpg             the subject's photos (training images and fidelity references)
+
+Prompts are stored as `'a {0} {1} in the jungle'.format(unique_token, class_token)`; we substitute the
+token and the class noun. Live subjects (cats and dogs, as in the DreamBooth evaluation) get the live
+prompt list ("wearing a red hat", ...), every other subject the object list.
+
+The toy world's subjects come through the same `Benchmark` interface (`toy_benchmark`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from steerguide.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+# DreamBooth's evaluation gives the live-subject prompts to its cat and dog subjects.
+LIVE_CLASSES = frozenset({"cat", "dog"})
+BENCHMARKS = ("dreambench", "toy")
+
+
+@dataclass
+class BenchSubject:
+    """One subject: what to personalize on and what to score against.
+
+    `prompts` are ready to sample (token and class noun substituted); `references` are image paths, or
+    empty when `load_references` supplies in-memory images (the toy world renders its own).
+    """
+
+    name: str
+    class_noun: str
+    token: str
+    prompts: list[str]
+    references: list[Path] = field(default_factory=list)
+    live: bool = False
+    load_references: Callable[[], list] | None = field(default=None, repr=False)
+
+    @property
+    def instance_prompt(self) -> str:
+        """The training caption, DreamBooth style: "a sks dog"."""
+        return f"a {self.token} {self.class_noun}"
+
+    def reference_images(self) -> list:
+        """The subject's real images as RGB PIL images (training set and fidelity references)."""
+        if self.load_references is not None:
+            return [im.convert("RGB") for im in self.load_references()]
+        from PIL import Image
+
+        images = []
+        for path in self.references:
+            with Image.open(path) as im:
+                images.append(im.convert("RGB"))
+        return images
+
+    def text_prompt(self, prompt: str) -> str:
+        """The prompt as a text-alignment metric should read it: without the unique token, which a
+        pretrained CLIP text encoder does not know ("a sks dog in the snow" -> "a dog in the snow")."""
+        return re.sub(rf"\s*\b{re.escape(self.token)}\b", "", prompt).strip()
+
+
+@dataclass
+class Benchmark:
+    name: str
+    subjects: list[BenchSubject]
+    root: Path | None = None
+
+    def subject(self, name: str) -> BenchSubject:
+        for s in self.subjects:
+            if s.name == name:
+                return s
+        raise UserError(f"benchmark {self.name!r} has no subject {name!r}; it has: "
+                        f"{', '.join(s.name for s in self.subjects)}")
+
+
+def parse_prompts_and_classes(text: str, source: str = "prompts_and_classes.txt"):
+    """Parse DreamBench's `prompts_and_classes.txt`: returns (classes, object_prompts, live_prompts).
+
+    `classes` maps subject name -> class noun, in file order; prompts keep their `{0}` (unique token) and
+    `{1}` (class noun) placeholders.
+    """
+    lines = [line.strip() for line in text.splitlines()]
+    classes: dict[str, str] = {}
+    try:
+        start = lines.index("subject_name,class") + 1
+    except ValueError:
+        raise UserError(f"{source}: no 'subject_name,class' header (not a DreamBench prompts_and_classes.txt)")
+    for line in lines[start:]:
+        if not line:
+            if classes:
+                break
+            continue
+        if line == "Prompts":
+            break
+        name, sep, noun = line.partition(",")
+        if not sep or not name.strip() or not noun.strip():
+            raise UserError(f"{source}: malformed class row {line!r}; expected 'subject_name,class'")
+        classes[name.strip()] = noun.strip()
+    if not classes:
+        raise UserError(f"{source}: no subject classes listed under 'subject_name,class'")
+
+    def prompt_list(title: str) -> list[str]:
+        try:
+            i = next(k for k, line in enumerate(lines) if line.lower() == title.lower())
+        except StopIteration:
+            raise UserError(f"{source}: missing the '{title}' section")
+        prompts = []
+        for line in lines[i + 1:]:
+            if line.startswith("]"):
+                break
+            m = re.match(r"""^(['"])(.*)\1\s*\.format\(""", line)
+            if m:
+                prompts.append(m.group(2))
+        if not prompts:
+            raise UserError(f"{source}: the '{title}' section lists no prompts")
+        return prompts
+
+    return classes, prompt_list("Object Prompts"), prompt_list("Live Subject Prompts")
+
+
+def load_dreambench(
+    root: str | Path,
+    subjects: Sequence[str] | None = None,
+    token: str = "sks",
+    num_prompts: int | None = None,
+) -> Benchmark:
+    """Read a DreamBench folder. `subjects`: names to keep (default: every listed subject whose folder
+    exists, so the 5-subject sample loads); `num_prompts`: the first N prompts of each list."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"DreamBench root {str(root)!r} is not a directory")
+    listing = root / "prompts_and_classes.txt"
+    if not listing.is_file():
+        raise UserError(f"DreamBench root {str(root)!r} has no prompts_and_classes.txt")
+    classes, object_prompts, live_prompts = parse_prompts_and_classes(listing.read_text(), str(listing))
+    if subjects is None:
+        names = [n for n in classes if (root / n).is_dir()]
+        if not names:
+            raise UserError(f"DreamBench root {str(root)!r}: none of the listed subjects has a folder")
+    else:
+        names = list(subjects)
+        for n in names:
+            if n not in classes:
+                raise UserError(f"DreamBench subject {n!r} is not listed in {listing}")
+            if not (root / n).is_dir():
+                raise UserError(f"DreamBench subject {n!r} has no folder {str(root / n)!r}")
+    if num_prompts is not None and num_prompts < 1:
+        raise UserError(f"num_prompts must be >= 1, got {num_prompts}")
+    out = []
+    for n in names:
+        images = sorted(p for p in (root / n).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise UserError(f"DreamBench subject {n!r}: no images in {str(root / n)!r}")
+        noun = classes[n]
+        live = noun in LIVE_CLASSES
+        templates = (live_prompts if live else object_prompts)[:num_prompts]
+        prompts = [t.format(token, noun) for t in templates]
+        out.append(BenchSubject(name=n, class_noun=noun, token=token, prompts=prompts, references=images,
+                                live=live))
+    return Benchmark(name="dreambench", subjects=out, root=root)
+
+
+def toy_benchmark(subjects: Sequence[str] | None = None, num_prompts: int | None = None) -> Benchmark:
+    """The toy world's subjects as a benchmark (its own tokens, class nouns and evaluation prompts)."""
+    try:
+        from steerguide import toyworld
+        all_subjects = toyworld.SUBJECTS
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"the toy world is not available in this install ({e})")
+    if isinstance(all_subjects, dict):
+        all_subjects = list(all_subjects.values())
+    names = [s.name for s in all_subjects] if subjects is None else list(subjects)
+    out = []
+    for n in names:
+        try:
+            s = toyworld.get_subject(n)
+        except (KeyError, ValueError, UserError):
+            raise UserError(f"the toy world has no subject {n!r}; it has: "
+                            f"{', '.join(x.name for x in all_subjects)}")
+        prompts = list(s.eval_prompts())[:num_prompts]
+        out.append(BenchSubject(name=s.name, class_noun=s.class_noun, token=s.token, prompts=prompts,
+                                load_references=s.reference_images))
+    return Benchmark(name="toy", subjects=out)
+
+
+def load_benchmark(spec: dict) -> Benchmark:
+    """Build a benchmark from a config mapping: {name: dreambench, root: ..., subjects, token, num_prompts}
+    or {name: toy, subjects, num_prompts}."""
+    name = spec.get("name")
+    if name == "dreambench":
+        if not spec.get("root"):
+            raise UserError("benchmark.root: required for the dreambench benchmark (the dataset folder)")
+        return load_dreambench(spec["root"], spec.get("subjects"), spec.get("token", "sks"),
+                               spec.get("num_prompts"))
+    if name == "toy":
+        return toy_benchmark(spec.get("subjects"), spec.get("num_prompts"))
+    raise UserError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}")

@@ -1,0 +1,145 @@
+"""`steerguide sweep`, `steerguide report` and `steerguide evaluate`: thin shells over the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from steerguide.errors import UserError
+
+
+def sweep(
+    config: Annotated[Path, typer.Argument(help="Sweep config (.yaml or .toml); see examples/sweep.yaml.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder: results.jsonl, images/, personalizations/.")
+    ],
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Stop after this many new rows (this process).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate the config, count rows, run nothing.")
+    ] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> int:
+    """Run a grid of guidance settings × subjects × prompts × seeds; a rerun skips the rows already done.
+
+    Under `accelerate launch` the pending rows are shared among the processes."""
+    from rich.console import Console
+
+    from steerguide.evaluate.benchmarks import load_benchmark
+    from steerguide.evaluate.results import ResultsStore
+    from steerguide.evaluate.sweep import expand, load_config, run_sweep
+
+    cfg = load_config(config)
+    console = Console(stderr=True)
+    if dry_run:
+        rows = expand(cfg, load_benchmark(cfg.benchmark))
+        done = ResultsStore(out / "results.jsonl").done_keys() if (out / "results.jsonl").exists() else set()
+        pending = sum(r.key not in done for r in rows)
+        console.print(f"{len(rows)} rows ({len(cfg.settings)} settings × {len(cfg.seeds)} seeds × prompts × "
+                      f"subjects), {len(rows) - pending} done, {pending} to run")
+        return 0
+    stats = run_sweep(cfg, out, progress=progress, limit=limit)
+    console.print(
+        f"[process {stats.process_index + 1}/{stats.num_processes}] {stats.written} new rows "
+        f"({stats.done_before} of {stats.total} done before) in {stats.wall_seconds:.1f}s; "
+        f"sampling {stats.images_per_second:.2f} images/s, metrics {stats.metrics_per_second:.1f} values/s",
+        markup=False)
+    return 0
+
+
+def report(
+    folder: Annotated[Path, typer.Argument(help="A sweep output folder (holds results.jsonl).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: FOLDER/report).")] = None,
+    max_prompts: Annotated[
+        int, typer.Option("--max-prompts", min=1, help="Prompts (rows) per image grid.")
+    ] = 8,
+    max_columns: Annotated[
+        int, typer.Option("--max-columns", min=1, help="Settings (columns) per image grid.")
+    ] = 12,
+) -> int:
+    """Trade-off plots, image grids, a summary table and one self-contained HTML file."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from steerguide.evaluate.report import _fmt, write_report
+
+    rep = write_report(folder, out, max_prompts=max_prompts, max_columns=max_columns)
+    table = Table(title=f"{folder.name}: mean ± 95% CI per setting")
+    table.add_column("setting")
+    table.add_column("n", justify="right")
+    for m in rep.metrics:
+        table.add_column(m, justify="right")
+    for s in rep.summary:
+        table.add_row(s.label, str(s.n), *(_fmt(*s.stats[m]) for m in rep.metrics))
+    console = Console()
+    console.print(table)
+    console.print(f"report: {rep.html}", markup=False)
+    return 0
+
+
+def evaluate(
+    images: Annotated[Path, typer.Option("--images", help="Folder of generated images.")],
+    metrics: Annotated[
+        str, typer.Option("--metrics", help="Comma-separated metric names.")
+    ] = "dino,clip_i,clip_t",
+    references: Annotated[
+        Path | None, typer.Option("--references", help="Folder of the subject's real images.")
+    ] = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", help="Prompt of every image (else metadata.jsonl / .txt).")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", help="Unique token to drop from prompts for CLIP-T (e.g. sks).")
+    ] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="METRIC=MODEL: a model id or folder for a metric.")
+    ] = None,
+    device: Annotated[str, typer.Option("--device")] = "cpu",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write per-image scores and the summary as JSON here.")
+    ] = None,
+) -> int:
+    """Score a folder of already generated images (DINO, CLIP-I, CLIP-T, toy judges)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from steerguide.evaluate.folder import score_folder
+    from steerguide.evaluate.metrics import build_metrics, canonical_metric_name, normalize_metric_spec
+    from steerguide.evaluate.report import _fmt
+
+    spec = normalize_metric_spec(metrics, "--metrics")
+    for item in model or []:
+        name, sep, value = item.partition("=")
+        if not sep or not value:
+            raise UserError(f"--model {item!r}: expected METRIC=MODEL")
+        key = canonical_metric_name(name)
+        if key not in spec:
+            raise UserError(f"--model {item!r}: metric {key} is not in --metrics")
+        spec[key]["model"] = value
+    scores = score_folder(images, build_metrics(spec, device=device), references, prompt, token)
+    summary = scores.summary()
+    table = Table(title=f"{images}: {len(scores.files)} images, mean ± 95% CI")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, (mean, ci) in summary.items():
+        table.add_row(name, _fmt(mean, ci))
+    Console().print(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({
+            "images": [{"file": f, "prompt": p, **{m: v[i] for m, v in scores.scores.items()}}
+                       for i, (f, p) in enumerate(zip(scores.files, scores.prompts))],
+            "summary": {m: {"mean": mean, "ci95": ci} for m, (mean, ci) in summary.items()},
+        }, indent=2))
+    return 0
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sweep")(sweep)
+    app.command("report")(report)
+    app.command("evaluate")(evaluate)

@@ -1,0 +1,102 @@
+"""Scoring a folder of images generated elsewhere (`steerguide evaluate --images DIR`).
+
+Each image needs its prompt, taken from the first of:
+- `DIR/metadata.jsonl`: lines {"file_name": "x.png", "prompt": "..."} (or "text", as in HF imagefolder);
+- a sidecar `x.txt` next to `x.png`;
+- `--prompt`, one prompt for every image.
+Fidelity metrics need reference images: `--references DIR` (e.g. a DreamBench subject folder).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from steerguide.errors import UserError
+from steerguide.evaluate.benchmarks import IMAGE_SUFFIXES
+from steerguide.evaluate.metrics import Metric
+from steerguide.evaluate.report import mean_ci
+
+
+@dataclass
+class FolderScores:
+    files: list[str]
+    prompts: list[str | None]
+    scores: dict[str, list[float]]  # metric name -> one value per file
+
+    def summary(self) -> dict[str, tuple[float, float]]:
+        return {m: mean_ci(v) for m, v in self.scores.items()}
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def folder_prompts(folder: Path, files: list[Path], prompt: str | None) -> list[str | None]:
+    meta: dict[str, str] = {}
+    metadata = folder / "metadata.jsonl"
+    if metadata.is_file():
+        for n, line in enumerate(metadata.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                meta[entry["file_name"]] = entry.get("prompt", entry.get("text"))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{metadata}:{n}: expected a JSON object with file_name and prompt") from None
+    out = []
+    for f in files:
+        sidecar = f.with_suffix(".txt")
+        if f.name in meta:
+            out.append(meta[f.name])
+        elif sidecar.is_file():
+            out.append(sidecar.read_text().strip())
+        else:
+            out.append(prompt)
+    return out
+
+
+def score_folder(images: str | Path, metrics: list[Metric], references: str | Path | None = None,
+                 prompt: str | None = None, token: str | None = None, batch_size: int = 16) -> FolderScores:
+    """Score every image in `images` with `metrics`. `token` (e.g. "sks") is removed from the prompts that
+    CLIP-T reads, as the sweep does."""
+    from PIL import Image
+
+    folder = Path(images)
+    if not folder.is_dir():
+        raise UserError(f"images folder {str(folder)!r} does not exist")
+    files = _image_files(folder)
+    if not files:
+        raise UserError(f"images folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    prompts = folder_prompts(folder, files, prompt)
+    needs_text = [m for m in metrics if m.axis == "text"]
+    if needs_text and any(p is None for p in prompts):
+        missing = files[prompts.index(None)].name
+        raise UserError(f"metric {needs_text[0].name} needs a prompt for {missing}: give --prompt, a "
+                        "metadata.jsonl or a .txt sidecar")
+    refs = []
+    if any(m.axis == "fidelity" for m in metrics):
+        if references is None:
+            raise UserError("fidelity metrics need --references DIR (the subject's real images)")
+        ref_dir = Path(references)
+        if not ref_dir.is_dir() or not _image_files(ref_dir):
+            raise UserError(f"references folder {str(ref_dir)!r} does not exist or holds no images")
+        refs = [Image.open(p).convert("RGB") for p in _image_files(ref_dir)]
+    prepared = [m.prepare(refs) for m in metrics]
+    scores: dict[str, list[float]] = {m.name: [] for m in metrics}
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        ims = [Image.open(p).convert("RGB") for p in chunk]
+        ps = prompts[start:start + batch_size]
+        for m, prep in zip(metrics, prepared):
+            texts = [p if (m.raw_prompts or not token or p is None) else _strip(p, token) for p in ps]
+            scores[m.name].extend(m.score(ims, texts, prep))
+    return FolderScores([p.name for p in files], prompts, scores)
+
+
+def _strip(prompt: str, token: str) -> str:
+    import re
+
+    return re.sub(rf"\s*\b{re.escape(token)}\b", "", prompt).strip()

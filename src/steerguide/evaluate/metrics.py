@@ -1,0 +1,267 @@
+"""Metrics of the DreamBench protocol, and the toy world's judges behind the same interface.
+
+- DINO (subject fidelity): mean cosine similarity between the ViT CLS embedding of a generated image and
+  that of each real image of the subject (DreamBooth uses DINO ViT-S/16).
+- CLIP-I (subject fidelity): the same with CLIP image embeddings.
+- CLIP-T (text alignment): cosine similarity of the CLIP image embedding with the prompt's text embedding.
+
+Every metric has `name` (the result column), `axis` ("fidelity" or "text"), `prepare(references)` (run
+once per subject: embeds the real images) and `score(images, prompts, prepared) -> list[float]`.
+Models are hub ids or local folders, loaded with transformers' `from_pretrained` (offline here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from steerguide.errors import UserError
+
+DEFAULT_MODELS = {
+    "dino": "facebook/dino-vits16",
+    "clip_i": "openai/clip-vit-large-patch14",
+    "clip_t": "openai/clip-vit-large-patch14",
+}
+FIDELITY, TEXT = "fidelity", "text"
+
+
+def _load(kind: str, model: str, loader):
+    try:
+        return loader()
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load the {kind} model {model!r}: {first}") from None
+
+
+def _features(out: Any) -> torch.Tensor:
+    # transformers 5 returns a model output whose pooler_output is the projected feature; 4.x a tensor.
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _batches(items: Sequence, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def mean_cosine(embeddings: torch.Tensor, references: torch.Tensor) -> list[float]:
+    """Per row of `embeddings`: the mean cosine similarity to the rows of `references`."""
+    a = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+    b = torch.nn.functional.normalize(references.float(), dim=-1)
+    return (a @ b.T).mean(dim=1).tolist()
+
+
+class Metric:
+    name: str
+    axis: str
+    raw_prompts = False  # True: score the prompt as sampled, unique token included (the toy judges)
+
+    def prepare(self, references: list) -> Any:
+        return None
+
+    def score(self, images: list, prompts: list[str], prepared: Any) -> list[float]:
+        raise NotImplementedError
+
+
+class _ImageEmbeddingMetric(Metric):
+    axis = FIDELITY
+
+    def __init__(self, model: str, device: str = "cpu", batch_size: int = 16):
+        self.model_id, self.device, self.batch_size = model, device, batch_size
+        self._model = self._processor = None
+
+    def _ensure(self) -> None:
+        raise NotImplementedError
+
+    def _embed_batch(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def embed(self, images: list) -> torch.Tensor:
+        self._ensure()
+        out = []
+        for chunk in _batches([im.convert("RGB") for im in images], self.batch_size):
+            pixels = self._processor(images=chunk, return_tensors="pt")["pixel_values"]
+            out.append(self._embed_batch(pixels.to(self.device, self._model.dtype)).float().cpu())
+        return torch.cat(out)
+
+    def prepare(self, references: list) -> torch.Tensor:
+        if not references:
+            raise UserError(f"metric {self.name}: the subject has no reference images")
+        return self.embed(references)
+
+    def score(self, images: list, prompts: list[str], prepared: torch.Tensor) -> list[float]:
+        return mean_cosine(self.embed(images), prepared)
+
+
+class DinoMetric(_ImageEmbeddingMetric):
+    """Subject fidelity: mean cosine of ViT CLS embeddings (the last hidden state's first token)."""
+
+    name = "dino"
+
+    def _ensure(self) -> None:
+        if self._model is None:
+            from transformers import AutoImageProcessor, AutoModel
+
+            self._processor = _load("DINO", self.model_id, lambda: AutoImageProcessor.from_pretrained(
+                self.model_id))
+            self._model = _load("DINO", self.model_id, lambda: AutoModel.from_pretrained(
+                self.model_id)).to(self.device).eval()
+
+    def _embed_batch(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self._model(pixel_values=pixel_values).last_hidden_state[:, 0]
+
+
+def _load_clip(model_id: str, device: str):
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    processor = _load("CLIP", model_id, lambda: CLIPImageProcessor.from_pretrained(model_id))
+    tokenizer = _load("CLIP", model_id, lambda: CLIPTokenizer.from_pretrained(model_id))
+    model = _load("CLIP", model_id, lambda: CLIPModel.from_pretrained(model_id)).to(device).eval()
+    return model, processor, tokenizer
+
+
+class ClipImageMetric(_ImageEmbeddingMetric):
+    """Subject fidelity: mean cosine of CLIP image embeddings."""
+
+    name = "clip_i"
+
+    def _ensure(self) -> None:
+        if self._model is None:
+            self._model, self._processor, _ = _load_clip(self.model_id, self.device)
+
+    def _embed_batch(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return _features(self._model.get_image_features(pixel_values=pixel_values))
+
+
+class ClipTextMetric(Metric):
+    """Text alignment: cosine of each image's CLIP embedding with its prompt's CLIP text embedding."""
+
+    name = "clip_t"
+    axis = TEXT
+
+    def __init__(self, model: str, device: str = "cpu", batch_size: int = 16):
+        self.model_id, self.device, self.batch_size = model, device, batch_size
+        self._model = None
+
+    @torch.no_grad()
+    def score(self, images: list, prompts: list[str], prepared: Any = None) -> list[float]:
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        if self._model is None:
+            self._model, self._processor, self._tokenizer = _load_clip(self.model_id, self.device)
+        scores: list[float] = []
+        for start in range(0, len(images), self.batch_size):
+            ims = [im.convert("RGB") for im in images[start:start + self.batch_size]]
+            texts = list(prompts[start:start + self.batch_size])
+            pixels = self._processor(images=ims, return_tensors="pt")["pixel_values"]
+            image_emb = _features(self._model.get_image_features(
+                pixel_values=pixels.to(self.device, self._model.dtype)))
+            tokens = self._tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
+            text_emb = _features(self._model.get_text_features(**tokens))
+            a = torch.nn.functional.normalize(image_emb.float(), dim=-1)
+            b = torch.nn.functional.normalize(text_emb.float(), dim=-1)
+            scores.extend((a * b).sum(dim=-1).cpu().tolist())
+        return scores
+
+
+class ToyTextMetric(Metric):
+    """The toy world's text judge (its CLIP-T): the share of the prompt's stated attributes obeyed."""
+
+    name = "toy_text"
+    axis = TEXT
+    raw_prompts = True
+
+    def __init__(self, **_: Any):
+        from steerguide.toyworld import TextJudge
+
+        self._judge = TextJudge()
+
+    def score(self, images: list, prompts: list[str], prepared: Any = None) -> list[float]:
+        return [float(self._judge.score(im, p)) for im, p in zip(images, prompts, strict=True)]
+
+
+class ToyFidelityMetric(Metric):
+    """The toy world's fidelity judge (its DINO/CLIP-I): mean similarity to the subject's references."""
+
+    name = "toy_fidelity"
+    axis = FIDELITY
+
+    def __init__(self, **_: Any):
+        from steerguide.toyworld import FidelityJudge
+
+        self._judge = FidelityJudge()
+
+    def prepare(self, references: list) -> list:
+        return references
+
+    def score(self, images: list, prompts: list[str], prepared: list) -> list[float]:
+        return [float(x) for x in self._judge.fidelity(images, prepared)]
+
+
+_REGISTRY = {
+    "dino": DinoMetric,
+    "clip_i": ClipImageMetric,
+    "clip_t": ClipTextMetric,
+    "toy_text": ToyTextMetric,
+    "toy_fidelity": ToyFidelityMetric,
+}
+METRIC_NAMES = tuple(_REGISTRY)
+AXES = {"dino": FIDELITY, "clip_i": FIDELITY, "toy_fidelity": FIDELITY, "clip_t": TEXT, "toy_text": TEXT}
+
+
+def canonical_metric_name(name: str) -> str:
+    """"clip-t" -> "clip_t"; a "package.module:Class" name (a metric of your own) is kept as it is."""
+    if ":" in str(name):
+        return str(name)
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in _REGISTRY:
+        raise UserError(f"unknown metric {name!r}; expected one of {', '.join(METRIC_NAMES)}")
+    return key
+
+
+def normalize_metric_spec(spec: Any, where: str = "metrics") -> dict[str, dict]:
+    """`[dino, clip-t]` or `{dino: {model: ...}, clip_t: null}` -> {canonical name: options}."""
+    if isinstance(spec, str):
+        spec = [s for s in spec.split(",") if s.strip()]
+    if isinstance(spec, (list, tuple)):
+        spec = {s: {} for s in spec}
+    if not isinstance(spec, dict) or not spec:
+        raise UserError(f"{where}: expected a list of metric names or a mapping name -> options")
+    out: dict[str, dict] = {}
+    for name, options in spec.items():
+        key = canonical_metric_name(name)
+        options = options or {}
+        if isinstance(options, str):
+            options = {"model": options}
+        if not isinstance(options, dict):
+            raise UserError(f"{where}.{name}: expected a mapping of options (model, batch_size)")
+        unknown = set(options) - {"model", "batch_size"}
+        if unknown:
+            raise UserError(f"{where}.{name}.{min(unknown)}: unknown option (expected model, batch_size)")
+        out[key] = dict(options)
+    return out
+
+
+def _import_metric(spec: str) -> type[Metric]:
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise UserError(f"unknown metric {spec!r}: cannot import it ({e})") from None
+
+
+def build_metrics(spec: Any, device: str = "cpu") -> list[Metric]:
+    """Instantiate metrics from a spec (see `normalize_metric_spec`); models load on first use."""
+    metrics = []
+    for name, options in normalize_metric_spec(spec).items():
+        cls = _REGISTRY.get(name) or _import_metric(name)
+        if name in DEFAULT_MODELS:
+            metrics.append(cls(model=str(options.get("model", DEFAULT_MODELS[name])), device=device,
+                               batch_size=int(options.get("batch_size", 16))))
+        else:
+            metrics.append(cls(**options))
+    return metrics

@@ -1,0 +1,250 @@
+"""Sweep configs, the grid and its keys, the results store under crashes and races, resume and sharding."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from steerguide.cli import run
+from steerguide.errors import UserError
+from steerguide.evaluate.benchmarks import load_benchmark
+from steerguide.evaluate.fakes import BrightnessText, MeanColorFidelity, NoiseSampler
+from steerguide.evaluate.results import ResultsStore
+from steerguide.evaluate.sweep import expand, load_config, parse_config, run_sweep, shard
+
+SAMPLE = Path("/work/shared/dreambench-sample")
+pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason="DreamBench sample not present")
+FAKE_METRICS = ["steerguide.evaluate.fakes:MeanColorFidelity", "steerguide.evaluate.fakes:BrightnessText"]
+
+
+def fake_config(**changes) -> dict:
+    data = {
+        "base": "unused-base",
+        "benchmark": {"name": "dreambench", "root": str(SAMPLE), "subjects": ["dog", "teapot"], "num_prompts": 3},
+        "guidance": {"cfg": {"scale": [1.0, 3.0]},
+                     "pg": {"scale": 3.0, "omega": [0.0, 0.5], "omega_schedule": ["constant", "linear:1"]}},
+        "seeds": 2,
+        "sampling": {"batch_size": 2},
+        "metrics": FAKE_METRICS,
+        "sampler": "steerguide.evaluate.fakes:NoiseSampler",
+    }
+    data.update(changes)
+    return data
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_grid_size_order_and_stable_keys():
+    cfg = parse_config(fake_config())
+    bench = load_benchmark(cfg.benchmark)
+    rows = expand(cfg, bench)
+    # 2 subjects × (2 cfg + 1·2·2 pg) settings × 2 seeds × 3 prompts
+    assert len(cfg.settings) == 6 and len(rows) == 2 * 6 * 2 * 3
+    assert len({r.key for r in rows}) == len(rows)
+    assert [r.key for r in expand(parse_config(fake_config()), bench)] == [r.key for r in rows]
+    assert [r.subject for r in rows[:36]] == ["dog"] * 36 and rows[0].prompt == "a sks dog in the jungle"
+    # Changing one axis value re-keys exactly the rows that use it.
+    changed = fake_config()
+    changed["guidance"] = {**changed["guidance"], "cfg": {"scale": [1.0, 5.0]}}
+    other = {r.key for r in expand(parse_config(changed), bench)}
+    assert len({r.key for r in rows} - other) == 2 * 1 * 2 * 3
+    # ...and so does the number of sampling steps (it changes every image).
+    assert not {r.key for r in expand(parse_config(fake_config(sampling={"steps": 7})), bench)} & {r.key for r in rows}
+
+
+def test_shard_splits_every_row_exactly_once():
+    items = list(range(11))
+    parts = [shard(items, 3, i) for i in range(3)]
+    assert sorted(x for p in parts for x in p) == items and [len(p) for p in parts] == [4, 4, 3]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"guidance": {"pg": {"scale": [3], "omgea": [0.5]}}}, "config key guidance.pg.omgea: unknown key"),
+    ({"guidance": {"pg": {"scale": "high"}}}, "config key guidance.pg.scale: expected a number"),
+    ({"guidance": {"pg": {"scale": 3, "omega": [1.5]}}}, "config key guidance.pg: omega 1.5 is outside"),
+    ({"guidance": {"cfg": {"scale": 3, "omega": 0.5}}}, "config key guidance.cfg.omega: unknown key"),
+    ({"guidance": {"xg": {"scale": 3}}}, "config key guidance.xg: unknown method"),
+    ({"seeds": [0, "one"]}, "config key seeds:"),
+    ({"sampling": {"steps": 0}}, "config key sampling.steps: expected an integer >= 1"),
+    ({"metrics": ["dino", "fid"]}, "unknown metric 'fid'"),
+    ({"benchmark": {"name": "imagenet"}}, "unknown benchmark 'imagenet'"),
+    ({"benchmark": {"name": "dreambench", "rot": "x"}}, "config key benchmark.rot: unknown key"),
+    ({"seed": 3}, "config key seed: unknown key"),
+])
+def test_malformed_config_names_the_key_and_exits_2(tmp_path, capsys, change, message):
+    import yaml
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(fake_config(**change)))
+    assert run(["sweep", str(config), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("steerguide: error: ") and message in err[0], err
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_missing_required_key_and_bad_files(tmp_path, capsys):
+    data = fake_config()
+    del data["guidance"]
+    with pytest.raises(UserError, match="config key guidance: missing"):
+        parse_config(data)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: [unclosed\n")
+    assert run(["sweep", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+    assert run(["sweep", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_toml_config_equals_yaml(tmp_path):
+    toml = tmp_path / "s.toml"
+    toml.write_text(f'base = "unused-base"\nseeds = 2\nmetrics = {json.dumps(FAKE_METRICS)}\n'
+                    'sampler = "steerguide.evaluate.fakes:NoiseSampler"\n'
+                    f'[benchmark]\nname = "dreambench"\nroot = "{SAMPLE}"\nsubjects = ["dog", "teapot"]\nnum_prompts = 3\n'
+                    '[sampling]\nbatch_size = 2\n[guidance.cfg]\nscale = [1.0, 3.0]\n'
+                    '[guidance.pg]\nscale = 3.0\nomega = [0.0, 0.5]\nomega_schedule = ["constant", "linear:1"]\n')
+    a, b = load_config(toml), parse_config(fake_config())
+    bench = load_benchmark(b.benchmark)
+    assert [r.key for r in expand(a, bench)] == [r.key for r in expand(b, bench)]
+
+
+def test_example_config_is_valid():
+    example = Path(__file__).resolve().parents[1] / "examples" / "sweep.yaml"
+    cfg = load_config(example)
+    assert {s.method for s in cfg.settings} == {"cfg", "ag", "pg"}
+
+
+def test_store_ignores_and_repairs_a_torn_last_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    store = ResultsStore(path)
+    assert store.append([{"key": "a", "v": 1}, {"key": "b", "v": 2}]) == 2
+    with open(path, "ab") as f:  # a writer killed mid-line
+        f.write(b'{"key": "c", "v"')
+    assert [r["key"] for r in ResultsStore(path).read()] == ["a", "b"]
+    assert ResultsStore(path).append([{"key": "b", "v": 9}, {"key": "c", "v": 3}]) == 1
+    assert [(r["key"], r["v"]) for r in _lines(path)] == [("a", 1), ("b", 2), ("c", 3)]
+
+
+def _append_many(path: str, worker: int) -> None:
+    store = ResultsStore(path)
+    for i in range(60):  # both workers write the same keys, in opposite orders
+        k = i if worker == 0 else 59 - i
+        store.append([{"key": f"k{k}", "worker": worker, "pad": "x" * 500}])
+
+
+def test_concurrent_writers_never_interleave_or_duplicate(tmp_path):
+    path = str(tmp_path / "results.jsonl")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(path, w)) for w in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    rows = _lines(Path(path))  # every line parses
+    assert sorted(r["key"] for r in rows) == sorted(f"k{i}" for i in range(60))
+
+
+def test_sweep_writes_rows_then_resumes_without_redoing(tmp_path):
+    cfg = parse_config(fake_config())
+    sampler = NoiseSampler()
+    stats = run_sweep(cfg, tmp_path, sampler=sampler, limit=10)
+    assert stats.written == 10 and stats.total == 72
+    # batches never mix settings or seeds and hold at most batch_size (2) prompts: each (setting, seed)
+    # group of 3 prompts takes calls of 2 + 1, so 10 rows = 3 groups + 1 row = 7 calls
+    assert sampler.calls == 7
+    stats = run_sweep(cfg, tmp_path, sampler=NoiseSampler())
+    assert (stats.done_before, stats.written) == (10, 62)
+    assert run_sweep(cfg, tmp_path, sampler=NoiseSampler()).written == 0
+    rows = _lines(tmp_path / "results.jsonl")
+    assert len(rows) == 72 and len({r["key"] for r in rows}) == 72
+    row = rows[0]
+    assert set(row["metrics"]) == {"mean_color", "brightness"}
+    assert (tmp_path / row["image"]).is_file()
+    # the metric values are the metric applied to the saved image
+    from PIL import Image
+
+    image = Image.open(tmp_path / row["image"])
+    assert row["metrics"]["brightness"] == pytest.approx(BrightnessText().score([image], [""])[0])
+    refs = load_benchmark(cfg.benchmark).subject(row["subject"]).reference_images()
+    fid = MeanColorFidelity()
+    assert row["metrics"]["mean_color"] == pytest.approx(fid.score([image], [""], fid.prepare(refs))[0])
+    assert json.loads((tmp_path / "sweep.json").read_text())["metric_axes"] == {
+        "mean_color": "fidelity", "brightness": "text"}
+
+
+def test_personalizations_are_trained_once_per_subject_and_cached(tmp_path, monkeypatch):
+    import types
+
+    calls = []
+
+    class TrainConfig:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    def train(config):
+        calls.append((config.token, config.class_noun, config.steps, len(config.images)))
+        out = Path(config.out)
+        out.mkdir(parents=True)
+        (out / "train.json").write_text(json.dumps({"steps": config.steps}))
+        return out
+
+    monkeypatch.setitem(sys.modules, "steerguide.train", types.SimpleNamespace(TrainConfig=TrainConfig, train=train))
+    cfg = parse_config(fake_config(personalization={"train": {"steps": 5}}, seeds=1,
+                                   guidance={"cfg": {"scale": 3.0}}))
+    seen = []
+
+    class Recording(NoiseSampler):
+        def open(self, base, personalization, subject):
+            seen.append((subject.name, personalization))
+            return super().open(base, personalization, subject)
+
+    run_sweep(cfg, tmp_path, sampler=Recording())
+    assert calls == [("sks", "dog", 5, 5), ("sks", "teapot", 5, 5)]
+    assert [s for s, _ in seen] == ["dog", "teapot"] and all(Path(p, "train.json").is_file() for _, p in seen)
+    # new rows (another seed), same training settings: the cache is reused
+    run_sweep(parse_config(fake_config(personalization={"train": {"steps": 5}}, seeds=[1],
+                                       guidance={"cfg": {"scale": 3.0}})), tmp_path, sampler=Recording())
+    assert len(calls) == 2
+    # other training settings: trained again, in another cache folder
+    run_sweep(parse_config(fake_config(personalization={"train": {"steps": 6}}, seeds=1,
+                                       guidance={"cfg": {"scale": 3.0}})), tmp_path, sampler=Recording())
+    assert len(calls) == 4 and len(list((tmp_path / "personalizations").iterdir())) == 4
+
+
+def _cli_env() -> dict:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
+    env.pop("STEERGUIDE_FAKE_DELAY", None)
+    return env
+
+
+@pytest.mark.slow
+def test_sharded_under_accelerate_launch(tmp_path):
+    import yaml
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(fake_config()))
+    script = tmp_path / "sg.py"
+    script.write_text("from steerguide.cli import main\nmain()\n")
+    out = tmp_path / "out"
+    # Partly done before the launch: the ranks share only the pending rows.
+    run_sweep(parse_config(fake_config()), out, sampler=NoiseSampler(), limit=7)
+    # On CPU, accelerate starts several processes only through its torchrun path (--multi_gpu); steerguide
+    # sees no CUDA and forms a gloo group.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           str(script), "sweep", str(config), "--out", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, check=False, env=_cli_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _lines(out / "results.jsonl")
+    assert len(rows) == 72 and len({r["key"] for r in rows}) == 72
+    launched = rows[7:]
+    assert sorted({r["process"] for r in launched}) == [0, 1]
+    assert sum(r["process"] == 0 for r in launched) == 33  # 65 pending rows, split 33 / 32
+    assert "[process 1/2]" in proc.stderr and "[process 2/2]" in proc.stderr
