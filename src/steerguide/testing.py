@@ -114,7 +114,7 @@ def build_pipeline(arch: str = "sd15", seed: int = 0):
             text_encoder=CLIPTextModel(_clip_config(vocab_size)),
             tokenizer=tokenizer,
             unet=unet,
-            scheduler=DDIMScheduler(**scheduler_kwargs, clip_sample=False, set_alpha_to_one=False),
+            scheduler=DDIMScheduler(**scheduler_kwargs, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
@@ -144,7 +144,7 @@ def build_pipeline(arch: str = "sd15", seed: int = 0):
             tokenizer=tokenizer,
             tokenizer_2=tokenizer,
             unet=unet,
-            scheduler=DDIMScheduler(**scheduler_kwargs, clip_sample=False, set_alpha_to_one=False),
+            scheduler=DDIMScheduler(**scheduler_kwargs, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
             add_watermarker=False,
         )
     transformer = SD3Transformer2DModel(
@@ -197,7 +197,10 @@ def random_lora_state_dict(pipe, rank: int = 4, seed: int = 1, std: float = 0.05
     """
     from peft import LoraConfig, get_peft_model_state_dict
 
+    import copy
+
     denoiser = pipe.transformer if hasattr(pipe, "transformer") and pipe.transformer is not None else pipe.unet
+    denoiser = copy.deepcopy(denoiser)  # leave the caller's model untouched
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
     denoiser.add_adapter(config, adapter_name="random")
     generator = torch.Generator().manual_seed(seed)
@@ -205,9 +208,7 @@ def random_lora_state_dict(pipe, rank: int = 4, seed: int = 1, std: float = 0.05
         for name, param in denoiser.named_parameters():
             if "lora_" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
-    state = get_peft_model_state_dict(denoiser, adapter_name="random")
-    denoiser.delete_adapters("random")
-    return state
+    return get_peft_model_state_dict(denoiser, adapter_name="random")
 
 
 def save_random_lora(pipe, folder: str | Path, rank: int = 4, seed: int = 1) -> Path:

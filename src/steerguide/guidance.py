@@ -1,0 +1,113 @@
+"""The guidance methods as values and as formulas; no diffusers in here.
+
+All three methods share one shape, D = D_first + w · (D_ft(x, c) − D_first); they differ only in what
+the first term is (METHOD.md):
+
+    CFG  D_first = D_ft(x, ∅)      the personalized model on the null prompt
+    AG   D_first = D_weak(x, c)    a weaker model (θ_pre, or θ_ω) on the prompt   (Karras et al. 2024)
+    PG   D_first = D_ω(x, ∅)       θ_ω = θ_pre + ω·Δ on the null prompt          (Park et al. 2025)
+
+Every formula is affine in D, so it holds for ε-, v-, x0- and flow-parameterizations alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from steerguide.errors import UserError
+from steerguide.schedules import Schedule, parse_schedule, schedule_values
+
+METHODS = ("cfg", "ag", "pg")
+
+# ω used when none is given: PG keeps half of the personalization in its weak model; AG guides with the
+# pretrained model itself, as in the autoguidance paper's "weaker model" setting.
+DEFAULT_OMEGA = {"cfg": 1.0, "ag": 0.0, "pg": 0.5}
+
+
+def guide(first: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """`first + scale · (cond − first)`: the one formula behind CFG, AG and PG, as diffusers computes it."""
+    return first + scale * (cond - first)
+
+
+@dataclass
+class GuidanceConfig:
+    """How to guide one sampling run.
+
+    Args:
+        method: "cfg", "ag" or "pg".
+        scale: the guidance scale w, with the diffusers meaning (1 = no guidance).
+        omega: ω at the start of sampling: the share of the personalization the weak model keeps
+            (PG: 1 is CFG, 0 the pretrained model's null prediction; AG: 0 is the pretrained model).
+            None takes the method's default (`DEFAULT_OMEGA`).
+        omega_schedule: how ω moves during sampling: "constant", "linear:END", "cosine:END",
+            "piecewise:T1=V1,..." (see `steerguide.schedules`), or a callable τ → ω.
+        interval: (start, stop) fractions of the steps where guidance is applied; outside, the
+            sampler gets D_ft(x, c) and only the prompt half runs.
+        guidance_rescale: diffusers' φ from Lin et al. 2023, for pipelines that support it (SD, SDXL).
+        allow_extrapolation: permit ω outside [0, 1].
+    """
+
+    method: str = "pg"
+    scale: float = 7.5
+    omega: float | None = None
+    omega_schedule: str | Callable[[float], float] = "constant"
+    interval: tuple[float, float] = (0.0, 1.0)
+    guidance_rescale: float = 0.0
+    allow_extrapolation: bool = False
+    _schedule: Schedule | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
+        if not isinstance(self.scale, (int, float)) or self.scale < 0:
+            raise UserError(f"guidance scale must be a number >= 0, got {self.scale!r}")
+        if self.guidance_rescale < 0 or self.guidance_rescale > 1:
+            raise UserError(f"guidance_rescale must lie in [0, 1], got {self.guidance_rescale}")
+        start, stop = self.interval
+        if not 0.0 <= start <= stop <= 1.0:
+            raise UserError(f"guidance interval must satisfy 0 <= start <= stop <= 1, got {self.interval}")
+        if self.omega is None:
+            self.omega = DEFAULT_OMEGA[self.method]
+        if self.method == "cfg":
+            self._schedule = parse_schedule("constant", 1.0)
+            return
+        if callable(self.omega_schedule):
+            self._schedule = self.omega_schedule
+        else:
+            self._schedule = parse_schedule(self.omega_schedule, float(self.omega))
+        for value in schedule_values(self._schedule, [i / 16 for i in range(16)]):
+            self.check_omega(value)
+
+    def check_omega(self, value: float) -> float:
+        if not self.allow_extrapolation and not 0.0 <= value <= 1.0:
+            raise UserError(
+                f"omega {value:g} is outside [0, 1]; pass --allow-extrapolation (allow_extrapolation=True) "
+                "to extrapolate the weak model"
+            )
+        return value
+
+    def omega_at(self, tau: float) -> float:
+        """ω(τ) for this run (1 for CFG, whose weak model is the personalized model itself)."""
+        assert self._schedule is not None
+        return self.check_omega(float(self._schedule(tau)))
+
+    def active_at(self, tau: float) -> bool:
+        """Whether guidance applies at progress τ (the interval is half-open, [start, stop))."""
+        start, stop = self.interval
+        return start <= tau < stop or (stop == 1.0 and tau >= 1.0)
+
+    def describe(self) -> dict:
+        """The settings as plain JSON values (for run.json and result rows)."""
+        schedule = self.omega_schedule if isinstance(self.omega_schedule, str) else repr(self.omega_schedule)
+        return {
+            "method": self.method,
+            "scale": self.scale,
+            "omega": self.omega if self.method != "cfg" else None,
+            "omega_schedule": schedule if self.method != "cfg" else None,
+            "interval": list(self.interval),
+            "guidance_rescale": self.guidance_rescale,
+            "allow_extrapolation": self.allow_extrapolation,
+        }

@@ -1,0 +1,410 @@
+"""Base model + personalization → a pipeline ready for guidance.
+
+`load_pipeline` takes a hub id, a local diffusers folder or a single-file checkpoint. `load_personalization`
+works out what a personalization is and installs it so that θ_ω is cheap:
+
+- LoRA (a file or folder in the diffusers, PEFT or kohya format, whatever `load_lora_weights` accepts)
+  → loaded as adapter "personal", with per-row scales on the denoiser (`weak.RowScaledLora`);
+- a full fine-tune (a diffusers pipeline folder, a denoiser folder, or a single file of denoiser
+  weights) → its tensors replace the base ones and θ_pre is kept for those that differ
+  (`weak.ParameterDelta`);
+- a partial fine-tune (a file holding some denoiser tensors, e.g. Custom Diffusion's cross-attention
+  k/v, in our layout or in diffusers' `save_attn_procs` layout) → the same, for those tensors only;
+  a learned token embedding beside it (`learned_embeds.safetensors`) is loaded as a textual inversion.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from steerguide.errors import UserError
+from steerguide.personalization import Personalization
+from steerguide.weak import ParameterDelta, RowScaledLora
+from steerguide.weak.lora import lora_layers
+
+ADAPTER = "personal"
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+LORA_FILE = "pytorch_lora_weights.safetensors"
+CUSTOM_DIFFUSION_FILE = "custom_diffusion.safetensors"
+LEARNED_EMBEDS_FILE = "learned_embeds.safetensors"
+DIFFUSERS_CUSTOM_DIFFUSION_FILES = ("pytorch_custom_diffusion_weights.safetensors",
+                                    "pytorch_custom_diffusion_weights.bin")
+
+
+# -- devices and dtypes ---------------------------------------------------------------------------
+
+def resolve_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but this machine has no CUDA GPU (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} GPUs")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device 'mps' asked for, but MPS is not available here")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; expected one of float32, float16, bfloat16")
+    return DTYPES[dtype]
+
+
+# -- the base pipeline ----------------------------------------------------------------------------
+
+def _null_components(folder: Path) -> dict:
+    """Components a folder's model_index.json leaves out ([null, null]), to pass as None (SD3 without T5)."""
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        return {}
+    index = json.loads(index_path.read_text())
+    return {k: None for k, v in index.items() if isinstance(v, list) and v == [None, None]}
+
+
+def _pipeline_class_for_checkpoint(keys: list[str]):
+    import diffusers
+
+    if any(k.startswith("conditioner.embedders.1") for k in keys):
+        return diffusers.StableDiffusionXLPipeline
+    if any("joint_blocks" in k for k in keys):
+        return diffusers.StableDiffusion3Pipeline
+    return diffusers.StableDiffusionPipeline
+
+
+def set_scheduler(pipe, name: str | None) -> None:
+    """Swap the pipeline's scheduler for diffusers' `<name>` (with or without the 'Scheduler' suffix)."""
+    if not name:
+        return
+    import diffusers
+
+    cls_name = name if name.endswith("Scheduler") else name + "Scheduler"
+    cls = getattr(diffusers, cls_name, None)
+    if cls is None or not hasattr(cls, "from_config"):
+        known = sorted(n[: -len("Scheduler")] for n in dir(diffusers) if n.endswith("Scheduler") and n[0].isupper())
+        raise UserError(f"unknown scheduler {name!r}; known: {', '.join(k for k in known if k)}")
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+def load_pipeline(base: str | os.PathLike, *, device: str = "cpu", dtype: str | torch.dtype = "float32",
+                  scheduler: str | None = None):
+    """Load a text-to-image pipeline from a hub id, a local diffusers folder or a single-file checkpoint."""
+    import diffusers
+
+    torch_dtype = resolve_dtype(dtype)
+    dev = resolve_device(device)
+    path = Path(base)
+    try:
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise UserError(f"base model folder {path} has no model_index.json (not a diffusers pipeline)")
+            pipe = diffusers.DiffusionPipeline.from_pretrained(path, dtype=torch_dtype,
+                                                               **_null_components(path))
+        elif path.is_file():
+            keys = list(_read_state_dict(path).keys())
+            pipe = _pipeline_class_for_checkpoint(keys).from_single_file(str(path), dtype=torch_dtype)
+        elif str(base).startswith((".", "/", "~")) or os.sep in str(base) and str(base).count("/") > 1:
+            raise UserError(f"base model not found: {base} (no such file or folder)")
+        else:
+            pipe = diffusers.DiffusionPipeline.from_pretrained(str(base), dtype=torch_dtype)
+    except UserError:
+        raise
+    except (OSError, ValueError, EnvironmentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not path.exists():
+            raise UserError(f"base model {base!r} not found: not a local folder or file, and the hub is "
+                            f"unreachable or has no such model offline ({first})") from None
+        raise UserError(f"cannot load base model {base}: {first}") from None
+    for name in ("unet", "transformer"):
+        if getattr(pipe, name, None) is not None:
+            break
+    else:
+        raise UserError(f"{base} is a {type(pipe).__name__}, not a text-to-image pipeline with a unet or transformer")
+    set_scheduler(pipe, scheduler)
+    pipe.to(dev)
+    if hasattr(pipe, "safety_checker"):
+        pipe.safety_checker = None
+    return pipe
+
+
+# -- reading weight files ---------------------------------------------------------------------------
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors / .bin / .ckpt file; a corrupt or foreign file is a UserError."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+                state = state["state_dict"]
+    except Exception as e:  # safetensors, pickle and zip errors have no common base class
+        raise UserError(f"cannot read {path}: corrupt or not a weights file ({type(e).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} does not hold a dictionary of tensors")
+    if not state:
+        raise UserError(f"{path} holds no tensors")
+    return state
+
+
+def _is_lora_key(key: str) -> bool:
+    return any(tag in key for tag in ("lora_A", "lora_B", "lora_down", "lora_up", "lora.down", "lora.up",
+                                      "lora_unet_", "lora_te", "lora_linear_layer"))
+
+
+# -- installing a personalization ---------------------------------------------------------------------
+
+@contextmanager
+def _captured_warnings(logger_names: tuple[str, ...]) -> Iterator[list[str]]:
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    loggers = [logging.getLogger(n) for n in logger_names]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+def _text_encoders(pipe) -> list[tuple[str, torch.nn.Module]]:
+    return [(n, getattr(pipe, n)) for n in ("text_encoder", "text_encoder_2", "text_encoder_3")
+            if getattr(pipe, n, None) is not None]
+
+
+def _install_lora(pipe, path: Path) -> Personalization:
+    from steerguide.denoiser import denoiser_of
+
+    denoiser = denoiser_of(pipe)
+    if lora_layers(denoiser):
+        raise UserError("the pipeline already carries a LoRA; load the personalization on a fresh pipeline")
+    source = path if path.is_dir() else path.parent
+    kwargs = {} if path.is_dir() else {"weight_name": path.name}
+    with _captured_warnings(("diffusers", "peft")) as warnings:
+        try:
+            pipe.load_lora_weights(str(source), adapter_name=ADAPTER, **kwargs)
+        except UserError:
+            raise
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"LoRA {path} does not fit this base model ({type(pipe).__name__}): {first[:300]}") \
+                from None
+    bad = [w for w in warnings if "unexpected keys" in w or "missing keys" in w]
+    if bad:
+        raise UserError(f"LoRA {path} does not fit this base model ({type(pipe).__name__}): "
+                        f"{bad[0][:300]}")
+    if not lora_layers(denoiser):
+        raise UserError(f"LoRA {path} has no layers for this base model's {type(denoiser).__name__}; "
+                        f"is it a LoRA for another architecture?")
+    encoders_with_lora = [n for n, m in _text_encoders(pipe) if lora_layers(m)]
+    scaler = RowScaledLora(denoiser)
+    personal = Personalization(kind="lora", source=str(path), lora=scaler,
+                               info={"format": "lora", "lora_layers": scaler.num_layers,
+                                     "text_encoder_lora": encoders_with_lora})
+    if encoders_with_lora:
+        from steerguide.text_condition import text_encoder_null_condition
+
+        scalers = {n: RowScaledLora(getattr(pipe, n)) for n in encoders_with_lora}
+        personal.null_condition_fn = text_encoder_null_condition(pipe, lora_scalers=scalers)
+    return personal
+
+
+def _swap_in(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    """Put `state`'s tensors into `module` in place; return θ_pre of the tensors that changed."""
+    own = dict(module.named_parameters())
+    own.update(dict(module.named_buffers()))
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise UserError(f"{what} has {len(unknown)} tensors this base model lacks (e.g. {unknown[0]}); "
+                        "is it a fine-tune of another base model?")
+    pre: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        target = own[name]
+        if tuple(value.shape) != tuple(target.shape):
+            raise UserError(f"{what}: tensor {name} has shape {tuple(value.shape)}, the base model "
+                            f"{tuple(target.shape)}; is it a fine-tune of another base model?")
+        value = value.to(device=target.device, dtype=target.dtype)
+        if not torch.equal(value, target.data):
+            pre[name] = target.data
+            target.data = value
+    return pre
+
+
+def _install_tensors(pipe, denoiser_state: dict[str, torch.Tensor], *, kind: str, source: Path,
+                     text_encoder_states: dict[str, dict[str, torch.Tensor]] | None = None,
+                     info: dict | None = None) -> Personalization:
+    from steerguide.denoiser import denoiser_of
+
+    denoiser = denoiser_of(pipe)
+    pre = _swap_in(denoiser, denoiser_state, str(source))
+    delta = ParameterDelta(denoiser, pre)
+    personal = Personalization(kind=kind, source=str(source), denoiser_delta=delta,
+                               info={"differing_tensors": len(delta.names), "differing_params": delta.numel,
+                                     **(info or {})})
+    encoder_deltas = {}
+    for name, state in (text_encoder_states or {}).items():
+        te_pre = _swap_in(getattr(pipe, name), state, f"{source} ({name})")
+        if te_pre:
+            encoder_deltas[name] = ParameterDelta(getattr(pipe, name), te_pre)
+    if encoder_deltas:
+        from steerguide.text_condition import text_encoder_null_condition
+
+        personal.info["text_encoder_finetuned"] = sorted(encoder_deltas)
+        personal.null_condition_fn = text_encoder_null_condition(pipe, deltas=encoder_deltas)
+    if not delta.names and not encoder_deltas:
+        raise UserError(f"{source} is identical to the base model: there is no personalization to guide with")
+    return personal
+
+
+def _strip_prefix(state: dict[str, torch.Tensor], denoiser_names: set[str]) -> dict[str, torch.Tensor]:
+    """Denoiser tensors of a single-file state dict, whatever prefix it uses ("unet.", "transformer.", none)."""
+    for prefix in ("", "unet.", "transformer.", "model.", "module."):
+        picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if picked and all(k in denoiser_names for k in picked):
+            return picked
+    return {}
+
+
+_CUSTOM_DIFFUSION_RENAMES = {".processor.to_k_custom_diffusion.": ".to_k.",
+                             ".processor.to_v_custom_diffusion.": ".to_v.",
+                             ".processor.to_q_custom_diffusion.": ".to_q.",
+                             ".processor.to_out_custom_diffusion.0.": ".to_out.0."}
+
+
+def _from_custom_diffusion_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers' `save_attn_procs` names (`…attn2.processor.to_k_custom_diffusion.weight`) → UNet names."""
+    out = {}
+    for key, value in state.items():
+        for old, new in _CUSTOM_DIFFUSION_RENAMES.items():
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def _load_learned_embeds(pipe, folder: Path) -> list[str]:
+    path = folder / LEARNED_EMBEDS_FILE
+    if not path.is_file():
+        return []
+    state = _read_state_dict(path)
+    tokens = [k for k in state if k not in ("emb_params", "string_to_param")]
+    try:
+        pipe.load_textual_inversion(str(path))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load the learned token embedding {path}: {first[:300]}") from None
+    return tokens
+
+
+def _load_finetuned_folder(pipe, folder: Path) -> Personalization:
+    """A diffusers pipeline folder (DreamBooth) or a bare denoiser folder holding the fine-tuned weights."""
+    from steerguide.denoiser import denoiser_of
+
+    denoiser = denoiser_of(pipe)
+    denoiser_cls = type(denoiser)
+    sub = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
+    text_states: dict[str, dict[str, torch.Tensor]] = {}
+    try:
+        if (folder / "model_index.json").is_file():
+            ft = denoiser_cls.from_pretrained(folder, subfolder=sub, dtype=denoiser.dtype)
+            for name, _ in _text_encoders(pipe):
+                if (folder / name).is_dir():
+                    encoder = getattr(pipe, name)
+                    ft_encoder = type(encoder).from_pretrained(folder, subfolder=name, dtype=encoder.dtype)
+                    text_states[name] = ft_encoder.state_dict()
+        elif (folder / sub).is_dir():
+            ft = denoiser_cls.from_pretrained(folder, subfolder=sub, dtype=denoiser.dtype)
+        else:
+            ft = denoiser_cls.from_pretrained(folder, dtype=denoiser.dtype)
+    except (OSError, ValueError, EnvironmentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load the fine-tuned model in {folder}: {first[:300]}") from None
+    state = ft.state_dict()
+    del ft
+    return _install_tensors(pipe, state, kind="full", source=folder, text_encoder_states=text_states,
+                            info={"format": "diffusers-folder"})
+
+
+def load_personalization(pipe, path: str | os.PathLike | None) -> Personalization:
+    """Install the personalization at `path` on `pipe` (which must hold the pretrained base model).
+
+    Returns a `Personalization` that `steerguide.denoiser.guided` uses to realize θ_ω. `None` gives the
+    base model alone (CFG only).
+    """
+    from steerguide.denoiser import denoiser_of
+
+    if path is None:
+        return Personalization(kind="none")
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"personalization not found: {path}")
+    denoiser = denoiser_of(pipe)
+    if path.is_dir():
+        files = {p.name for p in path.iterdir()}
+        if "model_index.json" in files or "config.json" in files or "unet" in files or "transformer" in files:
+            return _load_finetuned_folder(pipe, path)
+        if CUSTOM_DIFFUSION_FILE in files or any(f in files for f in DIFFUSERS_CUSTOM_DIFFUSION_FILES):
+            name = CUSTOM_DIFFUSION_FILE if CUSTOM_DIFFUSION_FILE in files else next(
+                f for f in DIFFUSERS_CUSTOM_DIFFUSION_FILES if f in files)
+            state = _from_custom_diffusion_layout(_read_state_dict(path / name))
+            tokens = _load_learned_embeds(pipe, path)
+            return _install_tensors(pipe, state, kind="partial", source=path,
+                                    info={"format": "custom-diffusion", "tokens_added": tokens})
+        if LORA_FILE in files:
+            return _install_lora(pipe, path / LORA_FILE)
+        weights = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+        if len(weights) == 1:
+            path = weights[0]
+        else:
+            raise UserError(f"{path} is not a LoRA, a fine-tuned model or a Custom Diffusion folder "
+                            f"(expected {LORA_FILE}, model_index.json, config.json or {CUSTOM_DIFFUSION_FILE})")
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise UserError(f"{path} is not a weights file (expected one of {', '.join(WEIGHT_SUFFIXES)})")
+    state = _read_state_dict(path)
+    if any(_is_lora_key(k) for k in state):
+        return _install_lora(pipe, path)
+    names = set(dict(denoiser.named_parameters())) | set(dict(denoiser.named_buffers()))
+    picked = _strip_prefix(_from_custom_diffusion_layout(state), names)
+    if picked:
+        kind = "full" if len(picked) == len(names) else "partial"
+        return _install_tensors(pipe, picked, kind=kind, source=path, info={"format": "tensors"})
+    if any(k.startswith("model.diffusion_model.") for k in state):
+        return _load_original_checkpoint(pipe, path)
+    raise UserError(f"{path} is neither a LoRA nor a checkpoint of this base model's "
+                    f"{type(denoiser).__name__} (e.g. key {next(iter(state))!r} is unknown)")
+
+
+def _load_original_checkpoint(pipe, path: Path) -> Personalization:
+    """A fine-tune saved in the original (CompVis/SGM) single-file layout: convert its denoiser with diffusers."""
+    from steerguide.denoiser import denoiser_of
+
+    denoiser = denoiser_of(pipe)
+    sub = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
+    base_dir = getattr(pipe, "_steerguide_base", None) or pipe.config.get("_name_or_path")
+    try:
+        ft = type(denoiser).from_single_file(str(path), config=str(base_dir), subfolder=sub,
+                                             dtype=denoiser.dtype)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot convert the single-file checkpoint {path}: {first[:300]}") from None
+    return _install_tensors(pipe, ft.state_dict(), kind="full", source=path, info={"format": "single-file"})
