@@ -180,15 +180,24 @@ def test_sweep_writes_rows_then_resumes_without_redoing(tmp_path):
 
 
 def test_personalizations_are_trained_once_per_subject_and_cached(tmp_path, monkeypatch):
+    import dataclasses
     import types
 
     calls = []
 
-    class TrainConfig:
-        def __init__(self, **kw):
-            self.__dict__.update(kw)
+    @dataclasses.dataclass
+    class TrainConfig:  # the real one's fields that the sweep passes
+        base: str
+        images: list
+        out: Path
+        token: str
+        class_noun: str
+        method: str = "lora"
+        resume: bool = False
+        steps: int | None = None
 
-    def train(config):
+    def train(config, progress=True):
+        assert config.resume and Path(config.out).name.endswith(".partial")  # a killed training resumes
         calls.append((config.token, config.class_noun, config.steps, len(config.images)))
         out = Path(config.out)
         out.mkdir(parents=True)
@@ -216,6 +225,9 @@ def test_personalizations_are_trained_once_per_subject_and_cached(tmp_path, monk
     run_sweep(parse_config(fake_config(personalization={"train": {"steps": 6}}, seeds=1,
                                        guidance={"cfg": {"scale": 3.0}})), tmp_path, sampler=Recording())
     assert len(calls) == 4 and len(list((tmp_path / "personalizations").iterdir())) == 4
+    bad = parse_config(fake_config(personalization={"train": {"stepz": 6}}, guidance={"cfg": {"scale": 3.0}}))
+    with pytest.raises(UserError, match="config key personalization.train: .*stepz"):
+        run_sweep(bad, tmp_path, sampler=Recording())
 
 
 def _cli_env() -> dict:

@@ -22,6 +22,9 @@ def sweep(
         bool, typer.Option("--dry-run", help="Validate the config, count rows, run nothing.")
     ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    train_only: Annotated[
+        bool, typer.Option("--train-only", help="Only train (or find cached) personalizations, then stop.")
+    ] = False,
 ) -> int:
     """Run a grid of guidance settings × subjects × prompts × seeds; a rerun skips the rows already done.
 
@@ -41,10 +44,11 @@ def sweep(
         console.print(f"{len(rows)} rows ({len(cfg.settings)} settings × {len(cfg.seeds)} seeds × prompts × "
                       f"subjects), {len(rows) - pending} done, {pending} to run")
         return 0
-    stats = run_sweep(cfg, out, progress=progress, limit=limit)
+    stats = run_sweep(cfg, out, progress=progress, limit=limit, train_only=train_only)
     console.print(
         f"[process {stats.process_index + 1}/{stats.num_processes}] {stats.written} new rows "
-        f"({stats.done_before} of {stats.total} done before) in {stats.wall_seconds:.1f}s; "
+        f"({stats.done_before} of {stats.total} done before) in {stats.wall_seconds:.1f}s "
+        f"({stats.written / max(stats.wall_seconds, 1e-9):.2f} rows/s overall); "
         f"sampling {stats.images_per_second:.2f} images/s, metrics {stats.metrics_per_second:.1f} values/s",
         markup=False)
     return 0

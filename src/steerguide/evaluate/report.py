@@ -287,11 +287,9 @@ def write_report(folder: str | Path, out: str | Path | None = None, max_prompts:
     plots = [tradeoff_plot(summary, x, y, out_dir / f"tradeoff_{x}_vs_{y}.png") for y in text for x in fidelity]
 
     grids = []
-    seed = min(r["seed"] for r in rows)
     for subject in dict.fromkeys(r["subject"] for r in rows):
-        seed_s = min(r["seed"] for r in rows if r["subject"] == subject)
-        grid = subject_grid(folder, rows, subject, seed_s if seed_s is not None else seed, max_prompts,
-                            max_columns)
+        seed = min(r["seed"] for r in rows if r["subject"] == subject)
+        grid = subject_grid(folder, rows, subject, seed, max_prompts, max_columns)
         path = out_dir / f"grid_{subject}.png"
         grid.save(path)
         grids.append(path)

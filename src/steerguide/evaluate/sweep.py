@@ -412,9 +412,13 @@ def make_sampler(config: SweepConfig):
 # ----------------------------------------------------------------------------- personalizations
 
 
-def ensure_personalization(config: SweepConfig, subject: BenchSubject, out: Path) -> str | None:
+def ensure_personalization(config: SweepConfig, subject: BenchSubject, out: Path, progress: bool = False,
+                           may_train: bool = True) -> str | None:
     """The personalization folder for `subject`: a given path, or one trained once and cached under
-    OUT/personalizations/<subject>-<key>/ (reused when its train.json exists and its cache key matches)."""
+    OUT/personalizations/<subject>-<key>/ (reused when its train.json exists and its cache key matches).
+
+    Training runs in `<folder>.partial` with resume on, so a killed sweep continues the training from its
+    last checkpoint; the finished folder is renamed into place."""
     if "train" not in config.personalization:
         return personalization_path(config, subject)
     key = train_cache_key(config, subject)
@@ -426,16 +430,19 @@ def ensure_personalization(config: SweepConfig, subject: BenchSubject, out: Path
                 return str(folder)
         except json.JSONDecodeError:
             pass
+    if not may_train:
+        raise UserError(f"subject {subject.name!r} needs a personalization trained first: under several "
+                        "processes, run `steerguide sweep CONFIG --out DIR --train-only` once in a single process")
     from steerguide.train import TrainConfig, train
 
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    settings = dict(config.personalization.get("train") or {})
-    settings.setdefault("method", "lora")
+    partial = folder.with_name(folder.name + ".partial")
+    settings = {"method": "lora", "resume": True, **(config.personalization.get("train") or {})}
     try:
-        trained = Path(train(TrainConfig(base=resolve_base(config.base), images=subject.reference_images(),
-                                         token=subject.token, class_noun=subject.class_noun, out=tmp, **settings)))
+        train_config = TrainConfig(base=resolve_base(config.base), images=subject.reference_images(),
+                                   token=subject.token, class_noun=subject.class_noun, out=partial, **settings)
     except TypeError as e:
         raise UserError(f"config key personalization.train: {e}") from None
+    trained = Path(train(train_config, progress=progress))
     write_json_atomic(trained / "steerguide-cache.json", {"key": key, "subject": subject.name})
     if folder.exists():  # a stale or mismatching cache entry: replace it whole
         import shutil
@@ -498,11 +505,13 @@ def run_sweep(
     sampler: Any = None,
     progress: bool = False,
     limit: int | None = None,
+    train_only: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> SweepStats:
     """Run the rows of the grid that `OUT/results.jsonl` does not hold yet (this process's share of them).
 
-    `limit` stops after that many rows (for smoke tests); `metrics` / `sampler` override the config's.
+    `limit` stops after that many rows (for smoke tests); `train_only` stops once the personalizations are
+    trained; `metrics` / `sampler` override the config's.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -525,11 +534,15 @@ def run_sweep(
     dist.barrier()  # no rank starts writing temporaries before the cleanup is over
     subjects = {s.name: s for s in benchmark.subjects}
 
-    # Train missing personalizations first, one subject per process, so no two ranks train the same one.
-    needed = list(dict.fromkeys(r.subject for r in pending))
-    for name in shard(needed, dist.num_processes, dist.process_index):
-        ensure_personalization(config, subjects[name], out)
-    dist.barrier()  # everyone has read the same done keys and sees every personalization
+    # Personalizations first. Training uses accelerate itself, so it runs in a single process only; under a
+    # multi-process launch a missing one is an error that says how to train it.
+    for name in dict.fromkeys(r.subject for r in pending):
+        ensure_personalization(config, subjects[name], out, progress=progress,
+                               may_train=dist.num_processes == 1)
+    dist.barrier()  # everyone has read the same done keys before anyone appends
+    if train_only:
+        stats.wall_seconds = time.perf_counter() - t_start
+        return stats
     mine = shard(pending, dist.num_processes, dist.process_index)
     if limit is not None:
         mine = mine[:limit]
@@ -541,7 +554,7 @@ def run_sweep(
         for subject_name in dict.fromkeys(r.subject for r in mine):
             subject = subjects[subject_name]
             subject_rows = [r for r in mine if r.subject == subject_name]
-            session = sampler.open(base, ensure_personalization(config, subject, out), subject)
+            session = sampler.open(base, ensure_personalization(config, subject, out, may_train=False), subject)
             t0 = time.perf_counter()
             references = subject.reference_images() if metrics else []
             prepared = [m.prepare(references) for m in metrics]
