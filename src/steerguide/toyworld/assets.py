@@ -1,0 +1,33 @@
+"""Where the toy world's shipped files lie, and loading the base pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from steerguide.errors import UserError
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def base_model_path() -> Path:
+    """The shipped base model: a diffusers `StableDiffusionPipeline` folder."""
+    return ASSETS / "base"
+
+
+def train_log_path() -> Path:
+    """Timings, settings and loss curve of the run that produced the shipped base model."""
+    return ASSETS / "base_train_log.json"
+
+
+def load_base_pipeline(path: str | Path | None = None):
+    """Load the base model (or the pipeline folder at `path`) with stock `StableDiffusionPipeline`."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as dlogging
+
+    folder = Path(path) if path is not None else base_model_path()
+    if not (folder / "model_index.json").exists():
+        raise UserError(f"no diffusers pipeline at {folder} (model_index.json missing)")
+    dlogging.set_verbosity_error()
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,293 @@
+"""`steerguide toyworld ...`: the embedded default world from the command line."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from PIL import Image, UnidentifiedImageError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from steerguide.errors import UserError
+
+toyworld = typer.Typer(help="The embedded toy world: base model, subjects, judges.", no_args_is_help=True,
+                       rich_markup_mode=None)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+_DEFAULT_WORK = Path("toyworld_build")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(toyworld, name="toyworld")
+
+
+@contextmanager
+def _progress(description: str, total: int | None):
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*cols, transient=True, console=Console(stderr=True)) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def _dir_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+@toyworld.command()
+def info() -> None:
+    """Where the base model and judges lie, and the personal subjects."""
+    from steerguide.toyworld.assets import base_model_path, train_log_path
+    from steerguide.toyworld.fidelity import default_weights
+    from steerguide.toyworld.subjects import SUBJECTS
+
+    base = base_model_path()
+    present = (base / "model_index.json").exists()
+    size = f"{_dir_size(base) / 2**20:.1f} MiB" if present else "missing"
+    print(f"base model: {base} ({size})")
+    print(f"fidelity judge: {default_weights()} ({'present' if default_weights().exists() else 'missing'})")
+    if train_log_path().exists():
+        t = json.loads(train_log_path().read_text())["timings"]
+        print("training time: " + ", ".join(f"{k[:-2]} {v / 60:.1f} min" for k, v in t.items()))
+    print(f"subjects ({len(SUBJECTS)}):")
+    for s in SUBJECTS.values():
+        print(f"  {s.name:14s} token {s.token!r:6s} class {s.class_noun:9s} instance prompt {s.instance_prompt!r}"
+              f"  references: {s.size} on {s.background}, {s.position}")
+
+
+@toyworld.command()
+def prompts(subject: Annotated[str, typer.Argument(help="subject name (sks_star) or token (sks)")]) -> None:
+    """Print a subject's evaluation prompts, one a line."""
+    from steerguide.toyworld.subjects import get_subject
+
+    for p in get_subject(subject).eval_prompts():
+        print(p)
+
+
+@toyworld.command("export-subjects")
+def export_subjects(
+    out: Annotated[Path, typer.Argument(help="folder for <subject>/NN.png, prompts_and_classes.txt, subjects.json")],
+    subject: Annotated[list[str] | None, typer.Option("--subject", "-s", help="only these (repeatable)")] = None,
+) -> None:
+    """Export subjects in the DreamBench layout, with their evaluation prompts."""
+    from steerguide.toyworld.subjects import export_subjects as export
+
+    folder = export(out, subject or None)
+    print(f"wrote {len(subject or []) or 'all'} subjects to {folder}")
+
+
+@toyworld.command()
+def render(
+    out: Annotated[Path, typer.Argument(help="folder for NNNNN.png and prompts.jsonl")],
+    n: Annotated[int, typer.Option(help="number of random scenes")] = 64,
+    seed: Annotated[int, typer.Option()] = 0,
+    caption: Annotated[str | None, typer.Option(help="render this caption (the rest at random)")] = None,
+    subject: Annotated[str | None, typer.Option(help="render this subject in random contexts")] = None,
+) -> None:
+    """Render scenes of the world, with their captions in prompts.jsonl (the input format of `judge`)."""
+    import numpy as np
+
+    from steerguide.toyworld.render import render as render_image
+    from steerguide.toyworld.subjects import get_subject
+    from steerguide.toyworld.world import Spec, complete, parse_caption
+    from steerguide.toyworld.world import caption as caption_of
+
+    subj = get_subject(subject) if subject else None
+    stated = parse_caption(caption) if caption else Spec()
+    if subj is not None:
+        stated = stated.replace(shape=subj.class_noun, token=subj.token)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines = []
+    with _progress("render", n) as tick:
+        for i in range(n):
+            spec = complete(stated.replace(pattern=stated.pattern or ("plain" if subj else None)), rng)
+            img = subj.render(spec, seed + i) if subj else render_image(spec, seed + i)
+            name = f"{i:05d}.png"
+            img.save(out / name)
+            lines.append(json.dumps({"image": name, "prompt": caption or caption_of(spec)}))
+            tick()
+    (out / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    print(f"wrote {n} images and prompts.jsonl to {out}")
+
+
+def _load_images(folder: Path) -> dict[str, Image.Image]:
+    if not folder.is_dir():
+        raise UserError(f"not a folder of images: {folder}")
+    out = {}
+    for f in sorted(folder.iterdir()):
+        if f.suffix.lower() in IMAGE_SUFFIXES:
+            try:
+                out[f.name] = Image.open(f).convert("RGB")
+            except (UnidentifiedImageError, OSError):
+                raise UserError(f"cannot read image {f}") from None
+    if not out:
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return out
+
+
+@toyworld.command()
+def judge(
+    images: Annotated[Path, typer.Argument(help="folder of images")],
+    prompt: Annotated[str | None, typer.Option(help="one prompt for every image")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="JSON lines {image, prompt}; default <images>/prompts.jsonl")] = None,
+    subject: Annotated[str | None, typer.Option(help="also score fidelity to this subject")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the JSON lines here instead of stdout")] = None,
+) -> None:
+    """Judge images against prompts: text alignment (+ per attribute) and subject fidelity, as JSON lines."""
+    from steerguide.toyworld.fidelity import FidelityJudge
+    from steerguide.toyworld.judges import TextJudge
+    from steerguide.toyworld.subjects import get_subject
+    from steerguide.toyworld.world import parse_caption
+
+    subj = get_subject(subject) if subject else None
+    loaded = _load_images(images)
+    if prompt is not None:
+        pairs = [(name, prompt) for name in loaded]
+    else:
+        manifest = manifest or images / "prompts.jsonl"
+        if not manifest.exists():
+            raise UserError(f"give --prompt or a manifest; {manifest} does not exist")
+        try:
+            rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+            pairs = [(r["image"], r["prompt"]) for r in rows]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{manifest}: every line must be JSON with 'image' and 'prompt'") from None
+        missing = [name for name, _ in pairs if name not in loaded]
+        if missing:
+            raise UserError(f"{manifest} names images not in {images}: {', '.join(missing[:3])}")
+    for _, p in pairs:
+        parse_caption(p)  # fail on a bad prompt before any work
+    tj = TextJudge()
+    fid = None
+    if subj is not None:
+        fid = FidelityJudge().fidelity([loaded[name] for name, _ in pairs], subj.reference_images())
+    lines = []
+    with _progress("judge", len(pairs)) as tick:
+        for k, (name, p) in enumerate(pairs):
+            b = tj.breakdown(loaded[name], p)
+            row = {"image": name, "prompt": p, "text_alignment": sum(b.values()) / len(b) if b else 1.0,
+                   "attributes": b}
+            if fid is not None:
+                row["fidelity"] = fid[k]
+                row["subject"] = subj.name
+            lines.append(json.dumps(row))
+            tick()
+    text = "\n".join(lines) + "\n"
+    if out is None:
+        print(text, end="")
+    else:
+        out.write_text(text)
+        print(f"wrote {len(lines)} lines to {out}")
+
+
+def _table(title: str, values: dict[str, float]) -> None:
+    print(f"{title}: " + "  ".join(f"{k} {v:.1%}" for k, v in values.items()))
+
+
+@toyworld.command("check-judges")
+def check_judges(
+    n: Annotated[int, typer.Option(help="fresh held-out renders for the text judge")] = 500,
+    vae: Annotated[bool, typer.Option(help="also measure on round trips through the base model's VAE")] = True,
+) -> None:
+    """Accuracy of the text judge per attribute and ROC-AUC of the fidelity judge, on fresh renders."""
+    from steerguide.toyworld import checks
+    from steerguide.toyworld.assets import load_base_pipeline
+    from steerguide.toyworld.subjects import SUBJECTS
+
+    v = load_base_pipeline().vae if vae else None
+    total = (n + len(SUBJECTS)) * (2 if vae else 1)
+    with _progress("check judges", total) as tick:
+        r = checks.check_judges(n, v, tick)
+    _table(f"text judge, {n} fresh renders", r["text_renders"])
+    if vae:
+        _table(f"text judge, {n} VAE round trips", r["text_vae"])
+    for key, label in (("fidelity_auc_renders", "renders"), ("fidelity_auc_vae", "VAE round trips")):
+        if key in r:
+            aucs = r[key]
+            print(f"fidelity ROC-AUC ({label}), subject vs other members of its class: min "
+                  f"{min(aucs.values()):.4f} mean {sum(aucs.values()) / len(aucs):.4f}")
+            print("  " + "  ".join(f"{k} {v:.4f}" for k, v in aucs.items()))
+
+
+@toyworld.command("check-base")
+def check_base(
+    n: Annotated[int, typer.Option(help="number of grammar prompts")] = 128,
+    guidance_scale: Annotated[float, typer.Option(help="CFG scale")] = 5.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    model: Annotated[Path | None, typer.Option(help="pipeline folder (default: the shipped base model)")] = None,
+    grid: Annotated[Path | None, typer.Option(help="save the first 64 samples as a grid PNG")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the full result as JSON")] = None,
+) -> None:
+    """Attribute accuracy of the base model's CFG samples; fidelity of class-only prompts to subjects."""
+    from steerguide.toyworld import checks
+    from steerguide.toyworld.assets import load_base_pipeline
+
+    pipe = load_base_pipeline(model)
+    t0 = time.time()
+    with _progress("sample and judge", (n + 63) // 64) as tick:
+        r, _, images = checks.check_base(pipe, n, seed, guidance_scale, tick)
+    _table(f"base model, {n} prompts, CFG {guidance_scale}", r["accuracy"])
+    print("fidelity to each subject (mean cosine): samples of 'a <class>' vs the subject's held-out renders")
+    for name, f in r["fidelity"].items():
+        print(f"  {name:14s} class prompt {f['class_prompt_samples']:.3f}   subject {f['subject_heldout_renders']:.3f}")
+    print(f"({time.time() - t0:.0f} s)")
+    if grid is not None:
+        save_grid(images[:64], grid)
+        print(f"grid: {grid}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(r, indent=1))
+
+
+def save_grid(images: list[Image.Image], path: Path, cols: int = 8, scale: int = 4) -> None:
+    rows = (len(images) + cols - 1) // cols
+    w, h = images[0].size
+    sheet = Image.new("RGB", (cols * w, rows * h), (255, 255, 255))
+    for i, im in enumerate(images):
+        sheet.paste(im, ((i % cols) * w, (i // cols) * h))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.resize((cols * w * scale, rows * h * scale), Image.NEAREST).save(path)
+
+
+@toyworld.command("train-base")
+def train_base(
+    out: Annotated[Path, typer.Option(help="folder for the trained pipeline")],
+    work: Annotated[Path, typer.Option(help="cache: dataset, VAE, latents, checkpoints")] = _DEFAULT_WORK,
+    seed: Annotated[int, typer.Option(help="seed 0 reproduces the shipped model")] = 0,
+    unet_steps: Annotated[int | None, typer.Option(help="UNet steps (default: as shipped)")] = None,
+) -> None:
+    """Pretrain the base model on the world (never on subjects); seed 0 reproduces the shipped one."""
+    from steerguide.toyworld.train_base import TrainConfig
+    from steerguide.toyworld.train_base import train_base as run
+
+    cfg = TrainConfig(seed=seed) if unet_steps is None else TrainConfig(seed=seed, unet_steps=unet_steps)
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[metrics]}"))
+    with Progress(*cols, console=Console(stderr=True)) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int, metrics: dict) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total, metrics="")
+            text = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            bar.update(tasks[stage], completed=done, metrics=text)
+
+        log = run(out, work, cfg, progress)
+    print(f"saved {out}; timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in log["timings"].items()))
+
+
+@toyworld.command("train-judge")
+def train_judge(
+    out: Annotated[Path, typer.Option(help="weights file (.safetensors)")],
+    seed: Annotated[int, typer.Option(help="seed 0 reproduces the shipped fidelity judge")] = 0,
+) -> None:
+    """Train the fidelity judge's instance embedding (never on subjects)."""
+    from steerguide.toyworld.fidelity import save_embedder, train_embedder
+
+    with _progress("render + train", None) as tick:
+        model = train_embedder(seed=seed, progress=lambda *a: tick())
+    save_embedder(model, out)
+    print(f"saved {out}")

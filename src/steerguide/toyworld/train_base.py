@@ -1,0 +1,323 @@
+"""Pretrain the toy world's base text-to-image model, a stock diffusers Stable Diffusion pipeline.
+
+Stages, each cached under the work folder so a rerun resumes: render a dataset of grammar scenes
+(never subjects), train the VAE, encode the dataset to latents, then train UNet and CLIP text encoder
+jointly on the latents. The UNet uses v-prediction with an unweighted loss and a cosine schedule, so
+the high-noise steps where layout (position) is decided get their full share of the training signal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from steerguide.toyworld.render import render_array
+from steerguide.toyworld.tokenizer import MAX_LENGTH, build_tokenizer
+from steerguide.toyworld.world import Spec, random_caption, random_spec
+
+Progress = Callable[[str, int, int, dict], None]  # (stage, done, total, metrics)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    n_scenes: int = 120_000
+    vae_steps: int = 500
+    vae_batch: int = 32
+    unet_steps: int = 4000
+    unet_batch: int = 48
+    lr: float = 8e-4
+    warmup: int = 300
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    checkpoint_every: int = 500
+    threads: int = 2
+    stop_after: int | None = None  # end early on the same schedule (reproduces a checkpoint)
+
+
+def vae_config() -> dict:
+    return {
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "sample_size": 32, "layers_per_block": 1,
+        "block_out_channels": (32, 64, 64), "norm_num_groups": 32,
+        "down_block_types": ("DownEncoderBlock2D",) * 3, "up_block_types": ("UpDecoderBlock2D",) * 3,
+    }
+
+
+def unet_config(cross_dim: int = 128) -> dict:
+    """Cross-attention at every resolution (8x8, 4x4, 2x2) so the prompt can steer layout everywhere."""
+    return {
+        "sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
+        "block_out_channels": (64, 128, 128), "cross_attention_dim": cross_dim, "attention_head_dim": 8,
+        "down_block_types": ("CrossAttnDownBlock2D",) * 3, "up_block_types": ("CrossAttnUpBlock2D",) * 3,
+        "norm_num_groups": 32,
+    }
+
+
+def text_config(vocab_size: int, bos: int, eos: int) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=512, num_hidden_layers=3,
+                          num_attention_heads=4, max_position_embeddings=MAX_LENGTH, projection_dim=128,
+                          bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+
+
+def train_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                         prediction_type="v_prediction", clip_sample=False)
+
+
+def sample_scheduler() -> DPMSolverMultistepScheduler:
+    """The scheduler shipped for sampling: DPM-Solver++ on the training schedule, starting at t = 999."""
+    return DPMSolverMultistepScheduler.from_config(train_scheduler().config, timestep_spacing="trailing",
+                                                   algorithm_type="dpmsolver++", solver_order=2, steps_offset=1)
+
+
+# ---- stage 1: the dataset ------------------------------------------------------------------------
+
+def _render_chunk(args: tuple[int, int, int]) -> tuple[np.ndarray, list[dict]]:
+    seed, start, stop = args
+    images, specs = [], []
+    for i in range(start, stop):
+        rng = np.random.default_rng([seed, i])
+        spec = random_spec(rng)
+        images.append(render_array(spec, seed=int(rng.integers(2**31))))
+        specs.append(asdict(spec))
+    return np.stack(images), specs
+
+
+def render_dataset(n: int, seed: int, workers: int = 2, progress: Progress | None = None):
+    """`n` random grammar scenes: uint8 images (n, 32, 32, 3) and their specs (as dicts)."""
+    chunk = 2000
+    jobs = [(seed, s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    images, specs = [], []
+    with Pool(workers) as pool:
+        for imgs, sp in pool.imap(_render_chunk, jobs):
+            images.append(imgs)
+            specs += sp
+            if progress:
+                progress("render", len(specs), n, {})
+    return np.concatenate(images), specs
+
+
+def spec_from_dict(d: dict) -> Spec:
+    second = tuple(d["second"]) if d["second"] is not None else None
+    return Spec(**{**d, "second": second})
+
+
+# ---- stage 2: the VAE ----------------------------------------------------------------------------
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def train_vae(images: np.ndarray, cfg: TrainConfig, progress: Progress | None = None) -> AutoencoderKL:
+    torch.manual_seed(cfg.seed)
+    vae = AutoencoderKL(**vae_config())
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=cfg.vae_steps, pct_start=0.05)
+    g = torch.Generator().manual_seed(cfg.seed)
+    n_val = 512
+    for step in range(cfg.vae_steps):
+        idx = torch.randint(n_val, len(images), (cfg.vae_batch,), generator=g).numpy()
+        x = to_tensor(images[idx])
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=g)).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress and step % 50 == 0:
+            progress("vae", step, cfg.vae_steps, {"loss": loss.item()})
+    vae.eval()
+    with torch.no_grad():
+        x = to_tensor(images[:n_val])
+        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        mse = F.mse_loss((rec + 1) / 2, (x + 1) / 2).item()
+        std = torch.cat([vae.encode(to_tensor(images[i:i + 256])).latent_dist.mode()
+                         for i in range(0, 4096, 256)]).std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)
+    if progress:
+        progress("vae", cfg.vae_steps, cfg.vae_steps, {"val_psnr": -10 * math.log10(mse), "latent_std": std})
+    return vae
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, images: np.ndarray, progress: Progress | None = None) -> torch.Tensor:
+    """Scaled latent means of every image, (n, 4, 8, 8), stored in fp16."""
+    out = []
+    for i in range(0, len(images), 512):
+        z = vae.encode(to_tensor(images[i:i + 512])).latent_dist.mode() * vae.config.scaling_factor
+        out.append(z.half())
+        if progress:
+            progress("latents", min(i + 512, len(images)), len(images), {})
+    return torch.cat(out)
+
+
+# ---- stage 3: UNet + text encoder ---------------------------------------------------------------
+
+def build_pipeline(vae, text_encoder, unet, tokenizer) -> StableDiffusionPipeline:
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=sample_scheduler(), safety_checker=None, feature_extractor=None,
+                                   image_encoder=None, requires_safety_checker=False)
+
+
+def train_unet(latents: torch.Tensor, specs: list[Spec], vae: AutoencoderKL, cfg: TrainConfig,
+               checkpoint: Callable[[StableDiffusionPipeline, int], None] | None = None,
+               progress: Progress | None = None) -> tuple[StableDiffusionPipeline, list[tuple[int, float]]]:
+    """Train UNet and text encoder jointly; returns the pipeline with EMA weights and the loss curve."""
+    torch.manual_seed(cfg.seed + 1)
+    tokenizer = build_tokenizer()
+    text_encoder = CLIPTextModel(text_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id))
+    unet = UNet2DConditionModel(**unet_config())
+    noise_sched = train_scheduler()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        frac = (step - cfg.warmup) / max(1, cfg.unet_steps - cfg.warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    alphas = noise_sched.alphas_cumprod
+    rng = np.random.default_rng(cfg.seed + 2)
+    g = torch.Generator().manual_seed(cfg.seed + 3)
+    curve: list[tuple[int, float]] = []
+    running = 0.0
+
+    def ema_pipeline() -> StableDiffusionPipeline:
+        live = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
+        te = CLIPTextModel(text_encoder.config)
+        te.load_state_dict(text_encoder.state_dict())
+        un = UNet2DConditionModel.from_config(unet.config)
+        un.load_state_dict(unet.state_dict())
+        with torch.no_grad():
+            for p, q in zip(params, live):
+                p.copy_(q)
+        return build_pipeline(vae, te.eval(), un.eval(), tokenizer)
+
+    n_steps = min(cfg.unet_steps, cfg.stop_after or cfg.unet_steps)
+    for step in range(n_steps):
+        idx = rng.integers(0, len(latents), cfg.unet_batch)
+        captions = ["" if rng.random() < cfg.caption_dropout else random_caption(specs[i], rng) for i in idx]
+        ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True,
+                        return_tensors="pt").input_ids
+        x0 = latents[torch.from_numpy(idx)].float()
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.unet_batch,), generator=g)
+        a = alphas[t].sqrt().view(-1, 1, 1, 1)
+        s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
+        xt = a * x0 + s * noise
+        target = a * noise - s * x0  # v-prediction
+        cond = text_encoder(ids)[0]
+        pred = unet(xt, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0:
+            curve.append((step, running))
+            if progress:
+                progress("unet", step, cfg.unet_steps, {"loss": running, "lr": sched.get_last_lr()[0]})
+        if checkpoint and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < n_steps:
+            checkpoint(ema_pipeline(), step + 1)
+    curve.append((n_steps, running))
+    return ema_pipeline(), curve
+
+
+def train_base(out: Path, work: Path, cfg: TrainConfig, progress: Progress | None = None) -> dict:
+    """Run every stage (resuming cached ones from `work`) and save the pipeline to `out`."""
+    torch.set_num_threads(cfg.threads)
+    work.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    tag = f"seed{cfg.seed}_n{cfg.n_scenes}"
+    data_file = work / f"dataset_{tag}.npz"
+    if data_file.exists():
+        data = np.load(data_file, allow_pickle=False)
+        images, specs = data["images"], json.loads(str(data["specs"]))
+    else:
+        t0 = time.time()
+        images, specs = render_dataset(cfg.n_scenes, cfg.seed, workers=cfg.threads, progress=progress)
+        np.savez(data_file, images=images, specs=json.dumps(specs))
+        timings["render_s"] = time.time() - t0
+    specs = [spec_from_dict(d) for d in specs]
+
+    vae_dir = work / f"vae_{tag}_{cfg.vae_steps}"
+    if (vae_dir / "config.json").exists():
+        vae = AutoencoderKL.from_pretrained(vae_dir)
+    else:
+        t0 = time.time()
+        vae = train_vae(images, cfg, progress)
+        vae.save_pretrained(vae_dir)
+        timings["vae_s"] = time.time() - t0
+    vae.eval().requires_grad_(False)
+
+    latent_file = vae_dir / "latents.pt"
+    if latent_file.exists():
+        latents = torch.load(latent_file)
+    else:
+        t0 = time.time()
+        latents = encode_latents(vae, images, progress)
+        torch.save(latents, latent_file)
+        timings["latents_s"] = time.time() - t0
+
+    def checkpoint(pipe: StableDiffusionPipeline, step: int) -> None:
+        pipe.save_pretrained(work / f"checkpoint_{tag}_{step}")
+
+    t0 = time.time()
+    pipe, curve = train_unet(latents, specs, vae, cfg, checkpoint, progress)
+    timings["unet_s"] = time.time() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out)
+    log = {"config": asdict(cfg), "timings": timings, "loss_curve": curve}
+    (work / f"train_log_{tag}.json").write_text(json.dumps(log, indent=1))
+    return log
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unet-steps", type=int, default=TrainConfig.unet_steps)
+    p.add_argument("--stop-after", type=int, default=None)
+    args = p.parse_args()
+
+    def progress(stage, done, total, metrics):
+        print(f"{time.strftime('%H:%M:%S')} {stage} {done}/{total} {json.dumps(metrics)}", flush=True)
+
+    cfg = TrainConfig(seed=args.seed, unet_steps=args.unet_steps, stop_after=args.stop_after)
+    train_base(args.out, args.work, cfg, progress)
+
+
+if __name__ == "__main__":
+    main()
