@@ -10,7 +10,8 @@ Prompts are stored as `'a {0} {1} in the jungle'.format(unique_token, class_toke
 token and the class noun. Live subjects (cats and dogs, as in the DreamBooth evaluation) get the live
 prompt list ("wearing a red hat", ...), every other subject the object list.
 
-The toy world's subjects come through the same `Benchmark` interface (`toy_benchmark`).
+The toy world's subjects come through the same `Benchmark` interface (`toy_benchmark`); they train on
+their reference renders and are scored against held-out renders in other contexts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from steerguide.errors import UserError
@@ -26,6 +28,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # DreamBooth's evaluation gives the live-subject prompts to its cat and dog subjects.
 LIVE_CLASSES = frozenset({"cat", "dog"})
 BENCHMARKS = ("dreambench", "toy")
+TOY_FIDELITY_REFERENCES = 8  # held-out renders per toy subject that fidelity is measured against
 
 
 @dataclass
@@ -43,6 +46,7 @@ class BenchSubject:
     references: list[Path] = field(default_factory=list)
     live: bool = False
     load_references: Callable[[], list] | None = field(default=None, repr=False)
+    load_fidelity_references: Callable[[], list] | None = field(default=None, repr=False)
 
     @property
     def instance_prompt(self) -> str:
@@ -60,6 +64,14 @@ class BenchSubject:
             with Image.open(path) as im:
                 images.append(im.convert("RGB"))
         return images
+
+    def fidelity_references(self) -> list:
+        """What fidelity metrics compare against: the real images (DreamBench), or renders of the subject
+        in contexts other than its training photos (toy world), so that copying the training context
+        earns nothing."""
+        if self.load_fidelity_references is not None:
+            return [im.convert("RGB") for im in self.load_fidelity_references()]
+        return self.reference_images()
 
     def text_prompt(self, prompt: str) -> str:
         """The prompt as a text-alignment metric should read it: without the unique token, which a
@@ -187,7 +199,8 @@ def toy_benchmark(subjects: Sequence[str] | None = None, num_prompts: int | None
                             f"{', '.join(x.name for x in all_subjects)}")
         prompts = list(s.eval_prompts())[:num_prompts]
         out.append(BenchSubject(name=s.name, class_noun=s.class_noun, token=s.token, prompts=prompts,
-                                load_references=s.reference_images))
+                                load_references=s.reference_images,
+                                load_fidelity_references=partial(s.heldout_images, TOY_FIDELITY_REFERENCES)))
     return Benchmark(name="toy", subjects=out)
 
 

@@ -556,7 +556,7 @@ def run_sweep(
             subject_rows = [r for r in mine if r.subject == subject_name]
             session = sampler.open(base, ensure_personalization(config, subject, out, may_train=False), subject)
             t0 = time.perf_counter()
-            references = subject.reference_images() if metrics else []
+            references = subject.fidelity_references() if metrics else []
             prepared = [m.prepare(references) for m in metrics]
             stats.metric_seconds += time.perf_counter() - t0
             for batch in _batches(subject_rows, batch_size):
