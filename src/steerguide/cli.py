@@ -25,6 +25,7 @@ app = typer.Typer(
 
 # Each sub-package owns its commands and registers them here; imports point from the app down.
 _COMMAND_MODULES: list[str] = [
+    "steerguide.train.cli",
     "steerguide.evaluate.cli",
     "steerguide.toyworld.cli",
 ]

@@ -1,0 +1,170 @@
+"""`TrainConfig`: every option of a personalization run, with the defaults of the diffusers examples."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steerguide.errors import UserError
+
+METHODS = ("lora", "dreambooth", "custom-diffusion")
+CROPS = ("center", "random", "resize")
+PRECISIONS = ("no", "fp16", "bf16")
+
+# Per-method defaults for real checkpoints (SD 1.5 / SDXL), as in the diffusers example scripts
+# (train_dreambooth_lora.py, train_dreambooth.py, train_custom_diffusion.py).
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lora": {"steps": 500, "learning_rate": 1e-4},
+    "dreambooth": {"steps": 400, "learning_rate": 5e-6},
+    "custom-diffusion": {"steps": 250, "learning_rate": 1e-5},
+}
+
+# Settings that define what is being trained: a resumed run must use the same ones as the checkpoint.
+# Everything else (steps, checkpoint/validation cadence, progress) may change between resumes.
+IDENTITY_FIELDS = (
+    "base", "method", "token", "class_noun", "instance_prompt", "resolution", "crop", "random_flip",
+    "batch_size", "gradient_accumulation", "rank", "lora_alpha", "target_modules", "train_text_encoder",
+    "prior_preservation", "prior_loss_weight", "seed", "snr_gamma", "noise_offset",
+)
+
+
+@dataclass
+class TrainConfig:
+    """A personalization run: base model + a few photos of one subject → LoRA, DreamBooth or Custom Diffusion.
+
+    `images` is a folder of photos, or a list of PIL images (programmatic use). `steps` and
+    `learning_rate` left at None take the method's default (`METHOD_DEFAULTS`).
+    """
+
+    base: str | Path
+    images: Any  # str | Path | Sequence[PIL.Image.Image]
+    out: str | Path
+    token: str = "sks"
+    class_noun: str = ""
+    method: str = "lora"
+    instance_prompt: str | None = None  # default: "a photo of {token} {class_noun}"
+    # optimisation
+    steps: int | None = None
+    learning_rate: float | None = None
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    batch_size: int = 1
+    gradient_accumulation: int = 1
+    max_grad_norm: float = 1.0
+    adam_weight_decay: float = 1e-2
+    snr_gamma: float | None = None  # min-SNR loss weighting (Hang et al. 2023); None: plain MSE
+    noise_offset: float = 0.0
+    seed: int = 0
+    # what is trained
+    rank: int = 4
+    lora_alpha: float | None = None  # default: rank (scale 1)
+    target_modules: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
+    text_encoder_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
+    train_text_encoder: bool = False
+    # prior preservation (DreamBooth's class-specific prior loss)
+    prior_preservation: bool = False
+    class_images: int = 100
+    class_data_dir: str | Path | None = None  # default: OUT/class_images (generated when short)
+    class_prompt: str | None = None  # default: the instance prompt without the token
+    prior_loss_weight: float = 1.0
+    # data
+    resolution: int | None = None  # default: the base model's native resolution
+    crop: str = "center"  # center | random (crop after resizing the short side) | resize (squash)
+    random_flip: bool = False
+    # hardware
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    dataloader_workers: int = 0
+    # validation samples
+    validation_prompt: str | None = None  # default: the instance prompt
+    validation_images: int = 4
+    validation_every: int = 0  # 0: only at the end
+    validation_inference_steps: int = 25
+    validation_guidance_scale: float = 7.5
+    # checkpoints and resuming
+    checkpoint_every: int = 100  # 0: no intermediate checkpoints
+    checkpoints_total_limit: int = 2
+    resume: bool = False
+    overwrite: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored in train.json
+
+    def __post_init__(self) -> None:
+        self.target_modules = tuple(self.target_modules)
+        self.text_encoder_target_modules = tuple(self.text_encoder_target_modules)
+
+    # -- resolved values -------------------------------------------------------------------------------
+    @property
+    def max_steps(self) -> int:
+        return self.steps if self.steps is not None else METHOD_DEFAULTS[self.method]["steps"]
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else METHOD_DEFAULTS[self.method]["learning_rate"]
+
+    @property
+    def alpha(self) -> float:
+        return float(self.lora_alpha if self.lora_alpha is not None else self.rank)
+
+    def prompt(self) -> str:
+        return self.instance_prompt or f"a photo of {self.token} {self.class_noun}".replace("  ", " ").strip()
+
+    def prior_prompt(self) -> str:
+        """The class prompt: given, or the instance prompt with the token removed ("a photo of dog")."""
+        if self.class_prompt:
+            return self.class_prompt
+        return " ".join(re.sub(rf"(?<!\S){re.escape(self.token)}(?!\S)", " ", self.prompt()).split())
+
+    def check(self) -> None:
+        """Raise `UserError` for options that cannot work, before anything is loaded."""
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}; expected one of: {', '.join(METHODS)}")
+        if self.rank < 1:
+            raise UserError(f"--rank must be at least 1 (got {self.rank})")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise UserError(f"--lora-alpha must be positive (got {self.lora_alpha})")
+        if self.crop not in CROPS:
+            raise UserError(f"unknown crop {self.crop!r}; expected one of: {', '.join(CROPS)}")
+        if self.mixed_precision not in PRECISIONS:
+            raise UserError(f"unknown mixed precision {self.mixed_precision!r}; expected one of: {', '.join(PRECISIONS)}")
+        for name in ("batch_size", "gradient_accumulation", "validation_inference_steps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        for name in ("validation_images", "validation_every", "checkpoint_every", "lr_warmup_steps"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must not be negative (got {getattr(self, name)})")
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"--steps must be at least 1 (got {self.steps})")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise UserError(f"--learning-rate must be positive (got {self.learning_rate})")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise UserError(f"--resolution must be a multiple of 8 (got {self.resolution})")
+        if self.checkpoints_total_limit < 1:
+            raise UserError(f"--checkpoints-total-limit must be at least 1 (got {self.checkpoints_total_limit})")
+        if self.prior_preservation and self.class_images < 1:
+            raise UserError(f"--class-images must be at least 1 with --prior-preservation (got {self.class_images})")
+        if not self.token or len(self.token.split()) != 1:
+            raise UserError(f"--token must be one word (got {self.token!r})")
+        if self.prior_preservation and not self.class_noun and not self.class_prompt:
+            raise UserError("--prior-preservation needs --class-noun (or --class-prompt)")
+        if not re.search(rf"(?<!\S){re.escape(self.token)}(?!\S)", self.prompt()):
+            raise UserError(f"the instance prompt {self.prompt()!r} does not contain the token {self.token!r}")
+        if not self.target_modules:
+            raise UserError("--target-modules must name at least one module")
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as JSON values (images given as PIL objects are recorded by count)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "images" and not isinstance(value, (str, Path)):
+                value = f"<{len(value)} PIL images>"
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        out.update(max_steps=self.max_steps, lr=self.lr, alpha=self.alpha)
+        return out

@@ -1,0 +1,128 @@
+"""Every method on tiny random SD 1.5 and SDXL models: train a few steps, save, load with stock diffusers,
+and regenerate the validation samples exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from steerguide.train import TrainConfig, train
+from steerguide.train.validation import grid, sample
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and lose a lot when other jobs hold the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+CASES = [  # (method, arch, extra settings): together they cover text encoders and prior preservation
+    ("lora", "sd15", {"train_text_encoder": True, "prior_preservation": True, "class_images": 2}),
+    ("lora", "sdxl", {}),
+    ("dreambooth", "sd15", {"train_text_encoder": True}),
+    ("dreambooth", "sdxl", {"prior_preservation": True, "class_images": 1}),
+    ("custom-diffusion", "sd15", {}),
+    ("custom-diffusion", "sdxl", {}),
+]
+
+
+def photos(n: int = 3) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def tiny_config(base, out, method: str, **extra) -> TrainConfig:
+    settings = dict(  # noqa: C408 (keyword form mirrors TrainConfig)
+        base=base, images=photos(), out=out, token="sks", class_noun="dog", instance_prompt="sks dog",
+        method=method, steps=3, learning_rate=5e-3, checkpoint_every=0, validation_images=2,
+        validation_inference_steps=2, seed=1,
+    )
+    settings.update(extra)
+    return TrainConfig(**settings)
+
+
+def load_base(folder):
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def regenerate(pipe, record: dict) -> np.ndarray:
+    config = record["config"]
+    images = sample(pipe, record["instance_prompt"], config["validation_images"], config["validation_inference_steps"],
+                    config["validation_guidance_scale"], record["resolution"], config["seed"])
+    return np.asarray(grid(images), dtype=np.int16)
+
+
+@pytest.mark.parametrize("method,arch,extra", CASES, ids=[f"{m}-{a}" for m, a, _ in CASES])
+def test_train_save_load_generate(tiny_model_dir, tmp_path, method, arch, extra):
+    from steerguide.train import custom_diffusion
+
+    base_dir = tiny_model_dir(arch)
+    out = train(tiny_config(base_dir, tmp_path / "out", method, **extra), progress=False)
+    record = json.loads((out / "train.json").read_text())
+    assert record["method"] == method and record["steps"] == 3 and len(record["losses"]) == 3
+    assert all(math.isfinite(x) for x in record["losses"])
+    assert record["versions"]["diffusers"] and record["config"]["steps"] == 3 and record["base"]
+    assert record["wall_seconds"] > 0 and record["instance_prompt"].endswith(" dog")
+    saved = np.asarray(Image.open(out / "validation.png"), dtype=np.int16)
+    assert saved.shape == (32, 64, 3)  # two 32×32 samples side by side
+
+    pipe = load_base(base_dir)
+    before = regenerate(pipe, record)
+    if method == "lora":
+        pipe.load_lora_weights(out)  # stock diffusers, from the folder
+        if extra.get("train_text_encoder"):
+            assert any("lora" in n for n, _ in pipe.text_encoder.named_parameters())
+    elif method == "dreambooth":
+        pipe = load_base(out)
+        assert (out / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    else:
+        base_unet = {n: p.clone() for n, p in pipe.unet.state_dict().items()}
+        token = custom_diffusion.load(pipe, out)
+        assert token == record["token"] and token in record["instance_prompt"]
+        changed = {n for n, p in pipe.unet.state_dict().items() if not torch.equal(p, base_unet[n])}
+        assert changed and all(custom_diffusion.is_trained(n) for n in changed)  # only attn2 k/v moved
+    after = regenerate(pipe, record)
+    assert np.abs(after - saved).max() <= 1, "reloaded weights must reproduce the validation samples"
+    assert np.abs(after - before).max() > 0, "training must change the model"
+
+
+def test_lora_file_is_the_diffusers_format(tiny_model_dir, tmp_path):
+    from safetensors import safe_open
+
+    out = train(tiny_config(tiny_model_dir("sd15"), tmp_path / "lora", "lora", rank=2, lora_alpha=4,
+                            validation_images=0), progress=False)
+    with safe_open(out / "pytorch_lora_weights.safetensors", "pt") as f:
+        keys, metadata = list(f.keys()), f.metadata()
+    assert keys and all(k.startswith("unet.") for k in keys)
+    assert any(k.endswith(".lora.down.weight") for k in keys)  # what diffusers' example scripts write
+    assert not (out / "validation.png").exists()
+    assert json.loads(metadata["lora_adapter_metadata"])["unet.lora_alpha"] == 4  # alpha ≠ rank survives
+
+
+def test_custom_diffusion_keeps_other_token_embeddings(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    base_dir = tiny_model_dir("sd15")
+    out = train(tiny_config(base_dir, tmp_path / "cd", "custom-diffusion", validation_images=0), progress=False)
+    kv = load_file(out / "custom_diffusion.safetensors")
+    base = load_base(base_dir)
+    params = dict(base.unet.named_parameters())
+    assert set(kv) == {n for n in params if ".attn2.to_k." in n or ".attn2.to_v." in n}
+    assert all(kv[n].shape == params[n].shape for n in kv)  # full values, not deltas
+    embeds = load_file(out / "learned_embeds.safetensors")
+    assert list(embeds) == ["sks"] and embeds["sks"].shape == (1, 32)  # 'sks' is 3 pieces here: added as is
+    base.load_textual_inversion(out / "learned_embeds.safetensors")
+    tokenizer = base.tokenizer
+    assert tokenizer.tokenize("sks dog")[0] == "sks"

@@ -1,0 +1,114 @@
+"""Checkpoints and --resume: a resumed run continues the interrupted one exactly, even after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from steerguide.errors import UserError
+from steerguide.train import TrainConfig, train
+from steerguide.train.trainer import checkpoints
+
+pytestmark = pytest.mark.filterwarnings("ignore::steerguide.train.TrainWarning")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def config(base, images, out, **extra) -> TrainConfig:
+    settings = dict(  # noqa: C408 (keyword form mirrors TrainConfig)
+        base=base, images=images, out=out, token="sks", class_noun="dog", instance_prompt="sks dog",
+        steps=4, learning_rate=1e-2, checkpoint_every=2, validation_images=0, random_flip=True,
+        crop="random", seed=3,
+    )
+    settings.update(extra)
+    return TrainConfig(**settings)
+
+
+@pytest.mark.parametrize("method", ["lora", "custom-diffusion"])
+def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, photo_dir, tmp_path, method):
+    base = tiny_model_dir("sd15")
+    whole = train(config(base, photo_dir, tmp_path / "whole", method=method), progress=False)
+    # The same run stopped after its step-2 checkpoint, then resumed to 4 steps.
+    part = tmp_path / "part"
+    train(config(base, photo_dir, part, method=method, steps=2), progress=False)
+    assert [p.name for p in checkpoints(part)] == ["step-2"]
+    train(config(base, photo_dir, part, method=method, resume=True), progress=False)
+
+    a, b = (json.loads((d / "train.json").read_text()) for d in (whole, part))
+    assert b["steps"] == 4 and b["resumed_from"] == [2] and a["resumed_from"] == []
+    assert np.allclose(a["losses"], b["losses"], rtol=1e-5, atol=1e-7)
+    weights = "pytorch_lora_weights.safetensors" if method == "lora" else "custom_diffusion.safetensors"
+    wa, wb = load_file(whole / weights), load_file(part / weights)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    assert [p.name for p in checkpoints(part)] == ["step-2", "step-4"]
+
+
+def test_resume_refuses_other_settings(tiny_model_dir, photo_dir, tmp_path):
+    base = tiny_model_dir("sd15")
+    train(config(base, photo_dir, tmp_path / "run", steps=2), progress=False)
+    with pytest.raises(UserError, match="rank=4"):
+        train(config(base, photo_dir, tmp_path / "run", rank=8, resume=True), progress=False)
+
+
+def test_checkpoints_are_pruned_to_the_last_k(tiny_model_dir, photo_dir, tmp_path):
+    out = train(config(tiny_model_dir("sd15"), photo_dir, tmp_path / "run", steps=5, checkpoint_every=1,
+                       checkpoints_total_limit=2), progress=False)
+    assert [p.name for p in checkpoints(out)] == ["step-4", "step-5"]
+    assert not list((out / "checkpoints").glob("*.tmp"))
+
+
+def test_sigkill_then_resume(tiny_model_dir, photo_dir, tmp_path):
+    """A run killed with SIGKILL after a checkpoint resumes with the same command and ends on the exact step."""
+    out, every, steps = tmp_path / "run", 3, 40
+    command = [
+        sys.executable, "-c", "from steerguide.cli import main; main()", "train",
+        "--base", str(tiny_model_dir("sd15")), "--images", str(photo_dir), "--out", str(out), "--token", "sks",
+        "--class-noun", "dog", "--instance-prompt", "sks dog", "--steps", str(steps),
+        "--checkpoint-every", str(every), "--checkpoints-total-limit", "1", "--validation-images", "0", "--quiet",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not checkpoints(out) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run must still be going when killed"
+    assert not (out / "train.json").exists()
+    kept = checkpoints(out)
+    assert len(kept) == 1
+    step = int(kept[0].name[5:])
+    assert step % every == 0 and every <= step < steps
+
+    resumed = subprocess.run(command + ["--resume"], check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    record = json.loads((out / "train.json").read_text())
+    assert record["steps"] == steps and len(record["losses"]) == steps
+    assert record["resumed_from"] == [step]
+    assert np.isfinite(record["losses"]).all()
