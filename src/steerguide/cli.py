@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
+from typing import Optional
 
 import click
 import typer
@@ -31,14 +33,115 @@ _COMMAND_MODULES: list[str] = [
 ]
 
 
+def _default_base() -> str:
+    """The embedded toy world's base model: what runs out of the box."""
+    from steerguide.toyworld import base_model_path
+
+    return str(base_model_path())
+
+
+def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
+    found = list(prompts)
+    if prompts_file is not None:
+        try:
+            lines = prompts_file.read_text().splitlines()
+        except OSError as e:
+            raise UserError(f"cannot read prompts file {prompts_file}: {e.strerror or e}") from None
+        found += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not found:
+        raise UserError("no prompt given: use --prompt TEXT (repeatable) or --prompts-file FILE")
+    return found
+
+
+@app.command("generate")
+def generate_command(
+    base: Optional[str] = typer.Option(None, help="Base model: hub id, diffusers folder or single-file "
+                                       "checkpoint. Default: the embedded toy world's base model."),
+    personalization: Optional[Path] = typer.Option(None, help="LoRA file/folder, fine-tuned model folder or "
+                                                   "file, or Custom Diffusion folder."),
+    method: str = typer.Option("pg", help="cfg | ag | pg"),
+    scale: float = typer.Option(7.5, help="Guidance scale w (1 = no guidance)."),
+    omega: Optional[float] = typer.Option(None, help="ω: share of the personalization kept in the weak model "
+                                          "(PG default 0.5, AG default 0.0 = pretrained)."),
+    omega_schedule: str = typer.Option("constant", help="constant | linear:END | cosine:END | "
+                                       "piecewise:T1=V1,T2=V2 (ω starts at --omega)."),
+    allow_extrapolation: bool = typer.Option(False, help="Allow ω outside [0, 1]."),
+    guidance_start: float = typer.Option(0.0, help="Apply guidance from this fraction of the steps..."),
+    guidance_stop: float = typer.Option(1.0, help="...up to this fraction."),
+    guidance_rescale: float = typer.Option(0.0, help="diffusers' guidance_rescale φ (SD, SDXL)."),
+    prompt: list[str] = typer.Option([], "--prompt", "-p", help="Prompt (repeatable)."),
+    prompts_file: Optional[Path] = typer.Option(None, help="File with one prompt per line."),
+    negative_prompt: Optional[str] = typer.Option(None, help="Negative prompt (replaces the null prompt)."),
+    num_images: int = typer.Option(1, help="Images per prompt; image i uses seed + i."),
+    steps: int = typer.Option(30, help="Sampling steps."),
+    seed: int = typer.Option(0, help="Seed of image 0 of every prompt."),
+    height: Optional[int] = typer.Option(None, help="Image height (default: the model's)."),
+    width: Optional[int] = typer.Option(None, help="Image width (default: the model's)."),
+    scheduler: Optional[str] = typer.Option(None, help="diffusers scheduler name, e.g. DDIM, EulerDiscrete "
+                                            "(default: the one saved with the base model)."),
+    batch_size: int = typer.Option(16, help="Images per pipeline call."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option("float32", help="float32 | float16 | bfloat16"),
+    out: Path = typer.Option(Path("steerguide-out"), help="Output folder for the PNGs and run.json."),
+) -> None:
+    """Generate images with CFG, autoguidance or personalization guidance."""
+    from rich.console import Console
+
+    from steerguide.guidance import GuidanceConfig
+    from steerguide.sampling import generate
+
+    if steps < 1:
+        raise UserError(f"--steps must be >= 1, got {steps}")
+    if num_images < 1:
+        raise UserError(f"--num-images must be >= 1, got {num_images}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    config = GuidanceConfig(method=method, scale=scale, omega=omega, omega_schedule=omega_schedule,
+                            interval=(guidance_start, guidance_stop), guidance_rescale=guidance_rescale,
+                            allow_extrapolation=allow_extrapolation)
+    prompts = _read_prompts(prompt, prompts_file)
+    record = generate(base or _default_base(), str(personalization) if personalization else None, config,
+                      prompts, out, num_images=num_images, seed=seed, steps=steps, height=height, width=width,
+                      negative_prompt=negative_prompt, device=device, dtype=dtype, scheduler=scheduler,
+                      batch_size=batch_size)
+    Console(stderr=True).print(
+        f"wrote {len(record['images'])} images and run.json to {out} "
+        f"({record['denoiser_calls']} denoiser calls, {record['denoiser_rows']} rows, "
+        f"{record['seconds_denoising']:.2f} s denoising)")
+
+
 def _register_commands() -> None:
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(app)
 
 
+_registered = False
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars and one-line errors are the interface: silence the libraries' bars and chatter."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on `argv` and return its exit status (what `main` exits with)."""
-    _register_commands()
+    global _registered
+    _quiet_libraries()
+    if not _registered:
+        _register_commands()
+        _registered = True
     try:
         result = app(args=argv, prog_name="steerguide", standalone_mode=False)
     except UserError as e:

@@ -171,26 +171,49 @@ def _is_lora_key(key: str) -> bool:
 
 @contextmanager
 def _captured_warnings(logger_names: tuple[str, ...]) -> Iterator[list[str]]:
+    """Collect the warnings of these loggers (instead of printing them), whatever their verbosity was."""
     messages: list[str] = []
 
     class Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             messages.append(record.getMessage())
 
-    handler = Collect(level=logging.WARNING)
-    loggers = [logging.getLogger(n) for n in logger_names]
-    for logger in loggers:
-        logger.addHandler(handler)
+    collector = Collect(level=logging.WARNING)
+    saved = []
+    for name in logger_names:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.handlers[:], logger.propagate))
+        logger.handlers = [collector]
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
     try:
         yield messages
     finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
+        for logger, level, handlers, propagate in saved:
+            logger.handlers = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
 
 
 def _text_encoders(pipe) -> list[tuple[str, torch.nn.Module]]:
     return [(n, getattr(pipe, n)) for n in ("text_encoder", "text_encoder_2", "text_encoder_3")
             if getattr(pipe, n, None) is not None]
+
+
+_PIPELINE_LORA_PREFIXES = ("unet.", "transformer.", "text_encoder", "lora_unet_", "lora_te", "lora_transformer_",
+                           "diffusion_model.", "lora.")
+
+
+def _peft_alpha_over_rank(folder: Path) -> float:
+    """lora_alpha / r from a PEFT `adapter_config.json` beside the weights (1 when there is none)."""
+    config_path = folder / "adapter_config.json"
+    if not config_path.is_file():
+        return 1.0
+    config = json.loads(config_path.read_text())
+    if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("use_rslora"):
+        raise UserError(f"{config_path}: per-module ranks/alphas and rsLoRA are not supported; "
+                        "convert the adapter with diffusers' save_lora_weights first")
+    return float(config.get("lora_alpha", config.get("r", 1))) / float(config.get("r", 1))
 
 
 def _install_lora(pipe, path: Path) -> Personalization:
@@ -201,9 +224,20 @@ def _install_lora(pipe, path: Path) -> Personalization:
         raise UserError("the pipeline already carries a LoRA; load the personalization on a fresh pipeline")
     source = path if path.is_dir() else path.parent
     kwargs = {} if path.is_dir() else {"weight_name": path.name}
+    state = None if path.is_dir() else _read_state_dict(path)
+    bare_peft = state is not None and not any(k.startswith(_PIPELINE_LORA_PREFIXES) for k in state)
     with _captured_warnings(("diffusers", "peft")) as warnings:
         try:
-            pipe.load_lora_weights(str(source), adapter_name=ADAPTER, **kwargs)
+            if bare_peft:
+                # PEFT's own layout (`base_model.model.<module>.lora_A.weight`, or no prefix at all) names
+                # denoiser modules directly; diffusers' pipeline loader expects "unet."/"transformer.".
+                state = {k.removeprefix("base_model.model."): v for k, v in state.items()}
+                factor = _peft_alpha_over_rank(path.parent)
+                if factor != 1.0:  # diffusers takes alpha = r here: fold alpha / r into B instead
+                    state = {k: v * factor if ".lora_B." in k else v for k, v in state.items()}
+                denoiser.load_lora_adapter(state, prefix=None, adapter_name=ADAPTER)
+            else:
+                pipe.load_lora_weights(str(source), adapter_name=ADAPTER, **kwargs)
         except UserError:
             raise
         except Exception as e:
