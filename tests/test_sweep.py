@@ -115,9 +115,9 @@ def test_toml_config_equals_yaml(tmp_path):
     assert [r.key for r in expand(a, bench)] == [r.key for r in expand(b, bench)]
 
 
-def test_example_config_is_valid():
-    example = Path(__file__).resolve().parents[1] / "examples" / "sweep.yaml"
-    cfg = load_config(example)
+@pytest.mark.parametrize("name", ["sweep.yaml", "sweep-toy.yaml"])
+def test_example_configs_are_valid(name):
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / name)
     assert {s.method for s in cfg.settings} == {"cfg", "ag", "pg"}
 
 

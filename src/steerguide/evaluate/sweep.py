@@ -226,7 +226,8 @@ def parse_config(data: dict, source: str = "") -> SweepConfig:
                 raise UserError(f"config key {where}: {e}") from None
             except ImportError:
                 pass
-            settings.append(setting)
+            if setting not in settings:  # a value listed twice is one setting, not two rows per image
+                settings.append(setting)
 
     seeds = data.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
@@ -438,8 +439,14 @@ def ensure_personalization(config: SweepConfig, subject: BenchSubject, out: Path
     partial = folder.with_name(folder.name + ".partial")
     settings = {"method": "lora", "resume": True, **(config.personalization.get("train") or {})}
     try:
-        train_config = TrainConfig(base=resolve_base(config.base), images=subject.reference_images(),
-                                   token=subject.token, class_noun=subject.class_noun, out=partial, **settings)
+        if config.benchmark.get("name") == "toy":  # the toy world's tuned defaults and instance prompts
+            from steerguide.train.toy import toy_config
+
+            method = settings.pop("method")
+            train_config = toy_config(subject.name, method, base=resolve_base(config.base), out=partial, **settings)
+        else:
+            train_config = TrainConfig(base=resolve_base(config.base), images=subject.reference_images(),
+                                       token=subject.token, class_noun=subject.class_noun, out=partial, **settings)
     except TypeError as e:
         raise UserError(f"config key personalization.train: {e}") from None
     trained = Path(train(train_config, progress=progress))
