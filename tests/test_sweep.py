@@ -260,3 +260,17 @@ def test_sharded_under_accelerate_launch(tmp_path):
     assert sorted({r["process"] for r in launched}) == [0, 1]
     assert sum(r["process"] == 0 for r in launched) == 33  # 65 pending rows, split 33 / 32
     assert "[process 1/2]" in proc.stderr and "[process 2/2]" in proc.stderr
+
+
+def test_temporaries_of_dead_processes_are_removed(tmp_path):
+    from steerguide.evaluate.results import remove_stale_temporaries
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                              capture_output=True, text=True).stdout)
+    (tmp_path / "images" / "dog").mkdir(parents=True)
+    stale = [tmp_path / "images" / "dog" / f".k1.{dead}.tmp.png", tmp_path / f".sweep.json.{dead}.tmp"]
+    live = tmp_path / "images" / "dog" / f".k2.{os.getpid()}.tmp.png"
+    for p in [*stale, live]:
+        p.write_text("half")
+    assert remove_stale_temporaries(tmp_path) == 2
+    assert live.exists() and not any(p.exists() for p in stale)

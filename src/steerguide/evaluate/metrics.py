@@ -12,6 +12,7 @@ Models are hub ids or local folders, loaded with transformers' `from_pretrained`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,8 +22,8 @@ from steerguide.errors import UserError
 
 DEFAULT_MODELS = {
     "dino": "facebook/dino-vits16",
-    "clip_i": "openai/clip-vit-large-patch14",
-    "clip_t": "openai/clip-vit-large-patch14",
+    "clip_i": "openai/clip-vit-base-patch32",
+    "clip_t": "openai/clip-vit-base-patch32",
 }
 FIDELITY, TEXT = "fidelity", "text"
 
@@ -113,6 +114,7 @@ class DinoMetric(_ImageEmbeddingMetric):
         return self._model(pixel_values=pixel_values).last_hidden_state[:, 0]
 
 
+@functools.lru_cache(maxsize=4)  # CLIP-I and CLIP-T usually share one model: load it once
 def _load_clip(model_id: str, device: str):
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 

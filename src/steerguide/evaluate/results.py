@@ -105,13 +105,14 @@ def save_image_atomic(image, path: str | Path) -> Path:
 
 
 def remove_stale_temporaries(folder: str | Path) -> int:
-    """Delete temporary files and folders (`.NAME.PID.tmp*`) left under `folder` by processes that died;
-    a live process's temporaries are kept. Returns how many were removed."""
+    """Delete the temporary files (`.NAME.PID.tmp*`) that processes which died left in a sweep folder (its
+    top level and images/<subject>/); a live process's are kept. Returns how many were removed."""
     import re
     import shutil
 
     removed = 0
-    for path in Path(folder).rglob(".*.tmp*"):
+    folder = Path(folder)
+    for path in [*folder.glob(".*.tmp*"), *folder.glob("images/*/.*.tmp*")]:
         m = re.match(r"^\..+\.(\d+)\.tmp", path.name)
         if not m or _alive(int(m.group(1))):
             continue
