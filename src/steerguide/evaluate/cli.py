@@ -125,7 +125,7 @@ def evaluate(
         if key not in spec:
             raise UserError(f"--model {item!r}: metric {key} is not in --metrics")
         spec[key]["model"] = value
-    scores = score_folder(images, build_metrics(spec, device=device), references, prompt, token)
+    scores = score_folder(images, build_metrics(spec, device=device), references, prompt, token, progress=True)
     summary = scores.summary()
     table = Table(title=f"{images}: {len(scores.files)} images, mean ± 95% CI")
     table.add_column("metric")

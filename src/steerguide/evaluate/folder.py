@@ -59,10 +59,12 @@ def folder_prompts(folder: Path, files: list[Path], prompt: str | None) -> list[
 
 
 def score_folder(images: str | Path, metrics: list[Metric], references: str | Path | None = None,
-                 prompt: str | None = None, token: str | None = None, batch_size: int = 16) -> FolderScores:
+                 prompt: str | None = None, token: str | None = None, batch_size: int = 16,
+                 progress: bool = False) -> FolderScores:
     """Score every image in `images` with `metrics`. `token` (e.g. "sks") is removed from the prompts that
     CLIP-T reads, as the sweep does."""
     from PIL import Image
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     folder = Path(images)
     if not folder.is_dir():
@@ -86,13 +88,16 @@ def score_folder(images: str | Path, metrics: list[Metric], references: str | Pa
         refs = [Image.open(p).convert("RGB") for p in _image_files(ref_dir)]
     prepared = [m.prepare(refs) for m in metrics]
     scores: dict[str, list[float]] = {m.name: [] for m in metrics}
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        ims = [Image.open(p).convert("RGB") for p in chunk]
-        ps = prompts[start:start + batch_size]
-        for m, prep in zip(metrics, prepared):
-            texts = [p if (m.raw_prompts or not token or p is None) else _strip(p, token) for p in ps]
-            scores[m.name].extend(m.score(ims, texts, prep))
+    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), disable=not progress) as bar:
+        task = bar.add_task("scoring", total=len(files))
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            ims = [Image.open(p).convert("RGB") for p in chunk]
+            ps = prompts[start:start + batch_size]
+            for m, prep in zip(metrics, prepared):
+                texts = [p if (m.raw_prompts or not token or p is None) else _strip(p, token) for p in ps]
+                scores[m.name].extend(m.score(ims, texts, prep))
+            bar.advance(task, len(chunk))
     return FolderScores([p.name for p in files], prompts, scores)
 
 
