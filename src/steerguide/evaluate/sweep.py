@@ -380,7 +380,7 @@ class DiffusersSampler:
             s = self.config.sampling
             kwargs = {k: s[k] for k in ("steps", "height", "width", "negative_prompt") if s.get(k) is not None}
             result = sample(self.pipe, self.personal, setting.guidance_config(), prompts, num_images=1, seed=seed,
-                            progress=False, **kwargs)
+                            batch_size=len(prompts), progress=False, **kwargs)
             return _first_image_per_prompt(result, len(prompts))
 
         def close(self) -> None:
