@@ -14,6 +14,8 @@ from PIL import Image
 from steerguide.train import TrainConfig, train
 from steerguide.train.validation import grid, sample
 
+pytestmark = pytest.mark.filterwarnings("ignore::steerguide.train.TrainWarning")  # 'sks' is 3 pieces here
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -126,3 +128,19 @@ def test_custom_diffusion_keeps_other_token_embeddings(tiny_model_dir, tmp_path)
     base.load_textual_inversion(out / "learned_embeds.safetensors")
     tokenizer = base.tokenizer
     assert tokenizer.tokenize("sks dog")[0] == "sks"
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+@pytest.mark.parametrize("method", ["lora", "dreambooth", "custom-diffusion"])
+def test_generate_accepts_each_output(tiny_model_dir, tmp_path, method, arch, capsys):
+    """`steerguide generate --personalization DIR` takes each output folder as it is (PG, ω = 0.5)."""
+    from steerguide.cli import run
+
+    base = tiny_model_dir(arch)
+    out = train(tiny_config(base, tmp_path / "p", method, steps=1, validation_images=0), progress=False)
+    prompt = json.loads((out / "train.json").read_text())["instance_prompt"]
+    images = tmp_path / "images"
+    argv = ["generate", "--base", str(base), "--personalization", str(out), "--prompt", prompt, "--steps", "2",
+            "--method", "pg", "--omega", "0.5", "--out", str(images)]
+    assert run(argv) == 0, capsys.readouterr().err
+    assert len(list(images.glob("*.png"))) == 1

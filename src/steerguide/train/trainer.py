@@ -52,9 +52,17 @@ class TrainState:
         self.seconds, self.resumed_from = float(state["seconds"]), list(state["resumed_from"])
 
 
-def _warn(message: str, notes: list[str]) -> None:
-    notes.append(message)
-    warnings.warn(message, TrainWarning, stacklevel=3)
+class _Notes(list):
+    """Warnings of this run: all kept for train.json, shown once (by the main process)."""
+
+    def __init__(self, show: bool):
+        super().__init__()
+        self.show = show
+
+    def warn(self, message: str) -> None:
+        self.append(message)
+        if self.show:
+            warnings.warn(message, TrainWarning, stacklevel=3)
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -66,27 +74,26 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def _prepare_out(out: Path, config: TrainConfig, notes: list[str]) -> Path | None:
-    """Check `--out` (and clear it for --overwrite); returns the checkpoint to resume from, if any."""
+def _check_out(out: Path, config: TrainConfig, notes: _Notes) -> tuple[Path | None, bool]:
+    """Check `--out`; returns the checkpoint to resume from (if any) and whether to clear the folder."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     found = checkpoints(out)
     if config.resume and found:
-        return found[-1]
+        return found[-1], False
     entries = list(out.iterdir()) if out.exists() else []
     ours = {CHECKPOINTS, CLASS_IMAGES}
     if config.resume and all(p.name in ours for p in entries):  # e.g. killed before the first checkpoint
         if entries or out.exists():
-            _warn(f"--resume: no checkpoint in {out / CHECKPOINTS} yet; starting from step 0", notes)
-        return None
+            notes.warn(f"--resume: no checkpoint in {out / CHECKPOINTS} yet; starting from step 0")
+        return None, False
     if entries:
         if not config.overwrite:
             hint = "pass --overwrite to replace it" + ("" if config.resume else ", or --resume to continue it")
             raise UserError(f"--out {out} exists and is not empty; {hint}")
         if not ((out / "train.json").exists() or (out / CHECKPOINTS).is_dir()):
             raise UserError(f"--overwrite: refusing to delete {out}: it does not look like a steerguide training output")
-        shutil.rmtree(out)
-    return None
+    return None, bool(entries)
 
 
 def _identity(config: TrainConfig, images: list, base: Base) -> dict:
@@ -183,9 +190,20 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     from diffusers.training_utils import cast_training_params, compute_snr
 
     config.check()
-    notes: list[str] = []
     out = Path(config.out)
-    resume_from = _prepare_out(out, config, notes)
+    try:
+        accelerator = Accelerator(
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation,
+            project_config=ProjectConfiguration(project_dir=str(out)),
+        )
+    except ValueError as e:  # e.g. fp16 on a machine without a GPU
+        raise UserError(f"--mixed-precision {config.mixed_precision}: {e}") from None
+    notes = _Notes(show=accelerator.is_local_main_process)
+    resume_from, clear = _check_out(out, config, notes)
+    accelerator.wait_for_everyone()  # every process has looked at --out before it is cleared
+    if clear and accelerator.is_main_process:
+        shutil.rmtree(out)
     images = load_images(config.images)  # cheap input errors first, before the model loads
     base = load_base(config.base)
     method = METHOD_MODULES[config.method]
@@ -201,17 +219,9 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             if config.method == "custom-diffusion"
             else "the subject is bound to that sequence (a rare single-piece token such as 'sks' binds better)"
         )
-        _warn(f"token {config.token!r} is split by the tokenizer into {len(pieces)} pieces "
-              f"({' '.join(pieces)}); {becomes}", notes)
+        notes.warn(f"token {config.token!r} is split by the tokenizer into {len(pieces)} pieces "
+                   f"({' '.join(pieces)}); {becomes}")
 
-    try:
-        accelerator = Accelerator(
-            mixed_precision=config.mixed_precision,
-            gradient_accumulation_steps=config.gradient_accumulation,
-            project_config=ProjectConfiguration(project_dir=str(out)),
-        )
-    except ValueError as e:  # e.g. fp16 on a machine without a GPU
-        raise UserError(f"--mixed-precision {config.mixed_precision}: {e}") from None
     if accelerator.is_main_process:
         (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         if resume_from is None:
@@ -293,8 +303,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     instance_ids, class_ids = tokenize(base.tokenizers, prompt), tokenize(base.tokenizers, class_prompt)
     for tokenizer in base.tokenizers[:1]:
         if len(tokenizer(prompt).input_ids) > tokenizer.model_max_length:
-            _warn(f"the instance prompt {prompt!r} is longer than the tokenizer's "
-                  f"{tokenizer.model_max_length} tokens; it is truncated", notes)
+            notes.warn(f"the instance prompt {prompt!r} is longer than the tokenizer's "
+                       f"{tokenizer.model_max_length} tokens; it is truncated")
     frozen_text = not any(trainable.text_encoders_trained)
     if frozen_text:  # the prompts never change: encode them once
         with torch.no_grad():
