@@ -381,22 +381,10 @@ class DiffusersSampler:
             kwargs = {k: s[k] for k in ("steps", "height", "width", "negative_prompt") if s.get(k) is not None}
             result = sample(self.pipe, self.personal, setting.guidance_config(), prompts, num_images=1, seed=seed,
                             batch_size=len(prompts), progress=False, **kwargs)
-            return _first_image_per_prompt(result, len(prompts))
+            return [images[0] for images in result.images]  # images[p][i]: image i of prompt p
 
         def close(self) -> None:
             self.pipe = self.personal = None
-
-
-def _first_image_per_prompt(result: Any, n: int) -> list:
-    images = getattr(result, "images", result)
-    if isinstance(images, dict):
-        images = images.get("images")
-    images = list(images)
-    if len(images) == n and isinstance(images[0], (list, tuple)):
-        images = [group[0] for group in images]
-    if len(images) != n:
-        raise RuntimeError(f"sampler returned {len(images)} images for {n} prompts")
-    return images
 
 
 def make_sampler(config: SweepConfig):
