@@ -144,3 +144,21 @@ def test_generate_accepts_each_output(tiny_model_dir, tmp_path, method, arch, ca
             "--method", "pg", "--omega", "0.5", "--out", str(images)]
     assert run(argv) == 0, capsys.readouterr().err
     assert len(list(images.glob("*.png"))) == 1
+
+
+@pytest.mark.parametrize("method", ["lora", "dreambooth", "custom-diffusion"])
+def test_bf16_gradient_checkpointing_and_accumulation(tiny_model_dir, tmp_path, method):
+    """The GPU options run (bf16 autocast works on CPU too), and a later fp32 run in the same process is fp32."""
+    base = tiny_model_dir("sd15")
+    out = train(tiny_config(base, tmp_path / "bf16", method, steps=2, mixed_precision="bf16",
+                            gradient_checkpointing=True, gradient_accumulation=2, train_text_encoder=True,
+                            validation_images=1), progress=False)
+    record = json.loads((out / "train.json").read_text())
+    assert record["steps"] == 2 and all(math.isfinite(x) for x in record["losses"])
+    assert record["mixed_precision"] == "bf16"
+    again = train(tiny_config(base, tmp_path / "fp32", method, steps=1, validation_images=0), progress=False)
+    assert json.loads((again / "train.json").read_text())["mixed_precision"] == "no"
+    from steerguide.train.results import load_trained
+
+    pipe, _ = load_trained(out)
+    assert pipe.unet.dtype == torch.float32  # saved trained weights are fp32, whatever the autocast

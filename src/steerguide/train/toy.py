@@ -1,10 +1,13 @@
-"""Toy-world personalization: a subject of `steerguide.toyworld` with defaults tuned for a 2-core CPU."""
+"""Toy-world personalization: a subject of `steerguide.toyworld` with defaults tuned for a 2-core CPU,
+and the fidelity check of a trained subject (`python -m steerguide.train.toy DIR...`)."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
-from steerguide.errors import UserError
 from steerguide.train.config import TrainConfig
 
 # Tuned on the shipped toy base model (32×32 images) so that LoRA personalizes in under 3 minutes on
@@ -14,23 +17,61 @@ TOY_DEFAULTS: dict[str, dict[str, Any]] = {
     "dreambooth": {"steps": 200, "learning_rate": 1e-4},
     "custom-diffusion": {"steps": 200, "learning_rate": 1e-3},
 }
-TOY_COMMON: dict[str, Any] = {"batch_size": 4, "checkpoint_every": 50, "validation_images": 8}
+TOY_COMMON: dict[str, Any] = {
+    "batch_size": 4, "checkpoint_every": 50, "validation_images": 8, "validation_inference_steps": 20,
+    "validation_guidance_scale": 5.0,
+}
+SAMPLING = {"num_inference_steps": 20, "guidance_scale": 5.0}  # as the toy world's own checks sample
 
 
 def toy_config(subject: str, method: str = "lora", **overrides: Any) -> TrainConfig:
-    """A `TrainConfig` for toy subject `subject`: its photos, token, class noun and instance prompt,
-    the toy base model, and the tuned toy defaults; `overrides` win over all of them."""
+    """A `TrainConfig` for toy subject `subject` ("sks_star" or "sks"): its photos, token, class noun and
+    instance prompt, the toy base model, and the tuned toy defaults; `overrides` win over all of them."""
     from steerguide import toyworld
 
-    try:
-        found = toyworld.get_subject(subject)
-    except (KeyError, ValueError) as e:
-        raise UserError(f"unknown toy subject {subject!r}: {e}") from None
+    found = toyworld.get_subject(subject)  # UserError for an unknown name
     values: dict[str, Any] = {
         "base": toyworld.base_model_path(), "images": found.reference_images(), "token": found.token,
         "class_noun": found.class_noun, "instance_prompt": found.instance_prompt, "method": method,
+        "extra": {"toy_subject": found.name},
     }
     values.update(TOY_COMMON)
     values.update(TOY_DEFAULTS.get(overrides.get("method", method), {}))
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def toy_fidelity(folder: str | Path, n: int = 32, seed: int = 0) -> dict[str, Any]:
+    """Subject fidelity (the toy world's judge) of a trained toy subject's samples for its training prompt,
+    beside that of the subject's held-out renders and of the base model's samples, all against the
+    subject's reference photos."""
+    import torch
+
+    from steerguide import toyworld
+    from steerguide.train.results import load_trained
+
+    pipe, record = load_trained(folder)
+    subject = toyworld.get_subject(record["config"]["extra"]["toy_subject"])
+    judge = toyworld.FidelityJudge()
+    references = subject.reference_images()
+
+    def samples(p) -> list:
+        generators = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+        return p([record["instance_prompt"]] * n, generator=generators, height=32, width=32, **SAMPLING).images
+
+    def mean_fidelity(images) -> float:
+        return float(sum(judge.fidelity(images, references)) / len(images))
+
+    base = toyworld.load_base_pipeline(record["base"])
+    return {
+        "subject": subject.name, "method": record["method"], "steps": record["steps"],
+        "train_seconds": round(record["wall_seconds"], 1),
+        "fidelity_samples": round(mean_fidelity(samples(pipe)), 4),
+        "fidelity_heldout": round(mean_fidelity(subject.heldout_images(n)), 4),
+        "fidelity_base_samples": round(mean_fidelity(samples(base)), 4),
+    }
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        print(json.dumps(toy_fidelity(arg)))

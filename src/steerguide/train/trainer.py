@@ -183,14 +183,21 @@ def _word_replace(prompt: str, token: str, new: str) -> str:
 
 def train(config: TrainConfig, progress: bool = True) -> Path:
     """Personalize `config.base` on `config.images`; returns the output folder (see docs/train.md)."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params, compute_snr
 
+    called = time.perf_counter()
     config.check()
     out = Path(config.out)
+    if not PartialState().use_distributed:
+        # accelerate keeps its settings in process-wide singletons; a second run in the same process
+        # (a sweep) may ask for another precision or accumulation (accelerate's own tests reset them so).
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
     try:
         accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
@@ -251,12 +258,17 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         base.unet.enable_gradient_checkpointing()
         for encoder, trained in zip(base.text_encoders, trainable.text_encoders_trained):
             if trained:
-                encoder.gradient_checkpointing_enable()
+                enable = getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable
+                enable()
 
     # Frozen weights in the compute dtype, trainable ones in fp32 (diffusers' `cast_training_params`).
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     vae_dtype = torch.float32 if base.arch == "sdxl" else weight_dtype  # the SDXL VAE overflows in fp16
-    for module, dtype in ((base.unet, weight_dtype), (base.vae, vae_dtype), *((e, weight_dtype) for e in base.text_encoders)):
+    dtypes = [(base.unet, weight_dtype), (base.vae, vae_dtype)]
+    for encoder in base.text_encoders:
+        # A trained token embedding (Custom Diffusion) feeds fp32 into the encoder: keep it all in fp32.
+        dtypes.append((encoder, torch.float32 if encoder.get_input_embeddings().weight.requires_grad else weight_dtype))
+    for module, dtype in dtypes:
         module.to(accelerator.device, **({} if dtype == module.dtype else {"dtype": dtype}))
     cast_training_params(trainable.modules, dtype=torch.float32)
     params = [p for m in trainable.modules for p in m.parameters() if p.requires_grad]
@@ -445,9 +457,11 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             "losses": state.losses,
             "wall_seconds": state.seconds,
             "wall_seconds_this_run": trained_seconds,
+            "total_seconds_this_run": time.perf_counter() - called,  # loading, class images, saving included
             "seconds_per_step": trained_seconds / max(1, state.step - start_step),
             "resumed_from": state.resumed_from,
             "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
             "trainable_parameters": sum(p.numel() for p in params),
             "images": [name for name, _ in images],
             "files": files,
