@@ -54,6 +54,7 @@ def test_bad_input(tiny_model_dir, photos, tmp_path, capsys):
     (photos / "zz-broken.png").unlink()
     fails(capsys, args + ["--images", str(photos), "--method", "textual-inversion"], "unknown method")
     fails(capsys, args + ["--images", str(photos), "--rank", "0"], "--rank must be at least 1")
+    fails(capsys, args + ["--images", str(photos), "--lr-scheduler", "wavy"], "unknown --lr-scheduler 'wavy'")
     fails(capsys, args + ["--images", str(photos), "--instance-prompt", "a dog"], "does not contain the token")
     fails(capsys, ["train", "--base", str(tmp_path), "--images", str(photos), "--out", out], "no model_index.json")
     (tmp_path / "out").mkdir()

@@ -28,8 +28,8 @@ def one_thread():
 
 CASES = [  # (method, arch, extra settings): together they cover text encoders and prior preservation
     ("lora", "sd15", {"train_text_encoder": True, "prior_preservation": True, "class_images": 2}),
-    ("lora", "sdxl", {}),
-    ("dreambooth", "sd15", {"train_text_encoder": True}),
+    ("lora", "sdxl", {"validation_every": 2, "lr_scheduler": "cosine", "lr_warmup_steps": 1}),
+    ("dreambooth", "sd15", {"train_text_encoder": True, "snr_gamma": 5.0, "noise_offset": 0.05}),
     ("dreambooth", "sdxl", {"prior_preservation": True, "class_images": 1}),
     ("custom-diffusion", "sd15", {}),
     ("custom-diffusion", "sdxl", {}),
@@ -79,6 +79,8 @@ def test_train_save_load_generate(tiny_model_dir, tmp_path, method, arch, extra)
     assert record["wall_seconds"] > 0 and record["instance_prompt"].endswith(" dog")
     saved = np.asarray(Image.open(out / "validation.png"), dtype=np.int16)
     assert saved.shape == (32, 64, 3)  # two 32×32 samples side by side
+    grids = sorted(p.name for p in (out / "validation").glob("*.png")) if (out / "validation").is_dir() else []
+    assert grids == (["step-2.png"] if extra.get("validation_every") else [])
 
     pipe = load_base(base_dir)
     before = regenerate(pipe, record)

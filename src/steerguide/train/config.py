@@ -125,6 +125,11 @@ class TrainConfig:
             raise UserError(f"--rank must be at least 1 (got {self.rank})")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise UserError(f"--lora-alpha must be positive (got {self.lora_alpha})")
+        from diffusers.optimization import SchedulerType
+
+        schedulers = [t.value for t in SchedulerType]
+        if self.lr_scheduler not in schedulers:
+            raise UserError(f"unknown --lr-scheduler {self.lr_scheduler!r}; expected one of: {', '.join(schedulers)}")
         if self.crop not in CROPS:
             raise UserError(f"unknown crop {self.crop!r}; expected one of: {', '.join(CROPS)}")
         if self.mixed_precision not in PRECISIONS:

@@ -276,14 +276,11 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     noise_scheduler = DDPMScheduler.from_pretrained(base.path, subfolder="scheduler")
     prediction_type = noise_scheduler.config.prediction_type
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.adam_weight_decay)
-    try:
-        lr_scheduler = get_scheduler(
-            config.lr_scheduler, optimizer,
-            num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
-            num_training_steps=config.max_steps * accelerator.num_processes,
-        )
-    except ValueError as e:
-        raise UserError(f"--lr-scheduler: {e}") from None
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler, optimizer,
+        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=config.max_steps * accelerator.num_processes,
+    )
 
     per_step = config.batch_size * config.gradient_accumulation * accelerator.num_processes
     dataset = PersonalizationDataset(
