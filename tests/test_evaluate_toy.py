@@ -69,3 +69,13 @@ def test_toy_sweep_rows_carry_the_toy_metrics(tmp_path: Path):
                         "sampler": "steerguide.evaluate.fakes:NoiseSampler"})
     stats = run_sweep(cfg, tmp_path, sampler=NoiseSampler(size=32))
     assert stats.written == 2 * len(toyworld.SUBJECTS)
+
+
+def test_an_exported_toy_folder_reads_as_dreambench(tmp_path: Path):
+    folder = toyworld.export_subjects(tmp_path / "toy", ["sks_star", "zwx_heart"])
+    bench = load_benchmark({"name": "dreambench", "root": str(folder), "num_prompts": 3})
+    assert [s.name for s in bench.subjects] == ["sks_star", "zwx_heart"]
+    star = bench.subject("sks_star")
+    world = toyworld.get_subject("sks_star")
+    assert (star.token, star.class_noun, star.prompts) == (world.token, world.class_noun, world.eval_prompts()[:3])
+    assert len(star.reference_images()) == world.n_references

@@ -7,7 +7,8 @@ DreamBench (Ruiz et al., CVPR 2023) is read in its original layout, so the 5-sub
     ROOT/<subject>/*.jpg             the subject's photos (training images and fidelity references)
 
 Prompts are stored as `'a {0} {1} in the jungle'.format(unique_token, class_token)`; we substitute the
-token and the class noun. Live subjects (cats and dogs, as in the DreamBooth evaluation) get the live
+token and the class noun. A folder with a `subjects.json` (each subject's own token, class and prompts, as
+`steerguide toyworld export` writes) is read from that file instead. Live subjects (cats and dogs, as in the DreamBooth evaluation) get the live
 prompt list ("wearing a red hat", ...), every other subject the object list.
 
 The toy world's subjects come through the same `Benchmark` interface (`toy_benchmark`); they train on
@@ -149,6 +150,8 @@ def load_dreambench(
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"DreamBench root {str(root)!r} is not a directory")
+    if (root / "subjects.json").is_file():
+        return _load_subjects_json(root, subjects, num_prompts)
     listing = root / "prompts_and_classes.txt"
     if not listing.is_file():
         raise UserError(f"DreamBench root {str(root)!r} has no prompts_and_classes.txt")
@@ -177,6 +180,32 @@ def load_dreambench(
         prompts = [t.format(token, noun) for t in templates]
         out.append(BenchSubject(name=n, class_noun=noun, token=token, prompts=prompts, references=images,
                                 live=live))
+    return Benchmark(name="dreambench", subjects=out, root=root)
+
+
+def _load_subjects_json(root: Path, subjects: Sequence[str] | None, num_prompts: int | None) -> Benchmark:
+    """A DreamBench-layout folder whose `subjects.json` gives each subject's own token, class and prompts
+    (what `steerguide toyworld export` writes): {name: {token, class, prompts: [...]}}."""
+    import json
+
+    path = root / "subjects.json"
+    try:
+        meta = json.loads(path.read_text())
+        names = list(meta) if subjects is None else list(subjects)
+        out = []
+        for n in names:
+            if n not in meta:
+                raise UserError(f"subject {n!r} is not listed in {path}")
+            if not (root / n).is_dir():
+                raise UserError(f"subject {n!r} has no folder {str(root / n)!r}")
+            entry = meta[n]
+            images = sorted(p for p in (root / n).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                raise UserError(f"subject {n!r}: no images in {str(root / n)!r}")
+            out.append(BenchSubject(name=n, class_noun=entry["class"], token=entry["token"],
+                                    prompts=list(entry["prompts"])[:num_prompts], references=images))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: expected {{subject: {{token, class, prompts}}}} ({type(e).__name__}: {e})") from None
     return Benchmark(name="dreambench", subjects=out, root=root)
 
 
