@@ -73,8 +73,12 @@ def _vae(scaling_factor: float = 0.18215, **kwargs):
     )
 
 
-def build_pipeline(arch: str = "sd15", seed: int = 0):
-    """A tiny random diffusers text-to-image pipeline of the given architecture (32×32 images)."""
+def build_pipeline(arch: str = "sd15", seed: int = 0, unet_channels: tuple[int, ...] = (32, 64)):
+    """A tiny random diffusers text-to-image pipeline of the given architecture (32×32 images).
+
+    `unet_channels` sets the SD 1.5 UNet's widths (one down block per entry, cross-attention in all but
+    the last): (64, 128, 128) gives a UNet of about 6 M parameters, for benchmarks.
+    """
     import tempfile
 
     from diffusers import (
@@ -97,14 +101,15 @@ def build_pipeline(arch: str = "sd15", seed: int = 0):
     scheduler_kwargs = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
     if arch == "sd15":
+        n = len(unet_channels)
         unet = UNet2DConditionModel(
             sample_size=16,
             in_channels=4,
             out_channels=4,
-            block_out_channels=(32, 64),
+            block_out_channels=tuple(unet_channels),
             layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
             cross_attention_dim=32,
             attention_head_dim=8,
             norm_num_groups=8,
@@ -173,10 +178,10 @@ def build_pipeline(arch: str = "sd15", seed: int = 0):
     )
 
 
-def save_pipeline(arch: str, folder: str | Path, seed: int = 0) -> Path:
+def save_pipeline(arch: str, folder: str | Path, seed: int = 0, **build_kwargs) -> Path:
     """Build a tiny pipeline and save it as a diffusers folder (safetensors); returns the folder."""
     folder = Path(folder)
-    pipe = build_pipeline(arch, seed=seed)
+    pipe = build_pipeline(arch, seed=seed, **build_kwargs)
     pipe.save_pretrained(folder, safe_serialization=True)
     # Optional components left out (SD3 without T5) are written as [null, null], as the hub's SD3 repos
     # loaded with `text_encoder_3=None` are, so that a plain `from_pretrained(folder)` accepts the folder.
@@ -189,7 +194,9 @@ def save_pipeline(arch: str, folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
-def random_lora_state_dict(pipe, rank: int = 4, seed: int = 1, std: float = 0.05) -> dict[str, torch.Tensor]:
+def random_lora_state_dict(pipe, rank: int = 4, seed: int = 1, std: float = 0.05,
+                           target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
+                           ) -> dict[str, torch.Tensor]:
     """A random LoRA on the denoiser's attention projections, as `save_lora_weights` writes it.
 
     Both A and B are random (a freshly initialised LoRA has B = 0 and would change nothing), so the tests
@@ -201,7 +208,7 @@ def random_lora_state_dict(pipe, rank: int = 4, seed: int = 1, std: float = 0.05
 
     denoiser = pipe.transformer if hasattr(pipe, "transformer") and pipe.transformer is not None else pipe.unet
     denoiser = copy.deepcopy(denoiser)  # leave the caller's model untouched
-    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(target_modules))
     denoiser.add_adapter(config, adapter_name="random")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -211,10 +218,10 @@ def random_lora_state_dict(pipe, rank: int = 4, seed: int = 1, std: float = 0.05
     return get_peft_model_state_dict(denoiser, adapter_name="random")
 
 
-def save_random_lora(pipe, folder: str | Path, rank: int = 4, seed: int = 1) -> Path:
+def save_random_lora(pipe, folder: str | Path, rank: int = 4, seed: int = 1, **lora_kwargs) -> Path:
     """Save a random denoiser LoRA for `pipe` in the diffusers format; returns the folder."""
     folder = Path(folder)
-    state = random_lora_state_dict(pipe, rank=rank, seed=seed)
+    state = random_lora_state_dict(pipe, rank=rank, seed=seed, **lora_kwargs)
     key = "transformer_lora_layers" if hasattr(pipe, "transformer") and pipe.transformer is not None else (
         "unet_lora_layers"
     )

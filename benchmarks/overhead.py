@@ -1,0 +1,183 @@
+"""What PG costs next to CFG: per-step time and peak memory, measured in one run on the same model.
+
+    python benchmarks/overhead.py                       # CPU, SD 1.5 architecture, 5.8 M-parameter UNet
+    python benchmarks/overhead.py --device cuda --resolution 512 --channels 320,640,1280,1280
+
+Methods (all at w = 5, same prompts, seeds and scheduler):
+  cfg-lora / cfg-full   CFG on the LoRA personalization / on the same LoRA fused into a full fine-tune
+  pg-lora               PG, ω = 0.5, one batched pass with per-row LoRA scales
+  pg-lora-linear        PG, ω linear 0 → 1 (a new ω every step)
+  pg-full               PG, ω = 0.5, θ_ω materialized once and swapped in for the null half
+  ag-lora               autoguidance with the pretrained model (LoRA scale 0 on the first half)
+  naive-3pass           PG the naive way: D_ft(c), D_ft(∅) and D_pre(∅) in three passes, mixed in output space
+
+Time: the median over interleaved rounds of (sampling time / steps), so that drift of the machine hits
+every method alike. Memory: each method also runs in a fresh process; its peak resident memory (CPU) or
+peak allocated memory (CUDA) is reported relative to CFG on the same personalization.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+METHODS = ["cfg-lora", "pg-lora", "pg-lora-linear", "ag-lora", "naive-3pass", "cfg-full", "pg-full"]
+PROMPTS = ["a photo of a sks dog on the beach", "a sks dog in the snow", "a sks dog wearing a red hat",
+           "a watercolor painting of a sks dog", "a sks dog next to a cat", "a sks dog in a bucket",
+           "a sks dog on a skateboard", "a sks dog at night"]
+
+
+def build_models(folder: Path, channels: tuple[int, ...], rank: int) -> dict[str, Path]:
+    from steerguide.loading import load_pipeline
+    from steerguide.testing import save_pipeline, save_random_lora
+
+    base = save_pipeline("sd15", folder / "base", unet_channels=channels)
+    pipe = load_pipeline(base)
+    lora = save_random_lora(pipe, folder / "lora", rank=rank, seed=1)
+    pipe.load_lora_weights(str(lora))
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    pipe.save_pretrained(folder / "full", safe_serialization=True)
+    return {"base": base, "lora": lora, "full": folder / "full"}
+
+
+class NaiveThreePass:
+    """PG computed the naive way: three denoiser passes of B rows per step, ω applied to the outputs."""
+
+    def __init__(self, pipe, omega: float) -> None:
+        self.pipe, self.omega = pipe, omega
+        self.original = pipe.unet.forward
+
+    def __call__(self, sample, timestep, encoder_hidden_states, **kwargs):
+        n = sample.shape[0] // 2
+        cond = self.original(sample[n:], timestep, encoder_hidden_states[n:], **kwargs)[0]
+        ft_null = self.original(sample[:n], timestep, encoder_hidden_states[:n], **kwargs)[0]
+        self.pipe.disable_lora()
+        try:
+            pre_null = self.original(sample[:n], timestep, encoder_hidden_states[:n], **kwargs)[0]
+        finally:
+            self.pipe.enable_lora()
+        return (torch.cat([pre_null + self.omega * (ft_null - pre_null), cond]),)
+
+
+def make_runner(method: str, models: dict[str, Path], args):
+    """Load what `method` needs; return a function that samples once and returns the seconds taken."""
+    from steerguide.guidance import GuidanceConfig
+    from steerguide.loading import load_personalization, load_pipeline
+    from steerguide.sampling import sample
+
+    kind = "full" if method.endswith("full") else "lora"
+    pipe = load_pipeline(models["base"], device=args.device)
+    personal = load_personalization(pipe, models[kind])
+    configs = {"cfg-lora": GuidanceConfig("cfg", args.scale), "cfg-full": GuidanceConfig("cfg", args.scale),
+               "pg-lora": GuidanceConfig("pg", args.scale, omega=0.5),
+               "pg-full": GuidanceConfig("pg", args.scale, omega=0.5),
+               "pg-lora-linear": GuidanceConfig("pg", args.scale, omega=0.0, omega_schedule="linear:1.0"),
+               "ag-lora": GuidanceConfig("ag", args.scale, omega=0.0),
+               "naive-3pass": GuidanceConfig("cfg", args.scale)}
+    config = configs[method]
+    prompts = PROMPTS[: args.prompts]
+
+    def once() -> float:
+        if method == "naive-3pass":
+            pipe.unet.forward = NaiveThreePass(pipe, 0.5)
+        try:
+            start = time.perf_counter()
+            sample(pipe, personal, config, prompts, steps=args.steps, height=args.resolution,
+                   width=args.resolution, seed=0, progress=False, output_type="latent", batch_size=len(prompts))
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
+        finally:
+            if method == "naive-3pass":
+                del pipe.unet.forward
+
+    return once
+
+
+def peak_memory_child(method: str, models: dict[str, Path], args) -> None:
+    """Run one method once in this (fresh) process and print its peak memory in MiB as JSON."""
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    make_runner(method, models, args)()
+    if args.device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    print(json.dumps({"method": method, "peak_mib": peak}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--prompts", type=int, default=4, help="prompts per batch (CFG rows = 2×)")
+    parser.add_argument("--resolution", type=int, default=64, help="image size; latents are half of it here")
+    parser.add_argument("--channels", default="64,128,128", help="UNet block widths")
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--scale", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--models", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from diffusers.utils import logging as dl
+
+    dl.disable_progress_bar()
+    channels = tuple(int(c) for c in args.channels.split(","))
+    methods = args.methods.split(",")
+
+    if args.memory_child:
+        peak_memory_child(args.memory_child, {k: Path(v) for k, v in json.loads(args.models).items()}, args)
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        models = build_models(Path(tmp), channels, args.rank)
+        from steerguide.loading import load_pipeline
+
+        unet_params = sum(p.numel() for p in load_pipeline(models["base"]).unet.parameters())
+        print(f"SD 1.5 architecture, UNet {unet_params / 1e6:.1f} M parameters, LoRA rank {args.rank}, "
+              f"{args.prompts} prompts ({2 * args.prompts} CFG rows), {args.resolution}px, {args.steps} steps, "
+              f"device {args.device}, torch threads {torch.get_num_threads()}")
+        runners = {m: make_runner(m, models, args) for m in methods}
+        for once in runners.values():
+            once()  # warm-up: first calls pay for kernel selection and allocator growth
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        for r in range(args.rounds):
+            order = methods if r % 2 == 0 else methods[::-1]
+            for m in order:
+                times[m].append(runners[m]() / args.steps)
+        peaks = {}
+        for m in methods:
+            out = subprocess.run([sys.executable, __file__, "--memory-child", m, "--models",
+                                  json.dumps({k: str(v) for k, v in models.items()}), *sys.argv[1:]],
+                                 capture_output=True, text=True, check=True)
+            peaks[m] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+    print(f"{'method':<16}{'ms/step':>10}{'× CFG':>9}{'peak MiB':>11}{'Δ vs CFG':>11}")
+    for m in methods:
+        ref = "cfg-full" if m.endswith("full") and "cfg-full" in times else "cfg-lora"
+        step = statistics.median(times[m])
+        ratio = step / statistics.median(times[ref]) if ref in times else float("nan")
+        delta = peaks[m] - peaks[ref] if ref in peaks else float("nan")
+        print(f"{m:<16}{step * 1e3:>10.2f}{ratio:>9.3f}{peaks[m]:>11.1f}{delta:>+11.1f}")
+    print("(× CFG: ratio of medians to CFG on the same personalization, cfg-full for *-full, else cfg-lora)")
+
+
+if __name__ == "__main__":
+    main()
