@@ -146,9 +146,9 @@ class GuidedDenoiser:
         if method == "cfg" or omega == 1.0 and method == "pg":
             return self._run(inputs, rows)
         if method == "ag":
-            null_half = prompt_half  # the weak model sees the prompt
+            null_half = self.personalization.weak_condition(prompt_half, omega, prompt_side=True)
         else:
-            null_half = self.personalization.null_condition(null_half, omega)
+            null_half = self.personalization.weak_condition(null_half, omega, prompt_side=False)
         inputs = _merge(inputs, null_half, prompt_half, rows)
 
         lora = self.personalization.lora

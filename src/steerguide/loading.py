@@ -257,10 +257,10 @@ def _install_lora(pipe, path: Path) -> Personalization:
                                info={"format": "lora", "lora_layers": scaler.num_layers,
                                      "text_encoder_lora": encoders_with_lora})
     if encoders_with_lora:
-        from steerguide.text_condition import text_encoder_null_condition
+        from steerguide.text_condition import text_encoder_weak_condition
 
         scalers = {n: RowScaledLora(getattr(pipe, n)) for n in encoders_with_lora}
-        personal.null_condition_fn = text_encoder_null_condition(pipe, lora_scalers=scalers)
+        personal.weak_condition_fn = text_encoder_weak_condition(pipe, lora_scalers=scalers)
     return personal
 
 
@@ -302,10 +302,10 @@ def _install_tensors(pipe, denoiser_state: dict[str, torch.Tensor], *, kind: str
         if te_pre:
             encoder_deltas[name] = ParameterDelta(getattr(pipe, name), te_pre)
     if encoder_deltas:
-        from steerguide.text_condition import text_encoder_null_condition
+        from steerguide.text_condition import text_encoder_weak_condition
 
         personal.info["text_encoder_finetuned"] = sorted(encoder_deltas)
-        personal.null_condition_fn = text_encoder_null_condition(pipe, deltas=encoder_deltas)
+        personal.weak_condition_fn = text_encoder_weak_condition(pipe, deltas=encoder_deltas)
     if not delta.names and not encoder_deltas:
         raise UserError(f"{source} is identical to the base model: there is no personalization to guide with")
     return personal

@@ -21,8 +21,9 @@ class Personalization:
         source: the file or folder it was loaded from.
         lora: per-row LoRA scales on the denoiser (kind "lora").
         denoiser_delta: θ_pre of the differing denoiser tensors (kinds "full" and "partial").
-        null_condition_fn: when the text encoder is personalized too, recomputes the null half's
-            condition with the text encoder at θ_ω: `fn(null_inputs, omega) -> null_inputs`.
+        weak_condition_fn: when the text encoder is personalized too, recomputes the weak half's
+            condition with the text encoder at θ_ω: `fn(inputs, omega, prompt_side) -> inputs`, for
+            the negative prompt (PG) or the prompt (AG).
         info: what the loader found (format, tensors that differ, tokens added, ...), for run.json.
     """
 
@@ -30,13 +31,14 @@ class Personalization:
     source: str | None = None
     lora: RowScaledLora | None = None
     denoiser_delta: ParameterDelta | None = None
-    null_condition_fn: Callable[[dict, float], dict] | None = None
+    weak_condition_fn: Callable[[dict, float, bool], dict] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
-    def null_condition(self, null_inputs: dict, omega: float) -> dict:
-        if self.null_condition_fn is None:
-            return null_inputs
-        return self.null_condition_fn(null_inputs, omega)
+    def weak_condition(self, inputs: dict, omega: float, prompt_side: bool) -> dict:
+        """The first half's denoiser inputs for the weak model θ_ω (unchanged unless a text encoder differs)."""
+        if self.weak_condition_fn is None or omega == 1.0:
+            return inputs
+        return self.weak_condition_fn(inputs, omega, prompt_side)
 
     def describe(self) -> dict:
         return {"kind": self.kind, "source": self.source, **self.info}

@@ -1,0 +1,100 @@
+"""ω schedules, the guidance config's checks, the guidance interval and guidance_rescale."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from steerguide.errors import UserError
+from steerguide.guidance import GuidanceConfig, guide
+from steerguide.loading import load_personalization, load_pipeline
+from steerguide.sampling import sample
+from steerguide.schedules import Constant, Cosine, Linear, Piecewise, parse_schedule
+from steerguide.testing import save_random_lora
+
+
+def test_schedules():
+    assert parse_schedule("constant", 0.3)(0.7) == 0.3
+    lin = parse_schedule("linear:1.0", 0.2)
+    assert isinstance(lin, Linear) and lin(0.0) == 0.2 and lin(0.5) == pytest.approx(0.6) and lin(1.0) == 1.0
+    cos = parse_schedule("cosine:1.0", 0.0)
+    assert isinstance(cos, Cosine) and cos(0.0) == 0.0 and cos(0.5) == pytest.approx(0.5)
+    assert cos(0.25) == pytest.approx((1 - math.cos(math.pi / 4)) / 2)
+    pw = parse_schedule("piecewise:0.5=1.0,0.25=0.5", 0.0)
+    assert isinstance(pw, Piecewise) and [pw(t) for t in (0.0, 0.3, 0.6)] == [0.0, 0.5, 1.0]
+    assert isinstance(parse_schedule(None, 0.4), Constant)
+
+
+@pytest.mark.parametrize("spec,needle", [("zigzag", "unknown omega schedule"), ("linear", "needs an end"),
+                                         ("piecewise:", "needs knots"), ("piecewise:0.5", "TAU=OMEGA"),
+                                         ("piecewise:1.5=0.2", "outside [0, 1]"), ("cosine:x", "not a number")])
+def test_bad_schedules(spec, needle):
+    with pytest.raises(UserError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        parse_schedule(spec, 0.0)
+
+
+def test_config_checks_and_defaults():
+    assert GuidanceConfig("pg").omega == 0.5 and GuidanceConfig("ag").omega == 0.0
+    assert GuidanceConfig("cfg", omega=0.2).omega_at(0.5) == 1.0  # CFG's weak model is θ_ft
+    with pytest.raises(UserError, match="outside"):
+        GuidanceConfig("pg", omega=0.5, omega_schedule="piecewise:0.5=1.2")
+    assert GuidanceConfig("pg", omega=0.5, omega_schedule="linear:1.5", allow_extrapolation=True).omega_at(1.0) == 1.5
+    config = GuidanceConfig("pg", omega_schedule=lambda tau: tau * tau)
+    assert config.omega_at(0.5) == 0.25
+    with pytest.raises(UserError, match="outside"):  # a callable is checked on a grid of τ up front
+        GuidanceConfig("pg", omega_schedule=lambda tau: 2 * tau)
+    config = GuidanceConfig("pg", interval=(0.25, 0.5))
+    assert [config.active_at(t) for t in (0.0, 0.25, 0.49, 0.5)] == [False, True, True, False]
+    for bad in [dict(method="nope"), dict(scale=-0.5), dict(interval=(0.6, 0.4)), dict(guidance_rescale=2.0)]:
+        with pytest.raises(UserError):
+            GuidanceConfig(**bad)
+
+
+def test_guide_formula():
+    first, cond = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.0])
+    torch.testing.assert_close(guide(first, cond, 2.0), torch.tensor([5.0, 2.0]))
+    torch.testing.assert_close(guide(first, cond, 0.0), first)
+
+
+@pytest.fixture(scope="module")
+def sd15_lora(tiny_model_dir, tmp_path_factory):
+    base = tiny_model_dir("sd15")
+    return base, save_random_lora(load_pipeline(base), tmp_path_factory.mktemp("lora"), seed=4)
+
+
+def _latents(base, lora, config, **kw):
+    pipe = load_pipeline(base)
+    personal = load_personalization(pipe, lora)
+    result = sample(pipe, personal, config, ["a dog", "a cat"], steps=4, seed=1, height=32, width=32,
+                    progress=False, output_type="latent", **kw)
+    return torch.stack([r[0] for r in result.images]), result.counters
+
+
+def test_guidance_interval(sd15_lora):
+    base, lora = sd15_lora
+    never, counters = _latents(base, lora, GuidanceConfig("pg", scale=5.0, omega=0.0, interval=(0.0, 0.0)))
+    unguided, _ = _latents(base, lora, GuidanceConfig("cfg", scale=1.0))
+    torch.testing.assert_close(never, unguided, atol=1e-5, rtol=1e-5)
+    assert counters.denoiser_rows == 4 * 2  # outside the interval only the prompt half runs
+    late, counters = _latents(base, lora, GuidanceConfig("pg", scale=5.0, omega=0.0, interval=(0.5, 1.0)))
+    assert counters.denoiser_rows == 2 * 2 + 2 * 4
+    full, _ = _latents(base, lora, GuidanceConfig("pg", scale=5.0, omega=0.0))
+    assert (late - full).abs().max() > 1e-4 and (late - unguided).abs().max() > 1e-4
+
+
+def test_guidance_rescale_reaches_the_pipeline(sd15_lora):
+    base, lora = sd15_lora
+    pg, _ = _latents(base, lora, GuidanceConfig("pg", scale=5.0, omega=1.0, guidance_rescale=0.7))
+    cfg, _ = _latents(base, lora, GuidanceConfig("cfg", scale=5.0, guidance_rescale=0.7))
+    plain, _ = _latents(base, lora, GuidanceConfig("cfg", scale=5.0))
+    torch.testing.assert_close(pg, cfg, atol=0, rtol=0)
+    assert (cfg - plain).abs().max() > 1e-4
+
+
+def test_negative_prompt_is_the_null_condition(sd15_lora):
+    base, lora = sd15_lora
+    with_negative, _ = _latents(base, lora, GuidanceConfig("pg", scale=5.0, omega=0.3), negative_prompt="blurry")
+    without, _ = _latents(base, lora, GuidanceConfig("pg", scale=5.0, omega=0.3))
+    assert (with_negative - without).abs().max() > 1e-4
