@@ -1,9 +1,10 @@
 """Per-row LoRA scales: θ_ω for some rows of a batch and θ_ft for the others, in one forward pass.
 
 A peft LoRA layer computes `base(x) + lora_B(lora_A(dropout(x))) · scaling`. The delta is linear in the
-output of `lora_B`, so multiplying that output row by row by ω_row gives exactly the layer of
-θ_pre + ω_row · Δ for each row. A forward hook on every `lora_B` does it; it is a no-op outside
-`RowScaledLora.rows(...)`.
+output of `lora_A` (and of `lora_B`), so multiplying that output row by row by ω_row gives exactly the
+layer of θ_pre + ω_row · Δ for each row. A forward hook does it, on `lora_A` whose output has only r
+channels (the cheapest place), or on `lora_B` when B carries a bias (which A's scale would not reach).
+The hooks are no-ops outside `RowScaledLora.rows(...)` and `.uniform(...)`.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ class RowScaledLora:
                     raise UserError("DoRA adapters are not linear in the LoRA output; PG needs a plain LoRA")
                 if len(getattr(layer, "lora_embedding_B", {})) > 0:
                     raise UserError("LoRA on embedding layers inside the denoiser is not supported by PG")
-                for lora_b in layer.lora_B.values():
-                    self._handles.append(lora_b.register_forward_hook(self._scale_rows))
+                for adapter, lora_b in layer.lora_B.items():
+                    target = lora_b if getattr(lora_b, "bias", None) is not None else layer.lora_A[adapter]
+                    self._handles.append(target.register_forward_hook(self._scale_rows))
                 self.num_layers += 1
 
     def _scale_rows(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor | None:
