@@ -337,16 +337,25 @@ def _from_custom_diffusion_layout(state: dict[str, torch.Tensor]) -> dict[str, t
 
 
 def _load_learned_embeds(pipe, folder: Path) -> list[str]:
-    path = folder / LEARNED_EMBEDS_FILE
-    if not path.is_file():
-        return []
-    state = _read_state_dict(path)
-    tokens = [k for k in state if k not in ("emb_params", "string_to_param")]
-    try:
-        pipe.load_textual_inversion(str(path))
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load the learned token embedding {path}: {first[:300]}") from None
+    """Learned token embeddings beside a Custom Diffusion / textual-inversion personalization:
+    `learned_embeds.safetensors` for the (first) text encoder, `learned_embeds_2.safetensors` for SDXL's
+    second one."""
+    tokens: list[str] = []
+    targets = [(LEARNED_EMBEDS_FILE, "text_encoder", "tokenizer"),
+               (LEARNED_EMBEDS_FILE.replace(".safetensors", "_2.safetensors"), "text_encoder_2", "tokenizer_2")]
+    for file_name, encoder, tokenizer in targets:
+        path = folder / file_name
+        if not path.is_file() or getattr(pipe, encoder, None) is None:
+            continue
+        state = _read_state_dict(path)
+        names = [k for k in state if k not in ("emb_params", "string_to_param")]
+        try:
+            pipe.load_textual_inversion(str(path), text_encoder=getattr(pipe, encoder),
+                                        tokenizer=getattr(pipe, tokenizer))
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot load the learned token embedding {path}: {first[:300]}") from None
+        tokens += [n for n in names if n not in tokens]
     return tokens
 
 
