@@ -98,3 +98,37 @@ def test_negative_prompt_is_the_null_condition(sd15_lora):
     with_negative, _ = _latents(base, lora, GuidanceConfig("pg", scale=5.0, omega=0.3), negative_prompt="blurry")
     without, _ = _latents(base, lora, GuidanceConfig("pg", scale=5.0, omega=0.3))
     assert (with_negative - without).abs().max() > 1e-4
+
+
+def test_drop_in_on_the_stock_call_keeps_pipeline_features(tiny_model_dir, tmp_path):
+    """`guided()` around a plain SDXL pipeline call: several images per prompt, callbacks and a negative
+    prompt keep working; PG at ω = 1 gives the stock CFG images and the same denoiser rows."""
+    from steerguide import guided
+
+    base = tiny_model_dir("sdxl")
+    lora = save_random_lora(load_pipeline(base), tmp_path / "lora", seed=2)
+    pipe = load_pipeline(base)
+    personal = load_personalization(pipe, lora)
+    steps_seen = []
+
+    def callback(pipeline, step, timestep, kwargs):
+        steps_seen.append(step)
+        return kwargs
+
+    def call(config):
+        with guided(pipe, personal, config) as wrapper:
+            out = pipe("a dog", negative_prompt="blurry", num_images_per_prompt=2, num_inference_steps=3,
+                       guidance_scale=config.scale, height=32, width=32, output_type="latent",
+                       generator=torch.Generator().manual_seed(0), callback_on_step_end=callback).images
+        return out, wrapper.counters
+
+    stock = pipe("a dog", negative_prompt="blurry", num_images_per_prompt=2, num_inference_steps=3,
+                 guidance_scale=5.0, height=32, width=32, output_type="latent",
+                 generator=torch.Generator().manual_seed(0)).images
+    pg1, counters = call(GuidanceConfig("pg", scale=5.0, omega=1.0))
+    torch.testing.assert_close(pg1, stock, atol=0, rtol=0)
+    pg0, counters0 = call(GuidanceConfig("pg", scale=5.0, omega=0.0))
+    assert counters.denoiser_rows == counters0.denoiser_rows == 3 * 2 * 2
+    assert (pg0 - stock).abs().max() > 1e-4
+    assert steps_seen == [0, 1, 2, 0, 1, 2]
+    assert "forward" not in vars(pipe.unet)  # uninstalled after the block
