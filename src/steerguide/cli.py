@@ -30,7 +30,22 @@ _COMMAND_MODULES: list[str] = [
     "steerguide.train.cli",
     "steerguide.evaluate.cli",
     "steerguide.toyworld.cli",
+    "steerguide.demo",
 ]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from steerguide import __version__
+
+        print(f"steerguide {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Personalization guidance (PG), CFG and autoguidance for personalized text-to-image diffusion models."""
 
 
 def _default_base() -> str:

@@ -1,0 +1,5 @@
+"""`python -m steerguide ...` is the `steerguide` command."""
+
+from steerguide.cli import main
+
+main()
