@@ -112,6 +112,9 @@ def train_command(
         bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's choice).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Personalize a base model on a few photos: LoRA, DreamBooth or Custom Diffusion."""
@@ -130,7 +133,7 @@ def train_command(
         validation_images=validation_images, validation_every=validation_every,
         validation_inference_steps=validation_inference_steps, validation_guidance_scale=validation_guidance_scale,
         checkpoint_every=checkpoint_every, checkpoints_total_limit=checkpoints_total_limit, resume=resume,
-        overwrite=overwrite,
+        overwrite=overwrite, threads=threads,
     )
     if toy:
         from steerguide.train.toy import toy_config

@@ -78,6 +78,7 @@ class TrainConfig:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     dataloader_workers: int = 0
+    threads: int | None = None  # torch CPU threads (None: torch's default); 1 is fastest on a busy CPU
     # validation samples
     validation_prompt: str | None = None  # default: the instance prompt
     validation_images: int = 4

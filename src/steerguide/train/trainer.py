@@ -183,7 +183,7 @@ def _word_replace(prompt: str, token: str, new: str) -> str:
 
 def train(config: TrainConfig, progress: bool = True) -> Path:
     """Personalize `config.base` on `config.images`; returns the output folder (see docs/train.md)."""
-    from accelerate import Accelerator, PartialState
+    from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers import DDPMScheduler
@@ -192,8 +192,10 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
 
     called = time.perf_counter()
     config.check()
+    if config.threads:
+        torch.set_num_threads(config.threads)
     out = Path(config.out)
-    if not PartialState().use_distributed:
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # not under a distributed launcher
         # accelerate keeps its settings in process-wide singletons; a second run in the same process
         # (a sweep) may ask for another precision or accumulation (accelerate's own tests reset them so).
         AcceleratorState._reset_state()
@@ -228,11 +230,6 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         )
         notes.warn(f"token {config.token!r} is split by the tokenizer into {len(pieces)} pieces "
                    f"({' '.join(pieces)}); {becomes}")
-
-    if accelerator.is_main_process:
-        (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-        if resume_from is None:
-            (out / CHECKPOINTS / "run.json").write_text(json.dumps(identity, indent=2))
 
     # Prior preservation: class images from the untouched base model, generated before any training.
     prompt = config.prompt()
@@ -383,6 +380,10 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         name.parent.mkdir(parents=True, exist_ok=True)
         grid(images_).save(name)
 
+    if accelerator.is_main_process:  # written once the run is set up, so a setup error leaves --out as it was
+        (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        if resume_from is None:
+            (out / CHECKPOINTS / "run.json").write_text(json.dumps(identity, indent=2))
     base.pipe.to(accelerator.device)
     for module in wrapped:
         module.train()
