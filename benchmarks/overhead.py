@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--skip-memory", action="store_true", help="time only (no per-method processes)")
     parser.add_argument("--models", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -162,8 +163,8 @@ def main() -> None:
             order = methods if r % 2 == 0 else methods[::-1]
             for m in order:
                 times[m].append(runners[m]() / args.steps)
-        peaks = {}
-        for m in methods:
+        peaks = {m: float("nan") for m in methods}
+        for m in ([] if args.skip_memory else methods):
             out = subprocess.run([sys.executable, __file__, "--memory-child", m, "--models",
                                   json.dumps({k: str(v) for k, v in models.items()}), *sys.argv[1:]],
                                  capture_output=True, text=True, check=True)
