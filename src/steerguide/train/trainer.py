@@ -20,6 +20,14 @@ from types import ModuleType
 
 import torch
 import torch.nn.functional as F
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from steerguide.errors import UserError
 from steerguide.train import custom_diffusion, dreambooth, lora
@@ -389,15 +397,6 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         module.train()
     start_step, started = state.step, time.perf_counter()
     seconds_before = state.seconds
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not (progress and accelerator.is_local_main_process)) as bar:
