@@ -1,0 +1,68 @@
+"""Run a toy DreamBench sweep subject by subject, in several single-threaded worker processes.
+
+    python benchmarks/toy_dreambench/run.py CONFIG --out DIR [--workers 2] [--subjects a,b,...]
+
+Worker k takes subjects k, k + N, ... of the config's benchmark and, for each, trains (or finds cached) its
+LoRA and runs its rows, so that a run cut short holds whole subjects, and a rerun resumes (the sweep's rows
+and personalizations are keyed and cached; every worker appends to the one DIR/results.jsonl under its lock).
+One thread per process: on 2 busy cores two 1-thread processes sample a small model faster than one
+2-thread process (docs/evaluate.md, "Throughput on a CPU").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+
+def run_subjects(config_path: str, out: str, subjects: list[str]) -> None:
+    import torch
+
+    from steerguide.evaluate.sweep import load_config, run_sweep
+
+    torch.set_num_threads(1)
+    config = load_config(config_path)
+    for name in subjects:
+        t0 = time.perf_counter()
+        stats = run_sweep(replace(config, benchmark={**config.benchmark, "subjects": [name]}), out)
+        print(f"{time.strftime('%H:%M:%S')} {name}: {stats.written} new rows ({stats.done_before} done before) "
+              f"in {time.perf_counter() - t0:.0f} s, sampling {stats.images_per_second:.1f} images/s", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--subjects", help="comma-separated subset (default: the config's)")
+    parser.add_argument("--worker-subjects", help=argparse.SUPPRESS)  # internal: one worker's share
+    args = parser.parse_args()
+    if args.worker_subjects is not None:
+        run_subjects(args.config, args.out, args.worker_subjects.split(","))
+        return
+
+    from steerguide.evaluate.benchmarks import load_benchmark
+    from steerguide.evaluate.sweep import load_config
+
+    config = load_config(args.config)
+    spec = dict(config.benchmark)
+    if args.subjects:
+        spec["subjects"] = args.subjects.split(",")
+    names = [s.name for s in load_benchmark(spec).subjects]
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    workers = [subprocess.Popen([sys.executable, __file__, args.config, "--out", args.out,
+                                 "--worker-subjects", ",".join(names[k::args.workers])], env=env)
+               for k in range(min(args.workers, len(names)))]
+    codes = [w.wait() for w in workers]
+    if any(codes):
+        sys.exit(f"a worker failed (exit codes {codes})")
+
+
+if __name__ == "__main__":
+    main()
