@@ -89,6 +89,9 @@ def train_command(
         str, typer.Option("--crop", help="center | random (after resizing the short side) | resize.")
     ] = "center",
     random_flip: Annotated[bool, typer.Option("--random-flip")] = False,
+    latents: Annotated[
+        str, typer.Option("--latents", help="sample | mode of the VAE posterior (mode: as base models trained on it).")
+    ] = "sample",
     mixed_precision: Annotated[str, typer.Option("--mixed-precision", help="no | fp16 | bf16.")] = "no",
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
     validation_prompt: Annotated[
@@ -128,7 +131,7 @@ def train_command(
         target_modules=_modules(target_modules), text_encoder_target_modules=_modules(text_encoder_target_modules),
         train_text_encoder=train_text_encoder, prior_preservation=prior_preservation, class_images=class_images,
         class_data_dir=class_data_dir, class_prompt=class_prompt, prior_loss_weight=prior_loss_weight,
-        resolution=resolution, crop=crop, random_flip=random_flip, mixed_precision=mixed_precision,
+        resolution=resolution, crop=crop, random_flip=random_flip, latents=latents, mixed_precision=mixed_precision,
         gradient_checkpointing=gradient_checkpointing, validation_prompt=validation_prompt,
         validation_images=validation_images, validation_every=validation_every,
         validation_inference_steps=validation_inference_steps, validation_guidance_scale=validation_guidance_scale,

@@ -27,7 +27,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 IDENTITY_FIELDS = (
     "base", "method", "token", "class_noun", "instance_prompt", "resolution", "crop", "random_flip",
     "batch_size", "gradient_accumulation", "rank", "lora_alpha", "target_modules", "train_text_encoder",
-    "prior_preservation", "prior_loss_weight", "seed", "snr_gamma", "noise_offset",
+    "prior_preservation", "prior_loss_weight", "seed", "snr_gamma", "noise_offset", "latents",
 )
 
 
@@ -74,6 +74,7 @@ class TrainConfig:
     resolution: int | None = None  # default: the base model's native resolution
     crop: str = "center"  # center | random (crop after resizing the short side) | resize (squash)
     random_flip: bool = False
+    latents: str = "sample"  # sample the VAE posterior (diffusers' examples) or take its mode
     # hardware
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
@@ -131,6 +132,8 @@ class TrainConfig:
         schedulers = [t.value for t in SchedulerType]
         if self.lr_scheduler not in schedulers:
             raise UserError(f"unknown --lr-scheduler {self.lr_scheduler!r}; expected one of: {', '.join(schedulers)}")
+        if self.latents not in ("sample", "mode"):
+            raise UserError(f"--latents must be 'sample' or 'mode' (got {self.latents!r})")
         if self.crop not in CROPS:
             raise UserError(f"unknown crop {self.crop!r}; expected one of: {', '.join(CROPS)}")
         if self.mixed_precision not in PRECISIONS:

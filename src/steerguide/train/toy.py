@@ -18,6 +18,7 @@ TOY_DEFAULTS: dict[str, dict[str, Any]] = {
     "custom-diffusion": {"steps": 200, "learning_rate": 1e-3},
 }
 TOY_COMMON: dict[str, Any] = {
+    "latents": "mode",  # the toy base model was trained on posterior modes (its VAE's posterior is wide)
     "batch_size": 4, "checkpoint_every": 50, "validation_images": 8, "validation_inference_steps": 20,
     "validation_guidance_scale": 5.0,
 }

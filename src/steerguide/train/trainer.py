@@ -343,7 +343,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             embeds = torch.cat([embeds, class_embeds])
             pooled = None if pooled is None else torch.cat([pooled, class_pooled])
         with torch.no_grad():
-            latents = base.vae.encode(pixels.to(vae_dtype)).latent_dist.sample()
+            posterior = base.vae.encode(pixels.to(vae_dtype)).latent_dist
+            latents = posterior.sample() if config.latents == "sample" else posterior.mode()
             shift = getattr(base.vae.config, "shift_factor", None) or 0.0
             latents = ((latents - shift) * base.vae.config.scaling_factor).to(weight_dtype)
         noise = torch.randn_like(latents)
