@@ -8,7 +8,7 @@ DreamBench (Ruiz et al., CVPR 2023) is read in its original layout, so the 5-sub
 
 Prompts are stored as `'a {0} {1} in the jungle'.format(unique_token, class_token)`; we substitute the
 token and the class noun. A folder with a `subjects.json` (each subject's own token, class and prompts, as
-`steerguide toyworld export` writes) is read from that file instead. Live subjects (cats and dogs, as in the DreamBooth evaluation) get the live
+`steerguide toyworld export-subjects` writes) is read from that file instead. Live subjects (cats and dogs, as in the DreamBooth evaluation) get the live
 prompt list ("wearing a red hat", ...), every other subject the object list.
 
 The toy world's subjects come through the same `Benchmark` interface (`toy_benchmark`); they train on
@@ -185,7 +185,7 @@ def load_dreambench(
 
 def _load_subjects_json(root: Path, subjects: Sequence[str] | None, num_prompts: int | None) -> Benchmark:
     """A DreamBench-layout folder whose `subjects.json` gives each subject's own token, class and prompts
-    (what `steerguide toyworld export` writes): {name: {token, class, prompts: [...]}}."""
+    (what `steerguide toyworld export-subjects` writes): {name: {token, class, prompts: [...]}}."""
     import json
 
     path = root / "subjects.json"
