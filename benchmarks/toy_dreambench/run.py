@@ -22,10 +22,15 @@ from pathlib import Path
 
 def run_subjects(config_path: str, out: str, subjects: list[str]) -> None:
     import torch
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     from steerguide.evaluate.sweep import load_config, run_sweep
 
     torch.set_num_threads(1)
+    for lib in (diffusers_logging, transformers_logging):  # our own log lines, not the libraries' bars
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
     config = load_config(config_path)
     for name in subjects:
         t0 = time.perf_counter()

@@ -285,23 +285,29 @@ def reference_summary(folder: str | Path, main: Table, n_boot: int, seed: int = 
 
 
 def attribute_breakdown(folder: str | Path, wanted: list[str], extra: dict[str, str | Path] | None = None) -> dict:
-    """Share of each prompt attribute (background, position, size, color, second object, shape) that the
-    images obey, per setting: which attributes the personalization loses, and which guidance gets back."""
+    """Per setting, the share of each prompt attribute (background, position, size, color, second object,
+    shape) that the images obey, and `copied_bg`: the share of images asked for another background that
+    show the background of the subject's training photos instead (the personalization's overfitting)."""
     from PIL import Image
 
-    from steerguide.toyworld import TextJudge
+    from steerguide.toyworld import TextJudge, get_subject, parse_caption, read
 
     judge = TextJudge()
     sources = {"": Path(folder), **{k: Path(v) for k, v in (extra or {}).items()}}
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, list]] = {}
     for prefix, root in sources.items():
         for r in load_rows(root):
             name = (prefix + " " if prefix else "") + setting_name(setting_of(r))
             if prefix == "" and setting_name(setting_of(r)) not in wanted:
                 continue
             with Image.open(root / r["image"]) as im:
-                for attribute, ok in judge.breakdown(im.convert("RGB"), r["prompt"]).items():
-                    out.setdefault(name, {}).setdefault(attribute, []).append(ok)
+                image = im.convert("RGB")
+            attrs = out.setdefault(name, {})
+            for attribute, ok in judge.breakdown(image, r["prompt"]).items():
+                attrs.setdefault(attribute, []).append(ok)
+            if parse_caption(r["prompt"]).background is not None:
+                copied = read(image).background == get_subject(r["subject"]).background
+                attrs.setdefault("copied_bg", []).append(copied)
     return {name: {a: float(np.mean(v)) for a, v in attrs.items()} for name, attrs in out.items()}
 
 
@@ -311,6 +317,11 @@ def attribute_breakdown(folder: str | Path, wanted: list[str], extra: dict[str, 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _ci(v: list[float], signed: bool = False) -> str:
+    f = "{:+.4f}" if signed else "{:.4f}"
+    return f"{f.format(v[0])} [{f.format(v[1])}, {f.format(v[2])}]"
 
 
 def render(result: dict) -> str:
@@ -340,8 +351,13 @@ def render(result: dict) -> str:
     rows = [[k, f"{v['fidelity']:.4f}", f"{v['text']:.4f}"] for k, v in result["settings"].items()]
     parts += ["", _table(["setting", "fidelity", "text"], rows)]
     if "reference" in result:
-        parts += ["", "Base model alone (no personalization) [value, CI low, CI high]:"]
-        parts += [f"    {k}: {json.dumps(v)}" for k, v in result["reference"].items()]
+        parts += ["", "Base model alone (no personalization), mean [95% CI]:"]
+        for k, v in result["reference"].items():
+            line = f"    {k}: fidelity {_ci(v['base_fidelity'])}, text {_ci(v['base_text'])}"
+            if "lora_minus_base_text" in v:
+                line += (f"; personalized (LoRA) − base at the same setting: fidelity "
+                         f"{_ci(v['lora_minus_base_fidelity'], True)}, text {_ci(v['lora_minus_base_text'], True)}")
+            parts.append(line)
     if "breakdown" in result:
         attributes = sorted({a for v in result["breakdown"].values() for a in v})
         rows = [[k, *(f"{v.get(a, math.nan):.3f}" for a in attributes)] for k, v in result["breakdown"].items()]

@@ -128,14 +128,20 @@ def run_demo(out: str | Path = "steerguide-demo", subject: str | None = None, si
     _check_same_demo(out, config)
 
     say = console.print if console is not None else (lambda *a, **k: None)
-    say(f"[bold]steerguide demo[/bold]: subject {name} ({toyworld.get_subject(name).instance_prompt!r}), "
-        f"{len(config.settings)} guidance settings × {config.seeds and len(config.seeds)} seeds × "
-        f"{size.num_prompts or len(toyworld.get_subject(name).eval_prompts())} prompts → {out}")
-    say("1/3 personalizing with LoRA (cached in OUT/personalizations/), then 2/3 sampling and judging")
+    prompts = len(toyworld_prompts(name, size))
+    say(f"[bold]steerguide demo[/bold]: {name} ({toyworld.get_subject(name).instance_prompt!r}) → {out}\n"
+        f"personalizing with LoRA (cached under OUT/personalizations/), then sampling and judging "
+        f"{len(config.settings)} guidance settings × {len(config.seeds)} seeds × {prompts} prompts")
     stats = run_sweep(config, out, progress=progress)
-    say("3/3 writing the report")
+    say("writing the report")
     report = write_report(out)
     return DemoResult(out, name, report, stats, time.perf_counter() - start)
+
+
+def toyworld_prompts(subject: str, size: DemoSize) -> list[str]:
+    from steerguide import toyworld
+
+    return toyworld.get_subject(subject).eval_prompts()[:size.num_prompts]
 
 
 def _fmt(mean: float, ci: float) -> str:
@@ -185,7 +191,8 @@ def demo(
                       progress=progress, console=console)
     Console().print(result_table(result))
     Console().print(f"report: {result.report.html}  ({result.stats.written} new images, "
-                    f"{result.stats.done_before} reused; {result.seconds:.0f} s)", markup=False, highlight=False)
+                    f"{result.stats.done_before} reused; {result.seconds:.0f} s)", markup=False, highlight=False,
+                    soft_wrap=True)
     return 0
 
 
