@@ -37,16 +37,23 @@ def test_sample_loads_subjects_classes_and_prompt_lists():
 
 @needs_sample
 def test_token_subjects_and_prompt_count_are_options():
-    bench = load_benchmark({"name": "dreambench", "root": str(SAMPLE), "subjects": ["teapot"], "token": "zwx",
-                            "num_prompts": 3})
+    bench = load_benchmark(
+        {"name": "dreambench", "root": str(SAMPLE), "subjects": ["teapot"], "token": "zwx", "num_prompts": 3}
+    )
     (teapot,) = bench.subjects
-    assert teapot.prompts == ["a zwx teapot in the jungle", "a zwx teapot in the snow", "a zwx teapot on the beach"]
+    assert teapot.prompts == [
+        "a zwx teapot in the jungle",
+        "a zwx teapot in the snow",
+        "a zwx teapot on the beach",
+    ]
 
 
 def test_parser_reads_both_lists_and_rejects_other_files():
-    text = ("Classes\n\nsubject_name,class\nmug,cup\ndog9,dog\n\nPrompts\n\nObject Prompts\n\nprompt_list = [\n"
-            "'a {0} {1} on a table'.format(unique_token, class_token),\n]\n\nLive Subject Prompts\n\n"
-            "prompt_list = [\n'a {0} {1} running'.format(unique_token, class_token)\n]\n")
+    text = (
+        "Classes\n\nsubject_name,class\nmug,cup\ndog9,dog\n\nPrompts\n\nObject Prompts\n\nprompt_list = [\n"
+        "'a {0} {1} on a table'.format(unique_token, class_token),\n]\n\nLive Subject Prompts\n\n"
+        "prompt_list = [\n'a {0} {1} running'.format(unique_token, class_token)\n]\n"
+    )
     classes, objects, live = parse_prompts_and_classes(text)
     assert classes == {"mug": "cup", "dog9": "dog"}
     assert objects == ["a {0} {1} on a table"] and live == ["a {0} {1} running"]
@@ -66,11 +73,14 @@ def _copy_sample(tmp_path: Path) -> Path:
 
 
 @needs_sample
-@pytest.mark.parametrize("damage, message", [
-    (lambda r: (r / "prompts_and_classes.txt").unlink(), "has no prompts_and_classes.txt"),
-    (lambda r: shutil.rmtree(r / "teapot"), "subject 'teapot' has no folder"),
-    (lambda r: [p.unlink() for p in (r / "teapot").iterdir()], "subject 'teapot': no images"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda r: (r / "prompts_and_classes.txt").unlink(), "has no prompts_and_classes.txt"),
+        (lambda r: shutil.rmtree(r / "teapot"), "subject 'teapot' has no folder"),
+        (lambda r: [p.unlink() for p in (r / "teapot").iterdir()], "subject 'teapot': no images"),
+    ],
+)
 def test_missing_layout_pieces_are_one_line_errors(tmp_path, damage, message):
     root = _copy_sample(tmp_path)
     damage(root)
@@ -83,8 +93,10 @@ def test_missing_layout_piece_through_the_cli_exits_2(tmp_path, capsys):
     root = _copy_sample(tmp_path)
     shutil.rmtree(root / "dog")
     config = tmp_path / "s.yaml"
-    config.write_text(f"base: x\nbenchmark: {{name: dreambench, root: {root}, subjects: [dog]}}\n"
-                      "guidance: {cfg: {scale: 3}}\nmetrics: [clip_t]\n")
+    config.write_text(
+        f"base: x\nbenchmark: {{name: dreambench, root: {root}, subjects: [dog]}}\n"
+        "guidance: {cfg: {scale: 3}}\nmetrics: [clip_t]\n"
+    )
     assert run(["sweep", str(config), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"steerguide: error: DreamBench subject 'dog' has no folder '{root / 'dog'}'"]

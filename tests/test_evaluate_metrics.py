@@ -45,8 +45,10 @@ def test_dino_is_mean_cosine_of_cls_embeddings(tiny_models):
 
     model, proc = ViTModel.from_pretrained(vit_dir).eval(), ViTImageProcessor.from_pretrained(vit_dir)
     with torch.no_grad():
+
         def cls(im):
             return model(**proc(images=[im], return_tensors="pt")).last_hidden_state[0, 0].numpy()
+
         expected = [np.mean([_cos(cls(g), cls(r)) for r in refs]) for g in gen]
     assert scores == pytest.approx(expected, abs=1e-5)
     assert len(set(np.round(scores, 6))) == 3  # a real function of the image, not a constant
@@ -65,6 +67,7 @@ def test_clip_i_and_clip_t_by_hand(tiny_models):
     model = CLIPModel.from_pretrained(clip_dir).eval()
     proc, tok = CLIPImageProcessor.from_pretrained(clip_dir), CLIPTokenizer.from_pretrained(clip_dir)
     with torch.no_grad():
+
         def image_emb(im):
             vision = model.vision_model(pixel_values=proc(images=[im], return_tensors="pt")["pixel_values"])
             return model.visual_projection(vision.pooler_output)[0].numpy()

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-toyworld = pytest.importorskip("steerguide.toyworld")
-
+from steerguide import toyworld
 from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import load_benchmark, toy_benchmark
 from steerguide.evaluate.metrics import build_metrics
@@ -27,7 +26,11 @@ def test_toy_subjects_through_the_benchmark_interface():
     assert [s.name for s in bench.subjects] == list(toyworld.SUBJECTS)
     for s in bench.subjects:
         world = toyworld.get_subject(s.name)
-        assert (s.token, s.class_noun, s.instance_prompt) == (world.token, world.class_noun, world.instance_prompt)
+        assert (s.token, s.class_noun, s.instance_prompt) == (
+            world.token,
+            world.class_noun,
+            world.instance_prompt,
+        )
         assert s.prompts == world.eval_prompts()[:4]
         assert all(f"{s.token} " in p and s.class_noun in p for p in s.prompts)
     first = bench.subjects[0]
@@ -42,7 +45,9 @@ def test_toy_text_metric_reads_the_prompt_with_its_token():
     subject = toyworld.get_subject(toy_benchmark().subjects[0].name)
     specs, prompts = subject.eval_specs()[:4], subject.eval_prompts()[:4]
     rng = np.random.default_rng(0)
-    images = [subject.render(toyworld.complete(spec, rng, p_second=0.0), seed=i) for i, spec in enumerate(specs)]
+    images = [
+        subject.render(toyworld.complete(spec, rng, p_second=0.0), seed=i) for i, spec in enumerate(specs)
+    ]
     assert text.raw_prompts
     assert text.score(images, prompts) == [1.0] * 4  # ground-truth renders obey their prompts
     # Pair each image with another prompt: the background / position stated no longer match.
@@ -64,9 +69,15 @@ def test_toy_sweep_rows_carry_the_toy_metrics(tmp_path: Path):
     from steerguide.evaluate.fakes import NoiseSampler
     from steerguide.evaluate.sweep import parse_config, run_sweep
 
-    cfg = parse_config({"base": "toy", "benchmark": {"name": "toy", "num_prompts": 2},
-                        "guidance": {"pg": {"scale": 3.0, "omega": [0.0]}}, "metrics": ["toy_text", "toy_fidelity"],
-                        "sampler": "steerguide.evaluate.fakes:NoiseSampler"})
+    cfg = parse_config(
+        {
+            "base": "toy",
+            "benchmark": {"name": "toy", "num_prompts": 2},
+            "guidance": {"pg": {"scale": 3.0, "omega": [0.0]}},
+            "metrics": ["toy_text", "toy_fidelity"],
+            "sampler": "steerguide.evaluate.fakes:NoiseSampler",
+        }
+    )
     stats = run_sweep(cfg, tmp_path, sampler=NoiseSampler(size=32))
     assert stats.written == 2 * len(toyworld.SUBJECTS)
 
@@ -77,5 +88,9 @@ def test_an_exported_toy_folder_reads_as_dreambench(tmp_path: Path):
     assert [s.name for s in bench.subjects] == ["sks_star", "zwx_heart"]
     star = bench.subject("sks_star")
     world = toyworld.get_subject("sks_star")
-    assert (star.token, star.class_noun, star.prompts) == (world.token, world.class_noun, world.eval_prompts()[:3])
+    assert (star.token, star.class_noun, star.prompts) == (
+        world.token,
+        world.class_noun,
+        world.eval_prompts()[:3],
+    )
     assert len(star.reference_images()) == world.n_references

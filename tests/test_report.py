@@ -25,23 +25,38 @@ def test_mean_ci_by_hand():
     assert all(math.isnan(v) for v in mean_ci([]))
 
 
-@pytest.mark.parametrize("df, exact", [(1, 12.706), (10, 2.228), (30, 2.042), (40, 2.0211), (60, 2.0003),
-                                       (120, 1.9799), (10**6, 1.95997)])
+@pytest.mark.parametrize(
+    "df, exact",
+    [(1, 12.706), (10, 2.228), (30, 2.042), (40, 2.0211), (60, 2.0003), (120, 1.9799), (10**6, 1.95997)],
+)
 def test_t_quantiles(df, exact):
     assert t_quantile_975(df) == pytest.approx(exact, abs=1e-3)
 
 
 def _row(method, scale, omega, fid, text, subject="dog", seed=0, prompt="p", i=0):
-    return {"key": f"{method}{scale}{omega}{subject}{seed}{prompt}", "method": method, "scale": scale,
-            "omega": omega, "omega_schedule": None if omega is None else "constant", "interval": [0.0, 1.0],
-            "subject": subject, "seed": seed, "prompt": prompt, "prompt_index": i,
-            "metrics": {"dino": fid, "clip_t": text}}
+    return {
+        "key": f"{method}{scale}{omega}{subject}{seed}{prompt}",
+        "method": method,
+        "scale": scale,
+        "omega": omega,
+        "omega_schedule": None if omega is None else "constant",
+        "interval": [0.0, 1.0],
+        "subject": subject,
+        "seed": seed,
+        "prompt": prompt,
+        "prompt_index": i,
+        "metrics": {"dino": fid, "clip_t": text},
+    }
 
 
 def test_summarize_groups_by_setting_over_subjects_prompts_and_seeds():
-    rows = [_row("cfg", 3.0, None, 0.5, 0.2, "dog"), _row("cfg", 3.0, None, 0.7, 0.4, "cat"),
-            _row("pg", 3.0, 0.5, 0.9, 0.3, "dog"), _row("pg", 3.0, 0.5, 0.8, 0.3, "dog", seed=1),
-            _row("pg", 3.0, 0.5, 0.7, 0.3, "cat")]
+    rows = [
+        _row("cfg", 3.0, None, 0.5, 0.2, "dog"),
+        _row("cfg", 3.0, None, 0.7, 0.4, "cat"),
+        _row("pg", 3.0, 0.5, 0.9, 0.3, "dog"),
+        _row("pg", 3.0, 0.5, 0.8, 0.3, "dog", seed=1),
+        _row("pg", 3.0, 0.5, 0.7, 0.3, "cat"),
+    ]
     cfg, pg = summarize(rows)
     assert (cfg.method, cfg.n, pg.method, pg.n) == ("cfg", 2, "pg", 3)
     assert cfg.stats["dino"][0] == pytest.approx(0.6) and cfg.stats["clip_t"][0] == pytest.approx(0.3)
@@ -56,12 +71,23 @@ def test_report_is_one_self_contained_html(tmp_path, capsys):
     from steerguide.evaluate.fakes import NoiseSampler
     from steerguide.evaluate.sweep import parse_config, run_sweep
 
-    cfg = parse_config({
-        "base": "unused", "benchmark": {"name": "dreambench", "root": str(SAMPLE), "subjects": ["dog", "vase"],
-                                        "num_prompts": 2},
-        "guidance": {"cfg": {"scale": [1.0, 3.0]}, "pg": {"scale": [1.0, 3.0], "omega": [0.0, 0.5]}},
-        "seeds": 2, "metrics": ["steerguide.evaluate.fakes:MeanColorFidelity",
-                                "steerguide.evaluate.fakes:BrightnessText"]})
+    cfg = parse_config(
+        {
+            "base": "unused",
+            "benchmark": {
+                "name": "dreambench",
+                "root": str(SAMPLE),
+                "subjects": ["dog", "vase"],
+                "num_prompts": 2,
+            },
+            "guidance": {"cfg": {"scale": [1.0, 3.0]}, "pg": {"scale": [1.0, 3.0], "omega": [0.0, 0.5]}},
+            "seeds": 2,
+            "metrics": [
+                "steerguide.evaluate.fakes:MeanColorFidelity",
+                "steerguide.evaluate.fakes:BrightnessText",
+            ],
+        }
+    )
     run_sweep(cfg, tmp_path, sampler=NoiseSampler())
     assert run(["report", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
@@ -79,8 +105,11 @@ def test_report_is_one_self_contained_html(tmp_path, capsys):
 
     summary = {s["label"]: s for s in json.loads((report / "summary.json").read_text())}
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    chosen = [r["metrics"]["brightness"] for r in rows if r["method"] == "pg" and r["scale"] == 3.0
-              and r["omega"] == 0.5]
+    chosen = [
+        r["metrics"]["brightness"]
+        for r in rows
+        if r["method"] == "pg" and r["scale"] == 3.0 and r["omega"] == 0.5
+    ]
     assert summary["pg w=3 ω=0.5"]["n"] == len(chosen) == 8
     assert summary["pg w=3 ω=0.5"]["metrics"]["brightness"]["mean"] == pytest.approx(np.mean(chosen))
     assert f"{np.mean(chosen):.4f}" in html
@@ -104,11 +133,27 @@ def test_evaluate_scores_a_folder(tmp_path, capsys):
     for i, p in enumerate(prompts):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(images / f"{i}.png")
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(refs / f"{i}.jpg")
-    (images / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "prompt": p}) + "\n"
-                                                   for i, p in enumerate(prompts)))
+    (images / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": f"{i}.png", "prompt": p}) + "\n" for i, p in enumerate(prompts))
+    )
     out = tmp_path / "scores.json"
-    argv = ["evaluate", "--images", str(images), "--references", str(refs), "--metrics", "dino,clip-t",
-            "--model", f"dino={vit}", "--model", f"clip-t={clip}", "--token", "sks", "--out", str(out)]
+    argv = [
+        "evaluate",
+        "--images",
+        str(images),
+        "--references",
+        str(refs),
+        "--metrics",
+        "dino,clip-t",
+        "--model",
+        f"dino={vit}",
+        "--model",
+        f"clip-t={clip}",
+        "--token",
+        "sks",
+        "--out",
+        str(out),
+    ]
     assert run(argv) == 0
     data = json.loads(out.read_text())
     dino, clip_t = build_metrics({"dino": str(vit), "clip_t": str(clip)})
@@ -122,7 +167,9 @@ def test_evaluate_scores_a_folder(tmp_path, capsys):
     capsys.readouterr()
     assert run(["evaluate", "--images", str(images), "--metrics", "dino,fid"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "steerguide: error: unknown metric 'fid'; expected one of dino, clip_i, clip_t, toy_text, toy_fidelity")
+        "steerguide: error: unknown metric 'fid'; "
+        "expected one of dino, clip_i, clip_t, toy_text, toy_fidelity"
+    )
     assert run(["evaluate", "--images", str(images), "--metrics", "dino"]) == 2
     assert "fidelity metrics need --references" in capsys.readouterr().err
     assert run(["evaluate", "--images", str(tmp_path / "nope"), "--metrics", "clip_t"]) == 2

@@ -26,9 +26,16 @@ FAKE_METRICS = ["steerguide.evaluate.fakes:MeanColorFidelity", "steerguide.evalu
 def fake_config(**changes) -> dict:
     data = {
         "base": "unused-base",
-        "benchmark": {"name": "dreambench", "root": str(SAMPLE), "subjects": ["dog", "teapot"], "num_prompts": 3},
-        "guidance": {"cfg": {"scale": [1.0, 3.0]},
-                     "pg": {"scale": 3.0, "omega": [0.0, 0.5], "omega_schedule": ["constant", "linear:1"]}},
+        "benchmark": {
+            "name": "dreambench",
+            "root": str(SAMPLE),
+            "subjects": ["dog", "teapot"],
+            "num_prompts": 3,
+        },
+        "guidance": {
+            "cfg": {"scale": [1.0, 3.0]},
+            "pg": {"scale": 3.0, "omega": [0.0, 0.5], "omega_schedule": ["constant", "linear:1"]},
+        },
         "seeds": 2,
         "sampling": {"batch_size": 2},
         "metrics": FAKE_METRICS,
@@ -57,7 +64,9 @@ def test_grid_size_order_and_stable_keys():
     other = {r.key for r in expand(parse_config(changed), bench)}
     assert len({r.key for r in rows} - other) == 2 * 1 * 2 * 3
     # ...and so does the number of sampling steps (it changes every image).
-    assert not {r.key for r in expand(parse_config(fake_config(sampling={"steps": 7})), bench)} & {r.key for r in rows}
+    assert not {r.key for r in expand(parse_config(fake_config(sampling={"steps": 7})), bench)} & {
+        r.key for r in rows
+    }
 
 
 def test_shard_splits_every_row_exactly_once():
@@ -66,19 +75,22 @@ def test_shard_splits_every_row_exactly_once():
     assert sorted(x for p in parts for x in p) == items and [len(p) for p in parts] == [4, 4, 3]
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"guidance": {"pg": {"scale": [3], "omgea": [0.5]}}}, "config key guidance.pg.omgea: unknown key"),
-    ({"guidance": {"pg": {"scale": "high"}}}, "config key guidance.pg.scale: expected a number"),
-    ({"guidance": {"pg": {"scale": 3, "omega": [1.5]}}}, "config key guidance.pg: omega 1.5 is outside"),
-    ({"guidance": {"cfg": {"scale": 3, "omega": 0.5}}}, "config key guidance.cfg.omega: unknown key"),
-    ({"guidance": {"xg": {"scale": 3}}}, "config key guidance.xg: unknown method"),
-    ({"seeds": [0, "one"]}, "config key seeds:"),
-    ({"sampling": {"steps": 0}}, "config key sampling.steps: expected an integer >= 1"),
-    ({"metrics": ["dino", "fid"]}, "unknown metric 'fid'"),
-    ({"benchmark": {"name": "imagenet"}}, "unknown benchmark 'imagenet'"),
-    ({"benchmark": {"name": "dreambench", "rot": "x"}}, "config key benchmark.rot: unknown key"),
-    ({"seed": 3}, "config key seed: unknown key"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"guidance": {"pg": {"scale": [3], "omgea": [0.5]}}}, "config key guidance.pg.omgea: unknown key"),
+        ({"guidance": {"pg": {"scale": "high"}}}, "config key guidance.pg.scale: expected a number"),
+        ({"guidance": {"pg": {"scale": 3, "omega": [1.5]}}}, "config key guidance.pg: omega 1.5 is outside"),
+        ({"guidance": {"cfg": {"scale": 3, "omega": 0.5}}}, "config key guidance.cfg.omega: unknown key"),
+        ({"guidance": {"xg": {"scale": 3}}}, "config key guidance.xg: unknown method"),
+        ({"seeds": [0, "one"]}, "config key seeds:"),
+        ({"sampling": {"steps": 0}}, "config key sampling.steps: expected an integer >= 1"),
+        ({"metrics": ["dino", "fid"]}, "unknown metric 'fid'"),
+        ({"benchmark": {"name": "imagenet"}}, "unknown benchmark 'imagenet'"),
+        ({"benchmark": {"name": "dreambench", "rot": "x"}}, "config key benchmark.rot: unknown key"),
+        ({"seed": 3}, "config key seed: unknown key"),
+    ],
+)
 def test_malformed_config_names_the_key_and_exits_2(tmp_path, capsys, change, message):
     import yaml
 
@@ -105,11 +117,14 @@ def test_missing_required_key_and_bad_files(tmp_path, capsys):
 
 def test_toml_config_equals_yaml(tmp_path):
     toml = tmp_path / "s.toml"
-    toml.write_text(f'base = "unused-base"\nseeds = 2\nmetrics = {json.dumps(FAKE_METRICS)}\n'
-                    'sampler = "steerguide.evaluate.fakes:NoiseSampler"\n'
-                    f'[benchmark]\nname = "dreambench"\nroot = "{SAMPLE}"\nsubjects = ["dog", "teapot"]\nnum_prompts = 3\n'
-                    '[sampling]\nbatch_size = 2\n[guidance.cfg]\nscale = [1.0, 3.0]\n'
-                    '[guidance.pg]\nscale = 3.0\nomega = [0.0, 0.5]\nomega_schedule = ["constant", "linear:1"]\n')
+    toml.write_text(
+        f'base = "unused-base"\nseeds = 2\nmetrics = {json.dumps(FAKE_METRICS)}\n'
+        'sampler = "steerguide.evaluate.fakes:NoiseSampler"\n'
+        f'[benchmark]\nname = "dreambench"\nroot = "{SAMPLE}"\n'
+        'subjects = ["dog", "teapot"]\nnum_prompts = 3\n'
+        "[sampling]\nbatch_size = 2\n[guidance.cfg]\nscale = [1.0, 3.0]\n"
+        '[guidance.pg]\nscale = 3.0\nomega = [0.0, 0.5]\nomega_schedule = ["constant", "linear:1"]\n'
+    )
     a, b = load_config(toml), parse_config(fake_config())
     bench = load_benchmark(b.benchmark)
     assert [r.key for r in expand(a, bench)] == [r.key for r in expand(b, bench)]
@@ -176,7 +191,9 @@ def test_sweep_writes_rows_then_resumes_without_redoing(tmp_path):
     fid = MeanColorFidelity()
     assert row["metrics"]["mean_color"] == pytest.approx(fid.score([image], [""], fid.prepare(refs))[0])
     assert json.loads((tmp_path / "sweep.json").read_text())["metric_axes"] == {
-        "mean_color": "fidelity", "brightness": "text"}
+        "mean_color": "fidelity",
+        "brightness": "text",
+    }
 
 
 def test_personalizations_are_trained_once_per_subject_and_cached(tmp_path, monkeypatch):
@@ -204,9 +221,12 @@ def test_personalizations_are_trained_once_per_subject_and_cached(tmp_path, monk
         (out / "train.json").write_text(json.dumps({"steps": config.steps}))
         return out
 
-    monkeypatch.setitem(sys.modules, "steerguide.train", types.SimpleNamespace(TrainConfig=TrainConfig, train=train))
-    cfg = parse_config(fake_config(personalization={"train": {"steps": 5}}, seeds=1,
-                                   guidance={"cfg": {"scale": 3.0}}))
+    monkeypatch.setitem(
+        sys.modules, "steerguide.train", types.SimpleNamespace(TrainConfig=TrainConfig, train=train)
+    )
+    cfg = parse_config(
+        fake_config(personalization={"train": {"steps": 5}}, seeds=1, guidance={"cfg": {"scale": 3.0}})
+    )
     seen = []
 
     class Recording(NoiseSampler):
@@ -218,12 +238,22 @@ def test_personalizations_are_trained_once_per_subject_and_cached(tmp_path, monk
     assert calls == [("sks", "dog", 5, 5), ("sks", "teapot", 5, 5)]
     assert [s for s, _ in seen] == ["dog", "teapot"] and all(Path(p, "train.json").is_file() for _, p in seen)
     # new rows (another seed), same training settings: the cache is reused
-    run_sweep(parse_config(fake_config(personalization={"train": {"steps": 5}}, seeds=[1],
-                                       guidance={"cfg": {"scale": 3.0}})), tmp_path, sampler=Recording())
+    run_sweep(
+        parse_config(
+            fake_config(personalization={"train": {"steps": 5}}, seeds=[1], guidance={"cfg": {"scale": 3.0}})
+        ),
+        tmp_path,
+        sampler=Recording(),
+    )
     assert len(calls) == 2
     # other training settings: trained again, in another cache folder
-    run_sweep(parse_config(fake_config(personalization={"train": {"steps": 6}}, seeds=1,
-                                       guidance={"cfg": {"scale": 3.0}})), tmp_path, sampler=Recording())
+    run_sweep(
+        parse_config(
+            fake_config(personalization={"train": {"steps": 6}}, seeds=1, guidance={"cfg": {"scale": 3.0}})
+        ),
+        tmp_path,
+        sampler=Recording(),
+    )
     assert len(calls) == 4 and len(list((tmp_path / "personalizations").iterdir())) == 4
     bad = parse_config(fake_config(personalization={"train": {"stepz": 6}}, guidance={"cfg": {"scale": 3.0}}))
     with pytest.raises(UserError, match="config key personalization.train: .*stepz"):
@@ -249,9 +279,28 @@ def test_sharded_under_accelerate_launch(tmp_path):
     run_sweep(parse_config(fake_config()), out, sampler=NoiseSampler(), limit=7)
     # On CPU, accelerate starts several processes only through its torchrun path (--multi_gpu); steerguide
     # sees no CUDA and forms a gloo group.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           str(script), "sweep", str(config), "--out", str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        str(script),
+        "sweep",
+        str(config),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, check=False, env=_cli_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _lines(out / "results.jsonl")
@@ -265,8 +314,14 @@ def test_sharded_under_accelerate_launch(tmp_path):
 def test_temporaries_of_dead_processes_are_removed(tmp_path):
     from steerguide.evaluate.results import remove_stale_temporaries
 
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
-                              capture_output=True, text=True).stdout)
+    dead = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     (tmp_path / "images" / "dog").mkdir(parents=True)
     stale = [tmp_path / "images" / "dog" / f".k1.{dead}.tmp.png", tmp_path / f".sweep.json.{dead}.tmp"]
     live = tmp_path / "images" / "dog" / f".k2.{os.getpid()}.tmp.png"

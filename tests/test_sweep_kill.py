@@ -30,21 +30,42 @@ def test_sigkill_mid_sweep_then_resume(tmp_path, tiny_model_dir):
     lora = save_random_lora(load_pipeline(str(base)), tmp_path / "lora")
     clip, vit = save_tiny_clip(tmp_path / "clip"), save_tiny_vit(tmp_path / "vit")
     config = tmp_path / "sweep.yaml"
-    config.write_text(yaml.safe_dump({
-        "base": str(base),
-        "benchmark": {"name": "dreambench", "root": str(SAMPLE), "subjects": ["teapot"], "num_prompts": 4},
-        "personalization": {"paths": {"*": str(lora)}},
-        "guidance": {"cfg": {"scale": 3.0}, "pg": {"scale": 3.0, "omega": [0.0]}},
-        "seeds": 1,
-        "sampling": {"steps": 2, "batch_size": 1},
-        "metrics": {"dino": str(vit), "clip_i": str(clip), "clip_t": str(clip)},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(base),
+                "benchmark": {
+                    "name": "dreambench",
+                    "root": str(SAMPLE),
+                    "subjects": ["teapot"],
+                    "num_prompts": 4,
+                },
+                "personalization": {"paths": {"*": str(lora)}},
+                "guidance": {"cfg": {"scale": 3.0}, "pg": {"scale": 3.0, "omega": [0.0]}},
+                "seeds": 1,
+                "sampling": {"steps": 2, "batch_size": 1},
+                "metrics": {"dino": str(vit), "clip_i": str(clip), "clip_t": str(clip)},
+            }
+        )
+    )
     out = tmp_path / "out"
     results = out / "results.jsonl"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
-    proc = subprocess.Popen([sys.executable, "-c", "from steerguide.cli import main; main()", "sweep", str(config),
-                             "--out", str(out), "--no-progress"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from steerguide.cli import main; main()",
+            "sweep",
+            str(config),
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -62,7 +83,7 @@ def test_sigkill_mid_sweep_then_resume(tmp_path, tiny_model_dir):
     assert run(["sweep", str(config), "--out", str(out), "--no-progress"]) == 0
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(rows) == 8 and len({r["key"] for r in rows}) == 8
-    assert rows[:len(before)] == before  # the resume only appended
+    assert rows[: len(before)] == before  # the resume only appended
     assert all((out / r["image"]).is_file() for r in rows)
     assert not list(out.rglob(".*.tmp*"))  # nothing half-written left behind
     for r in rows:

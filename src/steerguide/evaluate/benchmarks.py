@@ -7,9 +7,10 @@ DreamBench (Ruiz et al., CVPR 2023) is read in its original layout, so the 5-sub
     ROOT/<subject>/*.jpg             the subject's photos (training images and fidelity references)
 
 Prompts are stored as `'a {0} {1} in the jungle'.format(unique_token, class_token)`; we substitute the
-token and the class noun. A folder with a `subjects.json` (each subject's own token, class and prompts, as
-`steerguide toyworld export-subjects` writes) is read from that file instead. Live subjects (cats and dogs, as in the DreamBooth evaluation) get the live
-prompt list ("wearing a red hat", ...), every other subject the object list.
+token and the class noun. Live subjects (cats and dogs, as in the DreamBooth evaluation) get the live
+prompt list ("wearing a red hat", ...), every other subject the object list. A folder with a
+`subjects.json` (each subject's own token, class and prompts, as `steerguide toyworld export-subjects`
+writes) is read from that file instead.
 
 The toy world's subjects come through the same `Benchmark` interface (`toy_benchmark`); they train on
 their reference renders and are scored against held-out renders in other contexts.
@@ -90,8 +91,10 @@ class Benchmark:
         for s in self.subjects:
             if s.name == name:
                 return s
-        raise UserError(f"benchmark {self.name!r} has no subject {name!r}; it has: "
-                        f"{', '.join(s.name for s in self.subjects)}")
+        raise UserError(
+            f"benchmark {self.name!r} has no subject {name!r}; it has: "
+            f"{', '.join(s.name for s in self.subjects)}"
+        )
 
 
 def parse_prompts_and_classes(text: str, source: str = "prompts_and_classes.txt"):
@@ -105,7 +108,9 @@ def parse_prompts_and_classes(text: str, source: str = "prompts_and_classes.txt"
     try:
         start = lines.index("subject_name,class") + 1
     except ValueError:
-        raise UserError(f"{source}: no 'subject_name,class' header (not a DreamBench prompts_and_classes.txt)")
+        raise UserError(
+            f"{source}: no 'subject_name,class' header (not a DreamBench prompts_and_classes.txt)"
+        )
     for line in lines[start:]:
         if not line:
             if classes:
@@ -126,7 +131,7 @@ def parse_prompts_and_classes(text: str, source: str = "prompts_and_classes.txt"
         except StopIteration:
             raise UserError(f"{source}: missing the '{title}' section")
         prompts = []
-        for line in lines[i + 1:]:
+        for line in lines[i + 1 :]:
             if line.startswith("]"):
                 break
             m = re.match(r"""^(['"])(.*)\1\s*\.format\(""", line)
@@ -178,8 +183,9 @@ def load_dreambench(
         live = noun in LIVE_CLASSES
         templates = (live_prompts if live else object_prompts)[:num_prompts]
         prompts = [t.format(token, noun) for t in templates]
-        out.append(BenchSubject(name=n, class_noun=noun, token=token, prompts=prompts, references=images,
-                                live=live))
+        out.append(
+            BenchSubject(name=n, class_noun=noun, token=token, prompts=prompts, references=images, live=live)
+        )
     return Benchmark(name="dreambench", subjects=out, root=root)
 
 
@@ -202,10 +208,19 @@ def _load_subjects_json(root: Path, subjects: Sequence[str] | None, num_prompts:
             images = sorted(p for p in (root / n).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not images:
                 raise UserError(f"subject {n!r}: no images in {str(root / n)!r}")
-            out.append(BenchSubject(name=n, class_noun=entry["class"], token=entry["token"],
-                                    prompts=list(entry["prompts"])[:num_prompts], references=images))
+            out.append(
+                BenchSubject(
+                    name=n,
+                    class_noun=entry["class"],
+                    token=entry["token"],
+                    prompts=list(entry["prompts"])[:num_prompts],
+                    references=images,
+                )
+            )
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: expected {{subject: {{token, class, prompts}}}} ({type(e).__name__}: {e})") from None
+        raise UserError(
+            f"{path}: expected {{subject: {{token, class, prompts}}}} ({type(e).__name__}: {e})"
+        ) from None
     return Benchmark(name="dreambench", subjects=out, root=root)
 
 
@@ -213,6 +228,7 @@ def toy_benchmark(subjects: Sequence[str] | None = None, num_prompts: int | None
     """The toy world's subjects as a benchmark (its own tokens, class nouns and evaluation prompts)."""
     try:
         from steerguide import toyworld
+
         all_subjects = toyworld.SUBJECTS
     except (ImportError, AttributeError) as e:
         raise UserError(f"the toy world is not available in this install ({e})")
@@ -224,12 +240,20 @@ def toy_benchmark(subjects: Sequence[str] | None = None, num_prompts: int | None
         try:
             s = toyworld.get_subject(n)
         except (KeyError, ValueError, UserError):
-            raise UserError(f"the toy world has no subject {n!r}; it has: "
-                            f"{', '.join(x.name for x in all_subjects)}")
+            raise UserError(
+                f"the toy world has no subject {n!r}; it has: {', '.join(x.name for x in all_subjects)}"
+            )
         prompts = list(s.eval_prompts())[:num_prompts]
-        out.append(BenchSubject(name=s.name, class_noun=s.class_noun, token=s.token, prompts=prompts,
-                                load_references=s.reference_images,
-                                load_fidelity_references=partial(s.heldout_images, TOY_FIDELITY_REFERENCES)))
+        out.append(
+            BenchSubject(
+                name=s.name,
+                class_noun=s.class_noun,
+                token=s.token,
+                prompts=prompts,
+                load_references=s.reference_images,
+                load_fidelity_references=partial(s.heldout_images, TOY_FIDELITY_REFERENCES),
+            )
+        )
     return Benchmark(name="toy", subjects=out)
 
 
@@ -240,8 +264,9 @@ def load_benchmark(spec: dict) -> Benchmark:
     if name == "dreambench":
         if not spec.get("root"):
             raise UserError("benchmark.root: required for the dreambench benchmark (the dataset folder)")
-        return load_dreambench(spec["root"], spec.get("subjects"), spec.get("token", "sks"),
-                               spec.get("num_prompts"))
+        return load_dreambench(
+            spec["root"], spec.get("subjects"), spec.get("token", "sks"), spec.get("num_prompts")
+        )
     if name == "toy":
         return toy_benchmark(spec.get("subjects"), spec.get("num_prompts"))
     raise UserError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}")

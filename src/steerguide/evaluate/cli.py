@@ -41,8 +41,10 @@ def sweep(
         rows = expand(cfg, load_benchmark(cfg.benchmark))
         done = ResultsStore(out / "results.jsonl").done_keys() if (out / "results.jsonl").exists() else set()
         pending = sum(r.key not in done for r in rows)
-        console.print(f"{len(rows)} rows ({len(cfg.settings)} settings × {len(cfg.seeds)} seeds × prompts × "
-                      f"subjects), {len(rows) - pending} done, {pending} to run")
+        console.print(
+            f"{len(rows)} rows ({len(cfg.settings)} settings × {len(cfg.seeds)} seeds × prompts × "
+            f"subjects), {len(rows) - pending} done, {pending} to run"
+        )
         return 0
     stats = run_sweep(cfg, out, progress=progress, limit=limit, train_only=train_only)
     console.print(
@@ -50,7 +52,8 @@ def sweep(
         f"({stats.done_before} of {stats.total} done before) in {stats.wall_seconds:.1f}s "
         f"({stats.written / max(stats.wall_seconds, 1e-9):.2f} rows/s overall); "
         f"sampling {stats.images_per_second:.2f} images/s, metrics {stats.metrics_per_second:.1f} values/s",
-        markup=False)
+        markup=False,
+    )
     return 0
 
 
@@ -125,7 +128,9 @@ def evaluate(
         if key not in spec:
             raise UserError(f"--model {item!r}: metric {key} is not in --metrics")
         spec[key]["model"] = value
-    scores = score_folder(images, build_metrics(spec, device=device), references, prompt, token, progress=True)
+    scores = score_folder(
+        images, build_metrics(spec, device=device), references, prompt, token, progress=True
+    )
     summary = scores.summary()
     table = Table(title=f"{images}: {len(scores.files)} images, mean ± 95% CI")
     table.add_column("metric")
@@ -135,11 +140,18 @@ def evaluate(
     Console().print(table)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({
-            "images": [{"file": f, "prompt": p, **{m: v[i] for m, v in scores.scores.items()}}
-                       for i, (f, p) in enumerate(zip(scores.files, scores.prompts))],
-            "summary": {m: {"mean": mean, "ci95": ci} for m, (mean, ci) in summary.items()},
-        }, indent=2))
+        out.write_text(
+            json.dumps(
+                {
+                    "images": [
+                        {"file": f, "prompt": p, **{m: v[i] for m, v in scores.scores.items()}}
+                        for i, (f, p) in enumerate(zip(scores.files, scores.prompts))
+                    ],
+                    "summary": {m: {"mean": mean, "ci95": ci} for m, (mean, ci) in summary.items()},
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

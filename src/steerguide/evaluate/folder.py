@@ -30,8 +30,11 @@ class FolderScores:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def folder_prompts(folder: Path, files: list[Path], prompt: str | None) -> list[str | None]:
@@ -58,9 +61,15 @@ def folder_prompts(folder: Path, files: list[Path], prompt: str | None) -> list[
     return out
 
 
-def score_folder(images: str | Path, metrics: list[Metric], references: str | Path | None = None,
-                 prompt: str | None = None, token: str | None = None, batch_size: int = 16,
-                 progress: bool = False) -> FolderScores:
+def score_folder(
+    images: str | Path,
+    metrics: list[Metric],
+    references: str | Path | None = None,
+    prompt: str | None = None,
+    token: str | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> FolderScores:
     """Score every image in `images` with `metrics`. `token` (e.g. "sks") is removed from the prompts that
     CLIP-T reads, as the sweep does."""
     from PIL import Image
@@ -76,8 +85,10 @@ def score_folder(images: str | Path, metrics: list[Metric], references: str | Pa
     needs_text = [m for m in metrics if m.axis == "text"]
     if needs_text and any(p is None for p in prompts):
         missing = files[prompts.index(None)].name
-        raise UserError(f"metric {needs_text[0].name} needs a prompt for {missing}: give --prompt, a "
-                        "metadata.jsonl or a .txt sidecar")
+        raise UserError(
+            f"metric {needs_text[0].name} needs a prompt for {missing}: give --prompt, a "
+            "metadata.jsonl or a .txt sidecar"
+        )
     refs = []
     if any(m.axis == "fidelity" for m in metrics):
         if references is None:
@@ -91,9 +102,9 @@ def score_folder(images: str | Path, metrics: list[Metric], references: str | Pa
     with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), disable=not progress) as bar:
         task = bar.add_task("scoring", total=len(files))
         for start in range(0, len(files), batch_size):
-            chunk = files[start:start + batch_size]
+            chunk = files[start : start + batch_size]
             ims = [Image.open(p).convert("RGB") for p in chunk]
-            ps = prompts[start:start + batch_size]
+            ps = prompts[start : start + batch_size]
             for m, prep in zip(metrics, prepared):
                 texts = [p if (m.raw_prompts or not token or p is None) else _strip(p, token) for p in ps]
                 scores[m.name].extend(m.score(ims, texts, prep))

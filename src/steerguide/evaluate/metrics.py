@@ -43,7 +43,7 @@ def _features(out: Any) -> torch.Tensor:
 
 def _batches(items: Sequence, size: int):
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def mean_cosine(embeddings: torch.Tensor, references: torch.Tensor) -> list[float]:
@@ -105,10 +105,14 @@ class DinoMetric(_ImageEmbeddingMetric):
         if self._model is None:
             from transformers import AutoImageProcessor, AutoModel
 
-            self._processor = _load("DINO", self.model_id, lambda: AutoImageProcessor.from_pretrained(
-                self.model_id))
-            self._model = _load("DINO", self.model_id, lambda: AutoModel.from_pretrained(
-                self.model_id)).to(self.device).eval()
+            self._processor = _load(
+                "DINO", self.model_id, lambda: AutoImageProcessor.from_pretrained(self.model_id)
+            )
+            self._model = (
+                _load("DINO", self.model_id, lambda: AutoModel.from_pretrained(self.model_id))
+                .to(self.device)
+                .eval()
+            )
 
     def _embed_batch(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self._model(pixel_values=pixel_values).last_hidden_state[:, 0]
@@ -155,12 +159,15 @@ class ClipTextMetric(Metric):
             self._model, self._processor, self._tokenizer = _load_clip(self.model_id, self.device)
         scores: list[float] = []
         for start in range(0, len(images), self.batch_size):
-            ims = [im.convert("RGB") for im in images[start:start + self.batch_size]]
-            texts = list(prompts[start:start + self.batch_size])
+            ims = [im.convert("RGB") for im in images[start : start + self.batch_size]]
+            texts = list(prompts[start : start + self.batch_size])
             pixels = self._processor(images=ims, return_tensors="pt")["pixel_values"]
-            image_emb = _features(self._model.get_image_features(
-                pixel_values=pixels.to(self.device, self._model.dtype)))
-            tokens = self._tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
+            image_emb = _features(
+                self._model.get_image_features(pixel_values=pixels.to(self.device, self._model.dtype))
+            )
+            tokens = self._tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(
+                self.device
+            )
             text_emb = _features(self._model.get_text_features(**tokens))
             a = torch.nn.functional.normalize(image_emb.float(), dim=-1)
             b = torch.nn.functional.normalize(text_emb.float(), dim=-1)
@@ -214,7 +221,7 @@ AXES = {"dino": FIDELITY, "clip_i": FIDELITY, "toy_fidelity": FIDELITY, "clip_t"
 
 
 def canonical_metric_name(name: str) -> str:
-    """"clip-t" -> "clip_t"; a "package.module:Class" name (a metric of your own) is kept as it is."""
+    """ "clip-t" -> "clip_t"; a "package.module:Class" name (a metric of your own) is kept as it is."""
     if ":" in str(name):
         return str(name)
     key = str(name).strip().lower().replace("-", "_")
@@ -262,8 +269,13 @@ def build_metrics(spec: Any, device: str = "cpu") -> list[Metric]:
     for name, options in normalize_metric_spec(spec).items():
         cls = _REGISTRY.get(name) or _import_metric(name)
         if name in DEFAULT_MODELS:
-            metrics.append(cls(model=str(options.get("model", DEFAULT_MODELS[name])), device=device,
-                               batch_size=int(options.get("batch_size", 16))))
+            metrics.append(
+                cls(
+                    model=str(options.get("model", DEFAULT_MODELS[name])),
+                    device=device,
+                    batch_size=int(options.get("batch_size", 16)),
+                )
+            )
         else:
             metrics.append(cls(**options))
     return metrics

@@ -22,9 +22,38 @@ from steerguide.evaluate.metrics import AXES, FIDELITY, TEXT
 from steerguide.evaluate.results import ResultsStore
 
 # Two-sided 95% quantiles of Student's t, df = 1..30.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 SETTING_FIELDS = ("method", "scale", "omega", "omega_schedule", "interval")
 
 
@@ -34,7 +63,7 @@ def t_quantile_975(df: int) -> float:
     if df <= len(_T975):
         return _T975[df - 1]
     z = 1.959964
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float]:
@@ -123,9 +152,18 @@ def summarize(rows: list[dict], metrics: Sequence[str] | None = None) -> list[Su
         for m in metrics:
             values = [r["metrics"][m] for r in members if r.get("metrics", {}).get(m) is not None]
             stats[m] = mean_ci(values)
-        out.append(SummaryRow(setting_label(first), first["method"], float(first["scale"]), first.get("omega"),
-                              first.get("omega_schedule"), tuple(first.get("interval") or (0.0, 1.0)),
-                              len(members), stats))
+        out.append(
+            SummaryRow(
+                setting_label(first),
+                first["method"],
+                float(first["scale"]),
+                first.get("omega"),
+                first.get("omega_schedule"),
+                tuple(first.get("interval") or (0.0, 1.0)),
+                len(members),
+                stats,
+            )
+        )
     order = {"cfg": 0, "ag": 1, "pg": 2}
     out.sort(key=lambda s: (order.get(s.method, 9), s.curve, s.scale))
     return out
@@ -154,8 +192,14 @@ def tradeoff_plot(summary: list[SummaryRow], x_metric: str, y_metric: str, path:
         yerr = [0 if math.isnan(p.stats[y_metric][1]) else p.stats[y_metric][1] for p in points]
         line = ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=3, label=name, linewidth=1.5)
         for p, x, y in zip(points, xs, ys):
-            ax.annotate(f"w={p.scale:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                        color=line[0].get_color())
+            ax.annotate(
+                f"w={p.scale:g}",
+                (x, y),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+                color=line[0].get_color(),
+            )
     ax.set_xlabel(f"subject fidelity: {x_metric} (higher is better)")
     ax.set_ylabel(f"text alignment: {y_metric} (higher is better)")
     ax.set_title("Text alignment vs subject fidelity (mean, 95% CI)")
@@ -217,8 +261,9 @@ def image_grid(cells: list[list], row_labels: list[str], col_labels: list[str], 
     return grid
 
 
-def subject_grid(folder: Path, rows: list[dict], subject: str, seed: int, max_prompts: int = 8,
-                 max_columns: int = 12):
+def subject_grid(
+    folder: Path, rows: list[dict], subject: str, seed: int, max_prompts: int = 8, max_columns: int = 12
+):
     """Prompts × settings for one subject at one seed."""
     from PIL import Image
 
@@ -239,8 +284,12 @@ def subject_grid(folder: Path, rows: list[dict], subject: str, seed: int, max_pr
 
 
 def _setting_order(row: dict):
-    return ({"cfg": 0, "ag": 1, "pg": 2}.get(row["method"], 9), str(row.get("omega")),
-            str(row.get("omega_schedule")), row["scale"])
+    return (
+        {"cfg": 0, "ag": 1, "pg": 2}.get(row["method"], 9),
+        str(row.get("omega")),
+        str(row.get("omega_schedule")),
+        row["scale"],
+    )
 
 
 # ----------------------------------------------------------------------------- report
@@ -271,8 +320,9 @@ class Report:
     metrics: list[str]
 
 
-def write_report(folder: str | Path, out: str | Path | None = None, max_prompts: int = 8,
-                 max_columns: int = 12) -> Report:
+def write_report(
+    folder: str | Path, out: str | Path | None = None, max_prompts: int = 8, max_columns: int = 12
+) -> Report:
     """Write DIR/report/: trade-off plots, grids, summary.json and index.html (self-contained)."""
     folder = Path(folder)
     rows = load_results(folder)
@@ -284,7 +334,9 @@ def write_report(folder: str | Path, out: str | Path | None = None, max_prompts:
 
     fidelity = [m for m in metrics if axes[m] == FIDELITY]
     text = [m for m in metrics if axes[m] == TEXT]
-    plots = [tradeoff_plot(summary, x, y, out_dir / f"tradeoff_{x}_vs_{y}.png") for y in text for x in fidelity]
+    plots = [
+        tradeoff_plot(summary, x, y, out_dir / f"tradeoff_{x}_vs_{y}.png") for y in text for x in fidelity
+    ]
 
     grids = []
     for subject in dict.fromkeys(r["subject"] for r in rows):
@@ -294,11 +346,25 @@ def write_report(folder: str | Path, out: str | Path | None = None, max_prompts:
         grid.save(path)
         grids.append(path)
 
-    (out_dir / "summary.json").write_text(json.dumps([
-        {"label": s.label, "method": s.method, "scale": s.scale, "omega": s.omega,
-         "omega_schedule": s.omega_schedule, "interval": list(s.interval), "n": s.n,
-         "metrics": {m: {"mean": s.stats[m][0], "ci95": s.stats[m][1]} for m in metrics}}
-        for s in summary], indent=2, allow_nan=True))
+    (out_dir / "summary.json").write_text(
+        json.dumps(
+            [
+                {
+                    "label": s.label,
+                    "method": s.method,
+                    "scale": s.scale,
+                    "omega": s.omega,
+                    "omega_schedule": s.omega_schedule,
+                    "interval": list(s.interval),
+                    "n": s.n,
+                    "metrics": {m: {"mean": s.stats[m][0], "ci95": s.stats[m][1]} for m in metrics},
+                }
+                for s in summary
+            ],
+            indent=2,
+            allow_nan=True,
+        )
+    )
 
     html_path = out_dir / "index.html"
     html_path.write_text(_html(folder, rows, summary, metrics, axes, plots, grids))
@@ -310,13 +376,24 @@ def _html(folder: Path, rows, summary, metrics, axes, plots, grids) -> str:
     subjects = list(dict.fromkeys(r["subject"] for r in rows))
     head = "".join(f"<th>{esc(m)} <small>({axes[m]})</small></th>" for m in metrics)
     body = "".join(
-        "<tr><td>" + esc(s.label) + f"</td><td>{s.n}</td>"
-        + "".join(f"<td>{esc(_fmt(*s.stats[m]))}</td>" for m in metrics) + "</tr>"
-        for s in summary)
-    plot_html = "".join(f'<figure><img src="{_b64_png(p)}" alt="{esc(p.name)}"><figcaption>{esc(p.name)}'
-                        "</figcaption></figure>" for p in plots) or "<p>No fidelity/text metric pair to plot.</p>"
-    grid_html = "".join(f'<h3>{esc(p.stem[5:])}</h3><img class="grid" src="{_b64_png(p)}" alt="{esc(p.name)}">'
-                        for p in grids)
+        "<tr><td>"
+        + esc(s.label)
+        + f"</td><td>{s.n}</td>"
+        + "".join(f"<td>{esc(_fmt(*s.stats[m]))}</td>" for m in metrics)
+        + "</tr>"
+        for s in summary
+    )
+    plot_html = (
+        "".join(
+            f'<figure><img src="{_b64_png(p)}" alt="{esc(p.name)}"><figcaption>{esc(p.name)}'
+            "</figcaption></figure>"
+            for p in plots
+        )
+        or "<p>No fidelity/text metric pair to plot.</p>"
+    )
+    grid_html = "".join(
+        f'<h3>{esc(p.stem[5:])}</h3><img class="grid" src="{_b64_png(p)}" alt="{esc(p.name)}">' for p in grids
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>steerguide report: {esc(folder.name)}</title>
 <style>
@@ -325,7 +402,8 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px;t
 td:first-child{{text-align:left}} img.grid{{max-width:100%}} figure{{display:inline-block;margin:0 1em 1em 0}}
 </style></head><body>
 <h1>steerguide report: {esc(folder.name)}</h1>
-<p>{len(rows)} images, {len(subjects)} subject(s) ({esc(", ".join(subjects))}), {len(summary)} guidance settings.
+<p>{len(rows)} images, {len(subjects)} subject(s) ({esc(", ".join(subjects))}),
+{len(summary)} guidance settings.
 Means over images with 95% confidence intervals (Student t).</p>
 <h2>Trade-off</h2>{plot_html}
 <h2>Summary</h2><table><tr><th>setting</th><th>n</th>{head}</tr>{body}</table>

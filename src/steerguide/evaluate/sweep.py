@@ -45,13 +45,26 @@ from steerguide.evaluate.results import (
     write_json_atomic,
 )
 
-TOP_KEYS = {"base", "benchmark", "personalization", "guidance", "seeds", "sampling", "metrics", "device",
-            "dtype", "sampler"}
+TOP_KEYS = {
+    "base",
+    "benchmark",
+    "personalization",
+    "guidance",
+    "seeds",
+    "sampling",
+    "metrics",
+    "device",
+    "dtype",
+    "sampler",
+}
 BENCHMARK_KEYS = {"name", "root", "subjects", "token", "num_prompts"}
 SAMPLING_KEYS = {"steps", "height", "width", "negative_prompt", "batch_size", "scheduler"}
 PERSONALIZATION_KEYS = {"train", "paths"}
-METHOD_AXES = {"cfg": {"scale", "interval"}, "ag": {"scale", "omega", "interval"},
-               "pg": {"scale", "omega", "omega_schedule", "interval"}}
+METHOD_AXES = {
+    "cfg": {"scale", "interval"},
+    "ag": {"scale", "omega", "interval"},
+    "pg": {"scale", "omega", "omega_schedule", "interval"},
+}
 
 
 # ----------------------------------------------------------------------------- config
@@ -81,7 +94,11 @@ class Setting:
     def guidance_config(self):
         from steerguide.guidance import GuidanceConfig
 
-        kwargs: dict[str, Any] = {"method": self.method, "scale": self.scale, "interval": tuple(self.interval)}
+        kwargs: dict[str, Any] = {
+            "method": self.method,
+            "scale": self.scale,
+            "interval": tuple(self.interval),
+        }
         if self.omega is not None:
             kwargs["omega"] = self.omega
         if self.omega_schedule is not None:
@@ -113,7 +130,9 @@ def _unknown(where: str, mapping: dict, allowed: set[str]) -> None:
     extra = sorted(str(k) for k in set(mapping) - allowed)
     if extra:
         prefix = f"{where}." if where else ""
-        raise UserError(f"config key {prefix}{extra[0]}: unknown key (expected one of {', '.join(sorted(allowed))})")
+        raise UserError(
+            f"config key {prefix}{extra[0]}: unknown key (expected one of {', '.join(sorted(allowed))})"
+        )
 
 
 def _as_list(value: Any) -> list:
@@ -128,8 +147,11 @@ def _numbers(where: str, value: Any) -> list[float]:
 
 
 def _interval(where: str, value: Any) -> tuple[float, float]:
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)):
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)
+    ):
         raise UserError(f"config key {where}: expected [start, stop], got {value!r}")
     return (float(value[0]), float(value[1]))
 
@@ -161,7 +183,9 @@ def read_config_file(path: str | Path) -> dict:
         raise
     except (ValueError, yaml_error()) as e:  # TOMLDecodeError is a ValueError; say where, in one line
         first = " ".join(str(e).split())
-        raise UserError(f"sweep config {str(path)!r} is not valid {path.suffix[1:].upper()}: {first}") from None
+        raise UserError(
+            f"sweep config {str(path)!r} is not valid {path.suffix[1:].upper()}: {first}"
+        ) from None
     if not isinstance(data, dict):
         raise UserError(f"sweep config {str(path)!r}: expected a mapping at the top level")
     return data
@@ -185,10 +209,13 @@ def parse_config(data: dict, source: str = "") -> SweepConfig:
     if "name" not in bench:
         raise UserError("config key benchmark.name: missing (dreambench or toy)")
     if bench.get("subjects") is not None and (
-            not isinstance(bench["subjects"], list) or not all(isinstance(s, str) for s in bench["subjects"])):
+        not isinstance(bench["subjects"], list) or not all(isinstance(s, str) for s in bench["subjects"])
+    ):
         raise UserError("config key benchmark.subjects: expected a list of subject names")
     if "num_prompts" in bench and (not isinstance(bench["num_prompts"], int) or bench["num_prompts"] < 1):
-        raise UserError(f"config key benchmark.num_prompts: expected an integer >= 1, got {bench['num_prompts']!r}")
+        raise UserError(
+            f"config key benchmark.num_prompts: expected an integer >= 1, got {bench['num_prompts']!r}"
+        )
 
     guidance = data["guidance"]
     if not isinstance(guidance, dict) or not guidance:
@@ -200,7 +227,9 @@ def parse_config(data: dict, source: str = "") -> SweepConfig:
             raise UserError(f"config key {where}: unknown method (expected one of cfg, ag, pg)")
         axes = axes or {}
         if not isinstance(axes, dict):
-            raise UserError(f"config key {where}: expected a mapping of axes ({', '.join(sorted(METHOD_AXES[method]))})")
+            raise UserError(
+                f"config key {where}: expected a mapping of axes ({', '.join(sorted(METHOD_AXES[method]))})"
+            )
         _unknown(where, axes, METHOD_AXES[method])
         if "scale" not in axes:
             raise UserError(f"config key {where}.scale: missing (a number or a list of numbers)")
@@ -212,7 +241,9 @@ def parse_config(data: dict, source: str = "") -> SweepConfig:
         if method == "pg" and "omega_schedule" in axes:
             schedules = _as_list(axes["omega_schedule"])
             if not schedules or not all(isinstance(s, str) and s for s in schedules):
-                raise UserError(f"config key {where}.omega_schedule: expected a schedule name or a list of them")
+                raise UserError(
+                    f"config key {where}.omega_schedule: expected a schedule name or a list of them"
+                )
         intervals = [(0.0, 1.0)]
         if "interval" in axes:
             raw = axes["interval"]
@@ -234,8 +265,11 @@ def parse_config(data: dict, source: str = "") -> SweepConfig:
         if seeds < 1:
             raise UserError(f"config key seeds: expected a count >= 1 or a list of seeds, got {seeds}")
         seeds = list(range(seeds))
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                          for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         raise UserError(f"config key seeds: expected a count or a list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise UserError("config key seeds: a seed is listed twice")
@@ -267,9 +301,19 @@ def parse_config(data: dict, source: str = "") -> SweepConfig:
     for key in ("device", "dtype"):
         if key in data and not isinstance(data[key], str):
             raise UserError(f"config key {key}: expected a string")
-    return SweepConfig(base=data["base"], benchmark=bench, settings=settings, seeds=seeds, metrics=metrics,
-                       personalization=personalization, sampling=sampling, device=data.get("device", "cpu"),
-                       dtype=data.get("dtype", "float32"), sampler=sampler, source=source)
+    return SweepConfig(
+        base=data["base"],
+        benchmark=bench,
+        settings=settings,
+        seeds=seeds,
+        metrics=metrics,
+        personalization=personalization,
+        sampling=sampling,
+        device=data.get("device", "cpu"),
+        dtype=data.get("dtype", "float32"),
+        sampler=sampler,
+        source=source,
+    )
 
 
 def load_config(path: str | Path) -> SweepConfig:
@@ -322,29 +366,50 @@ def personalization_path(config: SweepConfig, subject: BenchSubject) -> str | No
         return paths
     path = paths.get(subject.name, paths.get("*"))
     if path is None:
-        raise UserError(f"config key personalization.paths: no path for subject {subject.name!r} (add it or '*')")
+        raise UserError(
+            f"config key personalization.paths: no path for subject {subject.name!r} (add it or '*')"
+        )
     return str(path)
 
 
 def train_cache_key(config: SweepConfig, subject: BenchSubject) -> str:
     refs = [str(p) for p in subject.references] or [f"{subject.name}:generated"]
-    return stable_hash({"base": config.base, "subject": subject.name, "token": subject.token,
-                        "class_noun": subject.class_noun, "references": refs,
-                        "train": config.personalization.get("train") or {}})
+    return stable_hash(
+        {
+            "base": config.base,
+            "subject": subject.name,
+            "token": subject.token,
+            "class_noun": subject.class_noun,
+            "references": refs,
+            "train": config.personalization.get("train") or {},
+        }
+    )
 
 
 def expand(config: SweepConfig, benchmark: Benchmark) -> list[Row]:
     """The grid in its stable order: subject, setting, seed, prompt (the innermost loop batches)."""
-    sampling = {k: config.sampling.get(k) for k in ("steps", "height", "width", "negative_prompt", "scheduler")}
+    sampling = {
+        k: config.sampling.get(k) for k in ("steps", "height", "width", "negative_prompt", "scheduler")
+    }
     rows = []
     for subject in benchmark.subjects:
         pid = personalization_id(config, subject)
         for setting in config.settings:
             for seed in config.seeds:
                 for i, prompt in enumerate(subject.prompts):
-                    key = stable_hash({"base": config.base, "benchmark": benchmark.name, "subject": subject.name,
-                                       "personalization": pid, "prompt": prompt, "seed": seed,
-                                       "setting": asdict(setting), "sampling": sampling, "dtype": config.dtype})
+                    key = stable_hash(
+                        {
+                            "base": config.base,
+                            "benchmark": benchmark.name,
+                            "subject": subject.name,
+                            "personalization": pid,
+                            "prompt": prompt,
+                            "seed": seed,
+                            "setting": asdict(setting),
+                            "sampling": sampling,
+                            "dtype": config.dtype,
+                        }
+                    )
                     rows.append(Row(key, subject.name, prompt, i, seed, setting, pid))
     return rows
 
@@ -363,11 +428,17 @@ class DiffusersSampler:
     def __init__(self, config: SweepConfig):
         self.config = config
 
-    def open(self, base: str, personalization: str | None, subject: BenchSubject) -> DiffusersSampler._Session:
+    def open(
+        self, base: str, personalization: str | None, subject: BenchSubject
+    ) -> DiffusersSampler._Session:
         from steerguide.loading import load_personalization, load_pipeline
 
-        pipe = load_pipeline(base, device=self.config.device, dtype=self.config.dtype,
-                             scheduler=self.config.sampling.get("scheduler"))
+        pipe = load_pipeline(
+            base,
+            device=self.config.device,
+            dtype=self.config.dtype,
+            scheduler=self.config.sampling.get("scheduler"),
+        )
         return DiffusersSampler._Session(self.config, pipe, load_personalization(pipe, personalization))
 
     class _Session:
@@ -378,9 +449,20 @@ class DiffusersSampler:
             from steerguide.sampling import sample
 
             s = self.config.sampling
-            kwargs = {k: s[k] for k in ("steps", "height", "width", "negative_prompt") if s.get(k) is not None}
-            result = sample(self.pipe, self.personal, setting.guidance_config(), prompts, num_images=1, seed=seed,
-                            batch_size=len(prompts), progress=False, **kwargs)
+            kwargs = {
+                k: s[k] for k in ("steps", "height", "width", "negative_prompt") if s.get(k) is not None
+            }
+            result = sample(
+                self.pipe,
+                self.personal,
+                setting.guidance_config(),
+                prompts,
+                num_images=1,
+                seed=seed,
+                batch_size=len(prompts),
+                progress=False,
+                **kwargs,
+            )
             return [images[0] for images in result.images]  # images[p][i]: image i of prompt p
 
         def close(self) -> None:
@@ -401,8 +483,9 @@ def make_sampler(config: SweepConfig):
 # ----------------------------------------------------------------------------- personalizations
 
 
-def ensure_personalization(config: SweepConfig, subject: BenchSubject, out: Path, progress: bool = False,
-                           may_train: bool = True) -> str | None:
+def ensure_personalization(
+    config: SweepConfig, subject: BenchSubject, out: Path, progress: bool = False, may_train: bool = True
+) -> str | None:
     """The personalization folder for `subject`: a given path, or one trained once and cached under
     OUT/personalizations/<subject>-<key>/ (reused when its train.json exists and its cache key matches).
 
@@ -420,8 +503,10 @@ def ensure_personalization(config: SweepConfig, subject: BenchSubject, out: Path
         except json.JSONDecodeError:
             pass
     if not may_train:
-        raise UserError(f"subject {subject.name!r} needs a personalization trained first: under several "
-                        "processes, run `steerguide sweep CONFIG --out DIR --train-only` once in a single process")
+        raise UserError(
+            f"subject {subject.name!r} needs a personalization trained first: under several "
+            "processes, run `steerguide sweep CONFIG --out DIR --train-only` once in a single process"
+        )
     from steerguide.train import TrainConfig, train
 
     partial = folder.with_name(folder.name + ".partial")
@@ -431,10 +516,18 @@ def ensure_personalization(config: SweepConfig, subject: BenchSubject, out: Path
             from steerguide.train.toy import toy_config
 
             method = settings.pop("method")
-            train_config = toy_config(subject.name, method, base=resolve_base(config.base), out=partial, **settings)
+            train_config = toy_config(
+                subject.name, method, base=resolve_base(config.base), out=partial, **settings
+            )
         else:
-            train_config = TrainConfig(base=resolve_base(config.base), images=subject.reference_images(),
-                                       token=subject.token, class_noun=subject.class_noun, out=partial, **settings)
+            train_config = TrainConfig(
+                base=resolve_base(config.base),
+                images=subject.reference_images(),
+                token=subject.token,
+                class_noun=subject.class_noun,
+                out=partial,
+                **settings,
+            )
     except TypeError as e:
         raise UserError(f"config key personalization.train: {e}") from None
     trained = Path(train(train_config, progress=progress))
@@ -522,18 +615,23 @@ def run_sweep(
     store = ResultsStore(out / "results.jsonl")
     done = store.done_keys()
     pending = [r for r in rows if r.key not in done]
-    stats = SweepStats(dist.process_index, dist.num_processes, total=len(rows), done_before=len(rows) - len(pending))
+    stats = SweepStats(
+        dist.process_index, dist.num_processes, total=len(rows), done_before=len(rows) - len(pending)
+    )
     if dist.process_index == 0:
         remove_stale_temporaries(out)
-        write_json_atomic(out / "sweep.json", {**config.to_json(), "metric_axes": {m.name: m.axis for m in metrics}})
+        write_json_atomic(
+            out / "sweep.json", {**config.to_json(), "metric_axes": {m.name: m.axis for m in metrics}}
+        )
     dist.barrier()  # no rank starts writing temporaries before the cleanup is over
     subjects = {s.name: s for s in benchmark.subjects}
 
     # Personalizations first. Training uses accelerate itself, so it runs in a single process only; under a
     # multi-process launch a missing one is an error that says how to train it.
     for name in dict.fromkeys(r.subject for r in pending):
-        ensure_personalization(config, subjects[name], out, progress=progress,
-                               may_train=dist.num_processes == 1)
+        ensure_personalization(
+            config, subjects[name], out, progress=progress, may_train=dist.num_processes == 1
+        )
     dist.barrier()  # everyone has read the same done keys before anyone appends
     if train_only:
         stats.wall_seconds = time.perf_counter() - t_start
@@ -549,7 +647,9 @@ def run_sweep(
         for subject_name in dict.fromkeys(r.subject for r in mine):
             subject = subjects[subject_name]
             subject_rows = [r for r in mine if r.subject == subject_name]
-            session = sampler.open(base, ensure_personalization(config, subject, out, may_train=False), subject)
+            session = sampler.open(
+                base, ensure_personalization(config, subject, out, may_train=False), subject
+            )
             t0 = time.perf_counter()
             references = subject.fidelity_references() if metrics else []
             prepared = [m.prepare(references) for m in metrics]
@@ -561,7 +661,9 @@ def run_sweep(
                 t0 = time.perf_counter()
                 scores: dict[str, list[float]] = {}
                 for metric, prep in zip(metrics, prepared):
-                    prompts = [r.prompt if metric.raw_prompts else subject.text_prompt(r.prompt) for r in batch]
+                    prompts = [
+                        r.prompt if metric.raw_prompts else subject.text_prompt(r.prompt) for r in batch
+                    ]
                     scores[metric.name] = metric.score(images, prompts, prep)
                     stats.metric_values += len(batch)
                 stats.metric_seconds += time.perf_counter() - t0
@@ -569,8 +671,17 @@ def run_sweep(
                 for j, (row, image) in enumerate(zip(batch, images)):
                     rel = Path("images") / subject.name / f"{row.key}.png"
                     save_image_atomic(image, out / rel)
-                    records.append(_record(config, benchmark, subject, row, rel, {k: v[j] for k, v in scores.items()},
-                                           dist.process_index))
+                    records.append(
+                        _record(
+                            config,
+                            benchmark,
+                            subject,
+                            row,
+                            rel,
+                            {k: v[j] for k, v in scores.items()},
+                            dist.process_index,
+                        )
+                    )
                 stats.written += store.append(records)
                 if bar is not None:
                     bar[0].advance(bar[1], len(batch))
@@ -581,8 +692,10 @@ def run_sweep(
             bar[0].stop()
     stats.wall_seconds = time.perf_counter() - t_start
     if log:
-        log(f"process {dist.process_index}/{dist.num_processes}: {stats.written} rows written, "
-            f"{stats.done_before} of {stats.total} were done before")
+        log(
+            f"process {dist.process_index}/{dist.num_processes}: {stats.written} rows written, "
+            f"{stats.done_before} of {stats.total} were done before"
+        )
     return stats
 
 
@@ -598,15 +711,36 @@ def _batches(rows: list[Row], size: int):
         yield batch
 
 
-def _record(config: SweepConfig, benchmark: Benchmark, subject: BenchSubject, row: Row, image: Path,
-            metrics: dict[str, float], process_index: int) -> dict:
+def _record(
+    config: SweepConfig,
+    benchmark: Benchmark,
+    subject: BenchSubject,
+    row: Row,
+    image: Path,
+    metrics: dict[str, float],
+    process_index: int,
+) -> dict:
     s = row.setting
     return {
-        "key": row.key, "benchmark": benchmark.name, "base": config.base, "subject": subject.name,
-        "class_noun": subject.class_noun, "personalization": row.personalization, "prompt": row.prompt,
-        "prompt_index": row.prompt_index, "seed": row.seed, "method": s.method, "scale": s.scale,
-        "omega": s.omega, "omega_schedule": s.omega_schedule, "interval": list(s.interval), "label": s.label,
-        "steps": config.sampling.get("steps"), "image": str(image), "metrics": metrics, "time": time.time(),
+        "key": row.key,
+        "benchmark": benchmark.name,
+        "base": config.base,
+        "subject": subject.name,
+        "class_noun": subject.class_noun,
+        "personalization": row.personalization,
+        "prompt": row.prompt,
+        "prompt_index": row.prompt_index,
+        "seed": row.seed,
+        "method": s.method,
+        "scale": s.scale,
+        "omega": s.omega,
+        "omega_schedule": s.omega_schedule,
+        "interval": list(s.interval),
+        "label": s.label,
+        "steps": config.sampling.get("steps"),
+        "image": str(image),
+        "metrics": metrics,
+        "time": time.time(),
         "process": process_index,
     }
 
