@@ -8,12 +8,7 @@ for that seed. Prompts are batched; each row keeps its own generator, so batchin
 from __future__ import annotations
 
 import inspect
-import json
-import os
-import platform
 import re
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +19,7 @@ from PIL import Image
 
 from steerguide.denoiser import Counters, guided
 from steerguide.errors import UserError
+from steerguide.files import check_writable, save_image_atomic, versions, write_json_atomic
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
 
@@ -103,46 +99,6 @@ def sample(pipe, personalization: Personalization, config: GuidanceConfig, promp
 
 def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
-
-
-def versions() -> dict[str, str]:
-    import accelerate
-    import diffusers
-    import peft
-    import transformers
-
-    import steerguide
-
-    return {"steerguide": steerguide.__version__, "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "accelerate": accelerate.__version__,
-            "python": sys.version.split()[0], "platform": platform.platform()}
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON so that a reader never sees half a file: a temp file in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
-def save_image_atomic(image: Image.Image, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def check_writable(out: Path) -> None:
-    """Create `out` if needed and check that files can be written there (one clear line if not)."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UserError(f"output folder {out} is not writable ({e.strerror or e})") from None
 
 
 def generate(base: str, personalization: str | None, config: GuidanceConfig, prompts: list[str], out: Path, *,

@@ -1,0 +1,69 @@
+"""Writing results so that a reader (or a rerun after a crash) never sees half a file, and recording
+what produced them.
+
+Temporary files are named `.NAME.PID.tmp…` in the target's folder, so that `os.replace` is atomic and a
+cleanup can tell the leftovers of dead processes from the files of live ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+from steerguide.errors import UserError
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    """Write JSON to `path` whole or not at all (a temporary file, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def save_image_atomic(image, path: str | Path) -> Path:
+    """Write a PIL image so that `path` is either absent or complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    image.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def check_writable(out: str | Path) -> Path:
+    """Create the folder `out` if needed and check that files can be written there (one clear line if not)."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"output folder {out} is not writable ({e.strerror or e})") from None
+    return out
+
+
+def versions() -> dict[str, str]:
+    """The versions of steerguide and the libraries it builds on, for run records."""
+    import accelerate
+    import diffusers
+    import peft
+    import torch
+    import transformers
+
+    import steerguide
+
+    return {"steerguide": steerguide.__version__, "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "accelerate": accelerate.__version__,
+            "python": sys.version.split()[0], "platform": platform.platform()}
