@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,3 +83,23 @@ def test_run_converts_odd_images_and_warns_about_a_split_token(tiny_model_dir, p
     fails(capsys, argv, "exists and is not empty")
     assert run(argv + ["--overwrite", "--steps", "1"]) == 0
     assert json.loads((out / "train.json").read_text())["steps"] == 1
+
+
+def test_toy_subject_option(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """--toy fills base, photos, token, prompt and the toy defaults; what is typed wins over them."""
+    from steerguide import toyworld
+
+    base = tiny_model_dir("sd15")  # stands in for the shipped toy base: only the wiring is under test
+    capsys.readouterr()
+    monkeypatch.setattr(toyworld, "base_model_path", lambda: base)
+    out = str(tmp_path / "toy")
+    fails(capsys, ["train", "--toy", "sks_star", "--base", "x", "--out", out], "leave out --base and --images")
+    fails(capsys, ["train", "--toy", "nobody", "--out", out], "unknown subject 'nobody'")
+    argv = ["train", "--toy", "bnq_triangle", "--out", out, "--steps", "2", "--lr", "1e-3", "--validation-images",
+            "1", "--validation-inference-steps", "2", "--quiet", "--threads", "1"]
+    assert run(argv) == 0
+    record = json.loads((tmp_path / "toy" / "train.json").read_text())
+    config = record["config"]
+    assert record["instance_prompt"] == "a bnq triangle" and record["steps"] == 2 and config["lr"] == 1e-3
+    assert config["rank"] == 16 and config["latents"] == "mode" and "conv1" in config["target_modules"]
+    assert config["extra"] == {"toy_subject": "bnq_triangle"} and record["base"] == str(Path(base).resolve())

@@ -7,7 +7,6 @@ import warnings
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from steerguide.errors import UserError
@@ -18,6 +17,7 @@ def _modules(text: str) -> tuple[str, ...]:
 
 
 def train_command(
+    ctx: typer.Context,
     out: Annotated[
         Path, typer.Option("--out", help="Output folder (must be empty or absent, unless --overwrite/--resume).")
     ],
@@ -142,7 +142,6 @@ def train_command(
         from steerguide.train.toy import toy_config
 
         # Only what the user typed overrides the toy subject and its tuned defaults.
-        ctx = click.get_current_context()
         given = {k: v for k, v in options.items() if _given(ctx, k)}
         if base is not None or images is not None:
             raise UserError("--toy chooses the base model and the photos; leave out --base and --images")
@@ -164,11 +163,10 @@ def train_command(
     print(folder)
 
 
-def _given(ctx, name: str) -> bool:
+def _given(ctx: typer.Context, name: str) -> bool:
     """Whether an option was typed on the command line (not left at its default)."""
-    from click.core import ParameterSource
-
-    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def register(app: typer.Typer) -> None:
