@@ -11,8 +11,18 @@ import pytest
 from steerguide.cli import run
 from steerguide.errors import UserError
 from steerguide.toyworld import (
-    SUBJECTS, FidelityJudge, Spec, TextJudge, base_model_path, caption, get_subject, parse_caption, random_spec,
-    render, render_array, roc_auc,
+    SUBJECTS,
+    FidelityJudge,
+    Spec,
+    TextJudge,
+    base_model_path,
+    caption,
+    get_subject,
+    parse_caption,
+    random_spec,
+    render,
+    render_array,
+    roc_auc,
 )
 from steerguide.toyworld.tokenizer import build_tokenizer, word_ids
 from steerguide.toyworld.world import RARE_TOKENS, random_caption, vocabulary
@@ -117,6 +127,7 @@ def test_shipped_pipeline_loads_with_stock_diffusers_and_samples():
     assert pipe.safety_checker is None
     ids = pipe.tokenizer("a sks star").input_ids
     assert len(ids) == 5  # start, "a", "sks", "star", end: the rare token is one word of the vocabulary
+    assert word_ids(pipe.tokenizer) == word_ids(build_tokenizer())  # shipped = rebuilt, id for id
     t0 = time.time()
     out = pipe(["a large red star on a white background"] * 2, height=32, width=32, num_inference_steps=10,
                guidance_scale=5.0, generator=torch.Generator().manual_seed(0), output_type="np")

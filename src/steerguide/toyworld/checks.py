@@ -107,7 +107,8 @@ def sample(pipe, prompts: list[str], seed: int, guidance_scale: float = 5.0, ste
     return images
 
 
-def check_base(pipe, n: int = 128, seed: int = 0, guidance_scale: float = 5.0, tick: Tick | None = None):
+def check_base(pipe, n: int = 128, seed: int = 0, guidance_scale: float = 5.0, tick: Tick | None = None,
+               fidelity: bool = True):
     """Attribute accuracy of the base model's CFG samples, and their fidelity to every subject.
 
     Returns (result, prompts, images). Fidelity: samples of "a <class>" (no token) against each subject
@@ -123,12 +124,18 @@ def check_base(pipe, n: int = 128, seed: int = 0, guidance_scale: float = 5.0, t
     result = {"n": n, "guidance_scale": guidance_scale,
               "accuracy": {a: float(np.mean(v)) for a, v in per.items() if v}, "counts":
               {a: len(v) for a, v in per.items()}}
+    if not fidelity:
+        return result, prompts, images
     fj = FidelityJudge()
     fid = {}
+    class_samples: dict[str, list[Image.Image]] = {}
     for s in SUBJECTS.values():
-        cls = sample(pipe, [f"a {s.class_noun}"] * 16, seed + 7, guidance_scale)
+        if s.class_noun not in class_samples:
+            class_samples[s.class_noun] = sample(pipe, [f"a {s.class_noun}"] * 32, seed + 7, guidance_scale)
         refs = s.reference_images()
-        fid[s.name] = {"class_prompt_samples": float(np.mean(fj.fidelity(cls, refs))),
-                       "subject_heldout_renders": float(np.mean(fj.fidelity(s.heldout_images(16), refs)))}
+        cls = fj.fidelity(class_samples[s.class_noun], refs)
+        own = fj.fidelity(s.heldout_images(32, seed=seed + 1), refs)
+        fid[s.name] = {"class_prompt_samples": float(np.mean(cls)), "subject_heldout_renders": float(np.mean(own)),
+                       "auc_subject_vs_class_samples": roc_auc(own, cls)}
     result["fidelity"] = fid
     return result, prompts, images

@@ -221,6 +221,7 @@ def check_base(
     model: Annotated[Path | None, typer.Option(help="pipeline folder (default: the shipped base model)")] = None,
     grid: Annotated[Path | None, typer.Option(help="save the first 64 samples as a grid PNG")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the full result as JSON")] = None,
+    fidelity: Annotated[bool, typer.Option(help="also score class-only prompts against the subjects")] = True,
 ) -> None:
     """Attribute accuracy of the base model's CFG samples; fidelity of class-only prompts to subjects."""
     from steerguide.toyworld import checks
@@ -229,11 +230,13 @@ def check_base(
     pipe = load_base_pipeline(model)
     t0 = time.time()
     with _progress("sample and judge", (n + 63) // 64) as tick:
-        r, _, images = checks.check_base(pipe, n, seed, guidance_scale, tick)
+        r, _, images = checks.check_base(pipe, n, seed, guidance_scale, tick, fidelity)
     _table(f"base model, {n} prompts, CFG {guidance_scale}", r["accuracy"])
-    print("fidelity to each subject (mean cosine): samples of 'a <class>' vs the subject's held-out renders")
-    for name, f in r["fidelity"].items():
-        print(f"  {name:14s} class prompt {f['class_prompt_samples']:.3f}   subject {f['subject_heldout_renders']:.3f}")
+    if fidelity:
+        print("fidelity to each subject (mean cosine): samples of 'a <class>' vs the subject's held-out renders")
+    for name, f in r.get("fidelity", {}).items():
+        print(f"  {name:14s} class prompt {f['class_prompt_samples']:.3f}   subject {f['subject_heldout_renders']:.3f}"
+              f"   ROC-AUC subject vs class samples {f['auc_subject_vs_class_samples']:.3f}")
     print(f"({time.time() - t0:.0f} s)")
     if grid is not None:
         save_grid(images[:64], grid)
@@ -257,13 +260,16 @@ def train_base(
     out: Annotated[Path, typer.Option(help="folder for the trained pipeline")],
     work: Annotated[Path, typer.Option(help="cache: dataset, VAE, latents, checkpoints")] = _DEFAULT_WORK,
     seed: Annotated[int, typer.Option(help="seed 0 reproduces the shipped model")] = 0,
-    unet_steps: Annotated[int | None, typer.Option(help="UNet steps (default: as shipped)")] = None,
+    unet_steps: Annotated[int | None, typer.Option(help="UNet schedule length (default: as shipped)")] = None,
+    stop_after: Annotated[int | None, typer.Option(help="stop early on that schedule (default: as shipped)")] = None,
 ) -> None:
     """Pretrain the base model on the world (never on subjects); seed 0 reproduces the shipped one."""
     from steerguide.toyworld.train_base import TrainConfig
     from steerguide.toyworld.train_base import train_base as run
 
-    cfg = TrainConfig(seed=seed) if unet_steps is None else TrainConfig(seed=seed, unet_steps=unet_steps)
+    cfg = TrainConfig(seed=seed)
+    cfg.unet_steps = unet_steps or cfg.unet_steps
+    cfg.stop_after = stop_after or cfg.stop_after
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[metrics]}"))
     with Progress(*cols, console=Console(stderr=True)) as bar:

@@ -8,6 +8,7 @@ the high-noise steps where layout (position) is decided get their full share of 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -39,9 +40,11 @@ Progress = Callable[[str, int, int, dict], None]  # (stage, done, total, metrics
 class TrainConfig:
     seed: int = 0
     n_scenes: int = 120_000
-    vae_steps: int = 500
-    vae_batch: int = 32
-    unet_steps: int = 4000
+    n_train: int = 60_000  # scenes of the dataset that are encoded and trained on
+    vae_steps: int = 1500
+    vae_batch: int = 16
+    decoder_steps: int = 1500
+    unet_steps: int = 3000
     unet_batch: int = 48
     lr: float = 8e-4
     warmup: int = 300
@@ -49,7 +52,7 @@ class TrainConfig:
     caption_dropout: float = 0.1
     checkpoint_every: int = 500
     threads: int = 2
-    stop_after: int | None = None  # end early on the same schedule (reproduces a checkpoint)
+    stop_after: int | None = 1500  # the shipped model: step 1500 of the 3000-step schedule (CPU time ran out)
 
 
 def vae_config() -> dict:
@@ -129,7 +132,7 @@ def train_vae(images: np.ndarray, cfg: TrainConfig, progress: Progress | None = 
     torch.manual_seed(cfg.seed)
     vae = AutoencoderKL(**vae_config())
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=cfg.vae_steps, pct_start=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=cfg.vae_steps, pct_start=0.1)
     g = torch.Generator().manual_seed(cfg.seed)
     n_val = 512
     for step in range(cfg.vae_steps):
@@ -167,6 +170,44 @@ def encode_latents(vae: AutoencoderKL, images: np.ndarray, progress: Progress | 
         if progress:
             progress("latents", min(i + 512, len(images)), len(images), {})
     return torch.cat(out)
+
+
+def finetune_decoder(vae: AutoencoderKL, latents: torch.Tensor, images: np.ndarray, cfg: TrainConfig,
+                     progress: Progress | None = None) -> AutoencoderKL:
+    """Sharpen the decoder with the encoder frozen: the latents (and so the UNet) do not change.
+
+    Decodes the cached latents with a little noise, so that it also decodes generated latents well.
+    """
+    torch.manual_seed(cfg.seed + 4)
+    dec = copy.deepcopy(vae).train()
+    dec.requires_grad_(False)
+    params = list(dec.decoder.parameters()) + list(dec.post_quant_conv.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=cfg.decoder_steps, pct_start=0.05)
+    g = torch.Generator().manual_seed(cfg.seed + 5)
+    scale = vae.config.scaling_factor
+    for step in range(cfg.decoder_steps):
+        idx = torch.randint(512, len(latents), (cfg.vae_batch,), generator=g)
+        z = latents[idx].float() + 0.1 * torch.randn(latents[idx].shape, generator=g)
+        x = to_tensor(images[idx.numpy()])
+        rec = dec.decode(z / scale).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress and step % 50 == 0:
+            progress("decoder", step, cfg.decoder_steps, {"loss": loss.item()})
+    dec.eval().requires_grad_(False)
+    with torch.no_grad():
+        x = to_tensor(images[:512])
+        rec = dec.decode(latents[:512].float() / scale).sample.clamp(-1, 1)
+        mse = F.mse_loss((rec + 1) / 2, (x + 1) / 2).item()
+    if progress:
+        progress("decoder", cfg.decoder_steps, cfg.decoder_steps, {"val_psnr": -10 * math.log10(mse)})
+    return dec
 
 
 # ---- stage 3: UNet + text encoder ---------------------------------------------------------------
@@ -267,9 +308,9 @@ def train_base(out: Path, work: Path, cfg: TrainConfig, progress: Progress | Non
         images, specs = render_dataset(cfg.n_scenes, cfg.seed, workers=cfg.threads, progress=progress)
         np.savez(data_file, images=images, specs=json.dumps(specs))
         timings["render_s"] = time.time() - t0
-    specs = [spec_from_dict(d) for d in specs]
+    images, specs = images[:cfg.n_train], [spec_from_dict(d) for d in specs[:cfg.n_train]]
 
-    vae_dir = work / f"vae_{tag}_{cfg.vae_steps}"
+    vae_dir = work / f"vae_{tag}_{cfg.vae_steps}x{cfg.vae_batch}"
     if (vae_dir / "config.json").exists():
         vae = AutoencoderKL.from_pretrained(vae_dir)
     else:
@@ -279,7 +320,7 @@ def train_base(out: Path, work: Path, cfg: TrainConfig, progress: Progress | Non
         timings["vae_s"] = time.time() - t0
     vae.eval().requires_grad_(False)
 
-    latent_file = vae_dir / "latents.pt"
+    latent_file = vae_dir / f"latents_{cfg.n_train}.pt"
     if latent_file.exists():
         latents = torch.load(latent_file)
     else:
@@ -294,6 +335,14 @@ def train_base(out: Path, work: Path, cfg: TrainConfig, progress: Progress | Non
     t0 = time.time()
     pipe, curve = train_unet(latents, specs, vae, cfg, checkpoint, progress)
     timings["unet_s"] = time.time() - t0
+    dec_dir = vae_dir / f"decoder_{cfg.decoder_steps}"
+    if (dec_dir / "config.json").exists():
+        pipe.vae = AutoencoderKL.from_pretrained(dec_dir)
+    else:
+        t0 = time.time()
+        pipe.vae = finetune_decoder(vae, latents, images, cfg, progress)
+        pipe.vae.save_pretrained(dec_dir)
+        timings["decoder_s"] = time.time() - t0
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out)
     log = {"config": asdict(cfg), "timings": timings, "loss_curve": curve}
@@ -309,7 +358,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--unet-steps", type=int, default=TrainConfig.unet_steps)
-    p.add_argument("--stop-after", type=int, default=None)
+    p.add_argument("--stop-after", type=int, default=TrainConfig.stop_after)
     args = p.parse_args()
 
     def progress(stage, done, total, metrics):
