@@ -23,7 +23,7 @@ def loss_plot(log: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps, loss = zip(*log["loss_curve"])
+    steps, loss = zip(*log["loss_curve"], strict=True)
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
     ax.plot(steps, loss)
     ax.set_xlabel(f"UNet step (batch {log['config']['unet_batch']})")

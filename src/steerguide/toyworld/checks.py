@@ -18,10 +18,11 @@ Tick = Callable[[], None]
 HELDOUT_SEED = 10**6  # render seeds of check scenes: far from the training dataset's scenes
 
 
-def reading_accuracy(images: list[np.ndarray], specs: list[Spec], tick: Tick | None = None) -> dict[str, float]:
+def reading_accuracy(images: list[np.ndarray], specs: list[Spec],
+                     tick: Tick | None = None) -> dict[str, float]:
     """Per attribute: how often `read` gives the rendered value (main object = largest)."""
     hits = {a: [] for a in ATTRIBUTES}
-    for img, s in zip(images, specs):
+    for img, s in zip(images, specs, strict=True):
         r = read(img)
         m = r.main
         got = {"background": r.background, "position": m and m.position, "size": m and m.size,
@@ -118,7 +119,7 @@ def check_base(pipe, n: int = 128, seed: int = 0, guidance_scale: float = 5.0, t
     images = sample(pipe, prompts, seed, guidance_scale, tick=tick)
     tj = TextJudge()
     per = {a: [] for a in ATTRIBUTES}
-    for img, p in zip(images, prompts):
+    for img, p in zip(images, prompts, strict=True):
         for a, ok in tj.breakdown(img, p).items():
             per[a].append(ok)
     result = {"n": n, "guidance_scale": guidance_scale,
@@ -135,7 +136,8 @@ def check_base(pipe, n: int = 128, seed: int = 0, guidance_scale: float = 5.0, t
         refs = s.reference_images()
         cls = fj.fidelity(class_samples[s.class_noun], refs)
         own = fj.fidelity(s.heldout_images(32, seed=seed + 1), refs)
-        fid[s.name] = {"class_prompt_samples": float(np.mean(cls)), "subject_heldout_renders": float(np.mean(own)),
+        fid[s.name] = {"class_prompt_samples": float(np.mean(cls)),
+                       "subject_heldout_renders": float(np.mean(own)),
                        "auc_subject_vs_class_samples": roc_auc(own, cls)}
     result["fidelity"] = fid
     return result, prompts, images

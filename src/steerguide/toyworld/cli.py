@@ -54,8 +54,8 @@ def info() -> None:
         print("training time: " + ", ".join(f"{k[:-2]} {v / 60:.1f} min" for k, v in t.items()))
     print(f"subjects ({len(SUBJECTS)}):")
     for s in SUBJECTS.values():
-        print(f"  {s.name:14s} token {s.token!r:6s} class {s.class_noun:9s} instance prompt {s.instance_prompt!r}"
-              f"  references: {s.size} on {s.background}, {s.position}")
+        print(f"  {s.name:14s} token {s.token!r:6s} class {s.class_noun:9s} "
+              f"instance prompt {s.instance_prompt!r}  references: {s.size} on {s.background}, {s.position}")
 
 
 @toyworld.command()
@@ -69,8 +69,8 @@ def prompts(subject: Annotated[str, typer.Argument(help="subject name (sks_star)
 
 @toyworld.command("export-subjects")
 def export_subjects(
-    out: Annotated[Path, typer.Argument(help="folder for <subject>/NN.png, prompts_and_classes.txt, subjects.json")],
-    subject: Annotated[list[str] | None, typer.Option("--subject", "-s", help="only these (repeatable)")] = None,
+    out: Annotated[Path, typer.Argument(help="folder for <subject>/NN.png, prompts_and_classes.txt, ...")],
+    subject: Annotated[list[str] | None, typer.Option("--subject", "-s", help="only these")] = None,
 ) -> None:
     """Export subjects in the DreamBench layout, with their evaluation prompts."""
     from steerguide.toyworld.subjects import export_subjects as export
@@ -133,7 +133,7 @@ def _load_images(folder: Path) -> dict[str, Image.Image]:
 def judge(
     images: Annotated[Path, typer.Argument(help="folder of images")],
     prompt: Annotated[str | None, typer.Option(help="one prompt for every image")] = None,
-    manifest: Annotated[Path | None, typer.Option(help="JSON lines {image, prompt}; default <images>/prompts.jsonl")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="JSON lines {image, prompt}")] = None,
     subject: Annotated[str | None, typer.Option(help="also score fidelity to this subject")] = None,
     out: Annotated[Path | None, typer.Option(help="write the JSON lines here instead of stdout")] = None,
 ) -> None:
@@ -191,7 +191,7 @@ def _table(title: str, values: dict[str, float]) -> None:
 @toyworld.command("check-judges")
 def check_judges(
     n: Annotated[int, typer.Option(help="fresh held-out renders for the text judge")] = 500,
-    vae: Annotated[bool, typer.Option(help="also measure on round trips through the base model's VAE")] = True,
+    vae: Annotated[bool, typer.Option(help="also measure on round trips through the base VAE")] = True,
 ) -> None:
     """Accuracy of the text judge per attribute and ROC-AUC of the fidelity judge, on fresh renders."""
     from steerguide.toyworld import checks
@@ -218,7 +218,7 @@ def check_base(
     n: Annotated[int, typer.Option(help="number of grammar prompts")] = 128,
     guidance_scale: Annotated[float, typer.Option(help="CFG scale")] = 5.0,
     seed: Annotated[int, typer.Option()] = 0,
-    model: Annotated[Path | None, typer.Option(help="pipeline folder (default: the shipped base model)")] = None,
+    model: Annotated[Path | None, typer.Option(help="pipeline folder (default: the shipped one)")] = None,
     grid: Annotated[Path | None, typer.Option(help="save the first 64 samples as a grid PNG")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the full result as JSON")] = None,
     fidelity: Annotated[bool, typer.Option(help="also score class-only prompts against the subjects")] = True,
@@ -233,10 +233,11 @@ def check_base(
         r, _, images = checks.check_base(pipe, n, seed, guidance_scale, tick, fidelity)
     _table(f"base model, {n} prompts, CFG {guidance_scale}", r["accuracy"])
     if fidelity:
-        print("fidelity to each subject (mean cosine): samples of 'a <class>' vs the subject's held-out renders")
+        print("fidelity to each subject (mean cosine): samples of 'a <class>' vs the subject's own renders")
     for name, f in r.get("fidelity", {}).items():
-        print(f"  {name:14s} class prompt {f['class_prompt_samples']:.3f}   subject {f['subject_heldout_renders']:.3f}"
-              f"   ROC-AUC subject vs class samples {f['auc_subject_vs_class_samples']:.3f}")
+        print(f"  {name:14s} class prompt {f['class_prompt_samples']:.3f}   "
+              f"subject {f['subject_heldout_renders']:.3f}   "
+              f"ROC-AUC subject vs class samples {f['auc_subject_vs_class_samples']:.3f}")
     print(f"({time.time() - t0:.0f} s)")
     if grid is not None:
         save_grid(images[:64], grid)
@@ -261,7 +262,7 @@ def train_base(
     work: Annotated[Path, typer.Option(help="cache: dataset, VAE, latents, checkpoints")] = _DEFAULT_WORK,
     seed: Annotated[int, typer.Option(help="seed 0 reproduces the shipped model")] = 0,
     unet_steps: Annotated[int | None, typer.Option(help="UNet schedule length (default: as shipped)")] = None,
-    stop_after: Annotated[int | None, typer.Option(help="stop early on that schedule (default: as shipped)")] = None,
+    stop_after: Annotated[int | None, typer.Option(help="stop early on it (default: as shipped)")] = None,
 ) -> None:
     """Pretrain the base model on the world (never on subjects); seed 0 reproduces the shipped one."""
     from steerguide.toyworld.train_base import TrainConfig

@@ -89,7 +89,7 @@ def _components(mask: np.ndarray) -> list[np.ndarray]:
     """4-connected regions of a boolean mask, as lists of (row, col)."""
     seen = np.zeros_like(mask)
     out = []
-    for start in zip(*np.nonzero(mask)):
+    for start in zip(*np.nonzero(mask), strict=True):
         if seen[start]:
             continue
         seen[start] = True

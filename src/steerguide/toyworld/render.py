@@ -78,7 +78,8 @@ def shape_mask(shape: str) -> np.ndarray:
     return inside.reshape(_GRID, _GRID)
 
 
-def _paint(look: Look, u: np.ndarray, v: np.ndarray, px: np.ndarray, py: np.ndarray, shape: str) -> np.ndarray:
+def _paint(look: Look, u: np.ndarray, v: np.ndarray, px: np.ndarray, py: np.ndarray,
+           shape: str) -> np.ndarray:
     """RGB (H, W, 3) of `look` at object coordinates (u, v) in [-1, 1] and pixel offsets (px, py)."""
     a = np.array(look.a, dtype=np.float32)
     b = np.array(look.b if look.b is not None else shade(look.a), dtype=np.float32)

@@ -87,8 +87,9 @@ class Subject:
         specs.append(base.replace(size="small" if self.size == "large" else "large"))
         seconds = rng.choice([s for s in SHAPES if s != self.class_noun], size=2, replace=False)
         colors = rng.choice(list(COLORS), size=4, replace=False)
-        specs += [base.replace(second=(str(c), str(s))) for c, s in zip(colors[:2], seconds)]
-        for b, p in zip(rng.choice(other_bgs, 2, replace=False), rng.choice(other_pos, 2, replace=False)):
+        specs += [base.replace(second=(str(c), str(s))) for c, s in zip(colors[:2], seconds, strict=True)]
+        bgs, poss = rng.choice(other_bgs, 2, replace=False), rng.choice(other_pos, 2, replace=False)
+        for b, p in zip(bgs, poss, strict=True):
             specs.append(base.replace(background=str(b), position=str(p)))
         specs += [base.replace(color=str(c)) for c in colors[2:]]
         return specs

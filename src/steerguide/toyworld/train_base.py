@@ -44,6 +44,7 @@ class TrainConfig:
     vae_steps: int = 1500
     vae_batch: int = 16
     decoder_steps: int = 1500
+    decoder_diverse_steps: int = 900  # then half the batch random instances, so subjects survive the VAE
     unet_steps: int = 3000
     unet_batch: int = 48
     lr: float = 8e-4
@@ -86,8 +87,9 @@ def train_scheduler() -> DDPMScheduler:
 
 def sample_scheduler() -> DPMSolverMultistepScheduler:
     """The scheduler shipped for sampling: DPM-Solver++ on the training schedule, starting at t = 999."""
-    return DPMSolverMultistepScheduler.from_config(train_scheduler().config, timestep_spacing="trailing",
-                                                   algorithm_type="dpmsolver++", solver_order=2, steps_offset=1)
+    return DPMSolverMultistepScheduler.from_config(
+        train_scheduler().config, timestep_spacing="trailing", algorithm_type="dpmsolver++", solver_order=2,
+        steps_offset=1)
 
 
 # ---- stage 1: the dataset ------------------------------------------------------------------------
@@ -172,26 +174,44 @@ def encode_latents(vae: AutoencoderKL, images: np.ndarray, progress: Progress | 
     return torch.cat(out)
 
 
+def _instance_batch(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Random object instances (random looks in random colors, as the fidelity judge trains on)."""
+    from steerguide.toyworld.fidelity import random_instance, render_view
+
+    return np.stack([render_view(*random_instance(rng), rng) for _ in range(n)])
+
+
 def finetune_decoder(vae: AutoencoderKL, latents: torch.Tensor, images: np.ndarray, cfg: TrainConfig,
-                     progress: Progress | None = None) -> AutoencoderKL:
+                     progress: Progress | None = None, steps: int | None = None, diverse: float = 0.0,
+                     seed_offset: int = 4) -> AutoencoderKL:
     """Sharpen the decoder with the encoder frozen: the latents (and so the UNet) do not change.
 
     Decodes the cached latents with a little noise, so that it also decodes generated latents well.
+    With `diverse` > 0 that share of each batch is random instances in colors and looks the grammar
+    never shows, so that personal subjects survive the round trip through the VAE.
     """
-    torch.manual_seed(cfg.seed + 4)
+    steps = steps or cfg.decoder_steps
+    torch.manual_seed(cfg.seed + seed_offset)
+    rng = np.random.default_rng(cfg.seed + seed_offset)
     dec = copy.deepcopy(vae).train()
     dec.requires_grad_(False)
     params = list(dec.decoder.parameters()) + list(dec.post_quant_conv.parameters())
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=cfg.decoder_steps, pct_start=0.05)
-    g = torch.Generator().manual_seed(cfg.seed + 5)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.05)
+    g = torch.Generator().manual_seed(cfg.seed + seed_offset + 1)
     scale = vae.config.scaling_factor
-    for step in range(cfg.decoder_steps):
-        idx = torch.randint(512, len(latents), (cfg.vae_batch,), generator=g)
-        z = latents[idx].float() + 0.1 * torch.randn(latents[idx].shape, generator=g)
-        x = to_tensor(images[idx.numpy()])
+    n_new = round(cfg.vae_batch * diverse)
+    for step in range(steps):
+        idx = torch.randint(512, len(latents), (cfg.vae_batch - n_new,), generator=g)
+        z, x = latents[idx].float(), to_tensor(images[idx.numpy()])
+        if n_new:
+            x_new = to_tensor(_instance_batch(n_new, rng))
+            with torch.no_grad():
+                z_new = dec.encode(x_new).latent_dist.mode() * scale
+            z, x = torch.cat([z, z_new]), torch.cat([x, x_new])
+        z = z + 0.1 * torch.randn(z.shape, generator=g)
         rec = dec.decode(z / scale).sample
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
         opt.zero_grad(set_to_none=True)
@@ -199,14 +219,14 @@ def finetune_decoder(vae: AutoencoderKL, latents: torch.Tensor, images: np.ndarr
         opt.step()
         sched.step()
         if progress and step % 50 == 0:
-            progress("decoder", step, cfg.decoder_steps, {"loss": loss.item()})
+            progress("decoder", step, steps, {"loss": loss.item()})
     dec.eval().requires_grad_(False)
     with torch.no_grad():
         x = to_tensor(images[:512])
         rec = dec.decode(latents[:512].float() / scale).sample.clamp(-1, 1)
         mse = F.mse_loss((rec + 1) / 2, (x + 1) / 2).item()
     if progress:
-        progress("decoder", cfg.decoder_steps, cfg.decoder_steps, {"val_psnr": -10 * math.log10(mse)})
+        progress("decoder", steps, steps, {"val_psnr": -10 * math.log10(mse)})
     return dec
 
 
@@ -247,14 +267,14 @@ def train_unet(latents: torch.Tensor, specs: list[Spec], vae: AutoencoderKL, cfg
     def ema_pipeline() -> StableDiffusionPipeline:
         live = [p.detach().clone() for p in params]
         with torch.no_grad():
-            for p, e in zip(params, ema):
+            for p, e in zip(params, ema, strict=True):
                 p.copy_(e)
         te = CLIPTextModel(text_encoder.config)
         te.load_state_dict(text_encoder.state_dict())
         un = UNet2DConditionModel.from_config(unet.config)
         un.load_state_dict(unet.state_dict())
         with torch.no_grad():
-            for p, q in zip(params, live):
+            for p, q in zip(params, live, strict=True):
                 p.copy_(q)
         return build_pipeline(vae, te.eval(), un.eval(), tokenizer)
 
@@ -343,6 +363,15 @@ def train_base(out: Path, work: Path, cfg: TrainConfig, progress: Progress | Non
         pipe.vae = finetune_decoder(vae, latents, images, cfg, progress)
         pipe.vae.save_pretrained(dec_dir)
         timings["decoder_s"] = time.time() - t0
+    div_dir = vae_dir / f"decoder_{cfg.decoder_steps}_diverse_{cfg.decoder_diverse_steps}"
+    if (div_dir / "config.json").exists():
+        pipe.vae = AutoencoderKL.from_pretrained(div_dir)
+    elif cfg.decoder_diverse_steps:
+        t0 = time.time()
+        pipe.vae = finetune_decoder(pipe.vae, latents, images, cfg, progress, steps=cfg.decoder_diverse_steps,
+                                    diverse=0.5, seed_offset=6)
+        pipe.vae.save_pretrained(div_dir)
+        timings["decoder_diverse_s"] = time.time() - t0
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out)
     log = {"config": asdict(cfg), "timings": timings, "loss_curve": curve}

@@ -104,7 +104,9 @@ def is_complete(spec: Spec) -> bool:
 def complete(spec: Spec, rng: np.random.Generator, p_second: float = 0.3) -> Spec:
     """Fill every unstated field of `spec` at random (a second object with probability `p_second`)."""
     validate(spec)
-    pick = lambda seq: seq[int(rng.integers(len(seq)))]
+    def pick(seq):
+        return seq[int(rng.integers(len(seq)))]
+
     shape = spec.shape or pick(SHAPES)
     color = spec.color if spec.color is not None or spec.token is not None else pick(list(COLORS))
     position = spec.position or pick(list(POSITIONS))
@@ -135,7 +137,9 @@ def caption(spec: Spec, drop: frozenset[str] = frozenset(), class_noun: str | No
     `drop` may name: size, color, pattern, background, position, second. A subject's class noun can be
     given for a token spec whose `shape` is unset.
     """
-    keep = lambda name, value: value is not None and name not in drop
+    def keep(name: str, value) -> bool:
+        return value is not None and name not in drop
+
     words = ["a"]
     if keep("size", spec.size):
         words.append(spec.size)
@@ -171,7 +175,8 @@ def random_caption(spec: Spec, rng: np.random.Generator) -> str:
 _POSITION_RE = "|".join(sorted(POSITIONS, key=len, reverse=True))
 _CAPTION_RE = re.compile(
     rf"^an? (?:(?P<size>{'|'.join(SIZES)}) )?(?:(?P<color>{'|'.join(COLORS)}) )?"
-    rf"(?:(?P<pattern>{'|'.join(PATTERNS)}) )?(?:(?P<token>{'|'.join(RARE_TOKENS)}) )?(?P<shape>{'|'.join(SHAPES)})"
+    rf"(?:(?P<pattern>{'|'.join(PATTERNS)}) )?(?:(?P<token>{'|'.join(RARE_TOKENS)}) )?"
+    rf"(?P<shape>{'|'.join(SHAPES)})"
     rf"(?: on a (?P<background>{'|'.join(BACKGROUNDS)}) background)?(?: in the (?P<position>{_POSITION_RE}))?"
     rf"(?: next to an? (?P<second_color>{'|'.join(COLORS)}) (?P<second_shape>{'|'.join(SHAPES)}))?$"
 )
