@@ -4,16 +4,21 @@
     python benchmarks/overhead.py --device cuda --resolution 512 --channels 320,640,1280,1280
 
 Methods (all at w = 5, same prompts, seeds and scheduler):
-  cfg-lora / cfg-full   CFG on the LoRA personalization / on the same LoRA fused into a full fine-tune
+  cfg-lora / cfg-full   CFG on the LoRA personalization / on a full fine-tune (the LoRA fused, then every
+                        tensor of the UNet perturbed, as after DreamBooth: all of them differ)
   pg-lora               PG, ω = 0.5, one batched pass with per-row LoRA scales
   pg-lora-linear        PG, ω linear 0 → 1 (a new ω every step)
   pg-full               PG, ω = 0.5, θ_ω materialized once and swapped in for the null half
+  pg-full-linear        PG, ω linear 0 → 1 on the full fine-tune: θ_ω materialized anew at every step
   ag-lora               autoguidance with the pretrained model (LoRA scale 0 on the first half)
   naive-3pass           PG the naive way: D_ft(c), D_ft(∅) and D_pre(∅) in three passes, mixed in output space
 
 Time: the median over interleaved rounds of (sampling time / steps), so that drift of the machine hits
-every method alike. Memory: each method also runs in a fresh process; its peak resident memory (CPU) or
-peak allocated memory (CUDA) is reported relative to CFG on the same personalization.
+every method alike. `--clock cpu` counts the process's CPU time instead of wall time: with `--threads 1`
+that is the compute each method needs, unaffected by other jobs on a shared machine. Memory: each method
+also runs in a fresh process that polls its resident memory (CPU) or reads the allocator's peak (CUDA);
+the peak above the memory held before the models were loaded is reported, and its difference to CFG on
+the same personalization.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-METHODS = ["cfg-lora", "pg-lora", "pg-lora-linear", "ag-lora", "naive-3pass", "cfg-full", "pg-full"]
+METHODS = ["cfg-lora", "pg-lora", "pg-lora-linear", "ag-lora", "naive-3pass", "cfg-full", "pg-full",
+           "pg-full-linear"]
 PROMPTS = ["a photo of a sks dog on the beach", "a sks dog in the snow", "a sks dog wearing a red hat",
            "a watercolor painting of a sks dog", "a sks dog next to a cat", "a sks dog in a bucket",
            "a sks dog on a skateboard", "a sks dog at night"]
@@ -47,6 +52,10 @@ def build_models(folder: Path, channels: tuple[int, ...], rank: int) -> dict[str
     pipe.load_lora_weights(str(lora))
     pipe.fuse_lora()
     pipe.unload_lora_weights()
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # DreamBooth moves every tensor, not only the LoRA's
+        for p in pipe.unet.parameters():
+            p.add_(1e-3 * torch.randn(p.shape, generator=generator))
     pipe.save_pretrained(folder / "full", safe_serialization=True)
     return {"base": base, "lora": lora, "full": folder / "full"}
 
@@ -70,51 +79,87 @@ class NaiveThreePass:
         return (torch.cat([pre_null + self.omega * (ft_null - pre_null), cond]),)
 
 
+def _clock(args):
+    return time.process_time if args.clock == "cpu" else time.perf_counter
+
+
 def make_runner(method: str, models: dict[str, Path], args):
     """Load what `method` needs; return a function that samples once and returns the seconds taken."""
     from steerguide.guidance import GuidanceConfig
     from steerguide.loading import load_personalization, load_pipeline
     from steerguide.sampling import sample
 
-    kind = "full" if method.endswith("full") else "lora"
+    kind = "full" if "full" in method else "lora"
     pipe = load_pipeline(models["base"], device=args.device)
     personal = load_personalization(pipe, models[kind])
     configs = {"cfg-lora": GuidanceConfig("cfg", args.scale), "cfg-full": GuidanceConfig("cfg", args.scale),
                "pg-lora": GuidanceConfig("pg", args.scale, omega=0.5),
                "pg-full": GuidanceConfig("pg", args.scale, omega=0.5),
                "pg-lora-linear": GuidanceConfig("pg", args.scale, omega=0.0, omega_schedule="linear:1.0"),
+               "pg-full-linear": GuidanceConfig("pg", args.scale, omega=0.0, omega_schedule="linear:1.0"),
                "ag-lora": GuidanceConfig("ag", args.scale, omega=0.0),
                "naive-3pass": GuidanceConfig("cfg", args.scale)}
     config = configs[method]
     prompts = PROMPTS[: args.prompts]
 
+    def held_mib() -> float:
+        """Tensors held to realize θ_ω: θ_pre of the differing tensors and the materialized θ_ω (0 for LoRA)."""
+        delta = personal.denoiser_delta
+        if delta is None:
+            return 0.0
+        tensors = {id(t): t for t in delta._pre.values()}
+        if delta._cache is not None and delta._cache[0] not in (0.0, 1.0):
+            tensors.update({id(t): t for t in delta._cache[1].values()})
+        return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+
     def once() -> float:
         if method == "naive-3pass":
             pipe.unet.forward = NaiveThreePass(pipe, 0.5)
+        clock = _clock(args)
         try:
-            start = time.perf_counter()
+            start = clock()
             sample(pipe, personal, config, prompts, steps=args.steps, height=args.resolution,
                    width=args.resolution, seed=0, progress=False, output_type="latent", batch_size=len(prompts))
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
-            return time.perf_counter() - start
+            return clock() - start
         finally:
             if method == "naive-3pass":
                 del pipe.unet.forward
 
+    once.held_mib = held_mib
     return once
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def peak_memory_child(method: str, models: dict[str, Path], args) -> None:
-    """Run one method once in this (fresh) process and print its peak memory in MiB as JSON."""
+    """Run one method once in this (fresh) process; print its peak memory above the pre-loading level."""
+    import threading
+
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+        make_runner(method, models, args)()
+        print(json.dumps({"method": method, "peak_mib": torch.cuda.max_memory_allocated() / 2**20}))
+        return
+    before = _rss_mib()
+    peak = [before]
+    done = threading.Event()
+
+    def poll() -> None:  # the resident set, every millisecond, while the method loads and samples
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
     make_runner(method, models, args)()
-    if args.device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(json.dumps({"method": method, "peak_mib": peak}))
+    done.set()
+    watcher.join()
+    print(json.dumps({"method": method, "peak_mib": max(peak[0], _rss_mib()) - before}))
 
 
 def main() -> None:
@@ -129,6 +174,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time, or this process's CPU time (robust on a shared machine with --threads 1)")
     parser.add_argument("--skip-memory", action="store_true", help="time only (no per-method processes)")
     parser.add_argument("--models", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -154,7 +201,7 @@ def main() -> None:
         unet_params = sum(p.numel() for p in load_pipeline(models["base"]).unet.parameters())
         print(f"SD 1.5 architecture, UNet {unet_params / 1e6:.1f} M parameters, LoRA rank {args.rank}, "
               f"{args.prompts} prompts ({2 * args.prompts} CFG rows), {args.resolution}px, {args.steps} steps, "
-              f"device {args.device}, torch threads {torch.get_num_threads()}")
+              f"device {args.device}, torch threads {torch.get_num_threads()}, {args.clock} clock")
         runners = {m: make_runner(m, models, args) for m in methods}
         for once in runners.values():
             once()  # warm-up: first calls pay for kernel selection and allocator growth
@@ -163,6 +210,7 @@ def main() -> None:
             order = methods if r % 2 == 0 else methods[::-1]
             for m in order:
                 times[m].append(runners[m]() / args.steps)
+        held = {m: runners[m].held_mib() for m in methods}
         peaks = {m: float("nan") for m in methods}
         for m in ([] if args.skip_memory else methods):
             out = subprocess.run([sys.executable, __file__, "--memory-child", m, "--models",
@@ -170,14 +218,16 @@ def main() -> None:
                                  capture_output=True, text=True, check=True)
             peaks[m] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
-    print(f"{'method':<16}{'ms/step':>10}{'× CFG':>9}{'peak MiB':>11}{'Δ vs CFG':>11}")
+    print(f"{'method':<16}{'ms/step':>10}{'× CFG':>9}{'θ_ω MiB':>10}{'RSS MiB':>10}{'Δ vs CFG':>11}")
     for m in methods:
-        ref = "cfg-full" if m.endswith("full") and "cfg-full" in times else "cfg-lora"
+        ref = "cfg-full" if "full" in m else "cfg-lora"
         step = statistics.median(times[m])
         ratio = step / statistics.median(times[ref]) if ref in times else float("nan")
         delta = peaks[m] - peaks[ref] if ref in peaks else float("nan")
-        print(f"{m:<16}{step * 1e3:>10.2f}{ratio:>9.3f}{peaks[m]:>11.1f}{delta:>+11.1f}")
-    print("(× CFG: ratio of medians to CFG on the same personalization, cfg-full for *-full, else cfg-lora)")
+        print(f"{m:<16}{step * 1e3:>10.2f}{ratio:>9.3f}{held[m]:>10.1f}{peaks[m]:>10.1f}{delta:>+11.1f}")
+    print("(× CFG: ratio of medians to CFG on the same personalization, cfg-full for *-full, else cfg-lora;\n"
+          " θ_ω MiB: tensors held to realize θ_ω, counted exactly; RSS MiB: peak resident memory above the\n"
+          " pre-loading level in a fresh process, polled every ms, and its difference to CFG)")
 
 
 if __name__ == "__main__":
