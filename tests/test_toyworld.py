@@ -132,7 +132,7 @@ def test_shipped_pipeline_loads_with_stock_diffusers_and_samples():
     out = pipe(["a large red star on a white background"] * 2, height=32, width=32, num_inference_steps=10,
                guidance_scale=5.0, generator=torch.Generator().manual_seed(0), output_type="np")
     assert out.images.shape == (2, 32, 32, 3)
-    assert time.time() - t0 < 10
+    assert time.time() - t0 < 30  # about 1 s on an idle 2-core CPU; generous for a shared one
 
 
 def test_cli_render_then_judge(tmp_path, capsys):
