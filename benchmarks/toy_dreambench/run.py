@@ -1,6 +1,6 @@
 """Run a toy DreamBench sweep subject by subject, in several single-threaded worker processes.
 
-    python benchmarks/toy_dreambench/run.py CONFIG --out DIR [--workers 2] [--subjects a,b,...]
+    python benchmarks/toy_dreambench/run.py CONFIG --out DIR [--workers 2] [--subjects a,b,...] [--deadline HH:MM]
 
 Worker k takes subjects k, k + N, ... of the config's benchmark and, for each, trains (or finds cached) its
 LoRA and runs its rows, so that a run cut short holds whole subjects, and a rerun resumes (the sweep's rows
@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 
-def run_subjects(config_path: str, out: str, subjects: list[str]) -> None:
+def run_subjects(config_path: str, out: str, subjects: list[str], deadline: str | None = None) -> None:
     import torch
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -33,6 +33,10 @@ def run_subjects(config_path: str, out: str, subjects: list[str]) -> None:
         lib.disable_progress_bar()
     config = load_config(config_path)
     for name in subjects:
+        if deadline and time.strftime("%H:%M", time.gmtime()) >= deadline:
+            print(f"{time.strftime('%H:%M:%S')} past the deadline {deadline} UTC: {name} and later subjects "
+                  "not started", flush=True)
+            return
         t0 = time.perf_counter()
         stats = run_sweep(replace(config, benchmark={**config.benchmark, "subjects": [name]}), out)
         print(f"{time.strftime('%H:%M:%S')} {name}: {stats.written} new rows ({stats.done_before} done before) "
@@ -45,10 +49,11 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--subjects", help="comma-separated subset (default: the config's)")
+    parser.add_argument("--deadline", help="HH:MM (UTC): start no subject after this time")
     parser.add_argument("--worker-subjects", help=argparse.SUPPRESS)  # internal: one worker's share
     args = parser.parse_args()
     if args.worker_subjects is not None:
-        run_subjects(args.config, args.out, args.worker_subjects.split(","))
+        run_subjects(args.config, args.out, args.worker_subjects.split(","), args.deadline)
         return
 
     from steerguide.evaluate.benchmarks import load_benchmark
@@ -62,7 +67,8 @@ def main() -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     workers = [subprocess.Popen([sys.executable, __file__, args.config, "--out", args.out,
-                                 "--worker-subjects", ",".join(names[k::args.workers])], env=env)
+                                 "--worker-subjects", ",".join(names[k::args.workers]),
+                                 *(["--deadline", args.deadline] if args.deadline else [])], env=env)
                for k in range(min(args.workers, len(names)))]
     codes = [w.wait() for w in workers]
     if any(codes):

@@ -4,7 +4,7 @@
 
 Every number is a mean over images; its 95% CI is a percentile bootstrap that resamples *subjects* with
 replacement (images of one subject share its LoRA, prompts and seeds, so subjects are the independent
-units). Only subjects present in every setting are used.
+units). Only subjects with all their rows in every setting are used.
 
 A method is a front, not a point: the Pareto front (higher fidelity and higher text alignment are better)
 of its settings, joined by straight segments (a mix of two settings reaches any point between them).
@@ -71,12 +71,14 @@ class Table:
     def __init__(self, rows: list[dict]):
         settings = sorted({setting_of(r) for r in rows},
                           key=lambda s: (METHOD_ORDER.get(s[0], 9), str(s[2]), str(s[3]), s[1]))
-        by_setting: dict[tuple, set] = {s: set() for s in settings}
+        # Only subjects with every row of every setting: a run cut short leaves its last subject partial.
+        count: dict[tuple, int] = {}
         for r in rows:
-            by_setting[setting_of(r)].add(r["subject"])
-        subjects = sorted(set.intersection(*by_setting.values()))
+            count[setting_of(r), r["subject"]] = count.get((setting_of(r), r["subject"]), 0) + 1
+        full = max(count.values())
+        subjects = sorted({j for _, j in count if all(count.get((s, j), 0) == full for s in settings)})
         if not subjects:
-            raise SystemExit("no subject has rows in every setting yet")
+            raise SystemExit("no subject has all its rows in every setting yet")
         self.settings, self.subjects = settings, subjects
         self.dropped = sorted({r["subject"] for r in rows} - set(subjects))
         sums = np.zeros((len(settings), len(subjects), 2))

@@ -173,6 +173,9 @@ def demo(
     subject: Annotated[str | None, typer.Option("--subject", help="Toy subject to personalize (default: the "
                                                 "first; `steerguide toyworld info` lists them).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads for PyTorch. 1 by default: "
+                                         "with other jobs on the cores, more threads made LoRA training here "
+                                         "10× slower; on idle cores, try more.")] = 1,
     # Advanced, for tests and quick looks: shrink the demo, or run it on another toy-architecture base.
     train_steps: Annotated[int | None, typer.Option("--train-steps", hidden=True)] = None,
     steps: Annotated[int, typer.Option("--steps", hidden=True)] = DemoSize.steps,
@@ -183,16 +186,18 @@ def demo(
     """Personalize a toy subject, sample it with CFG, AG and PG, judge the images and write a report."""
     import os
 
+    import torch
     from rich.console import Console
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo needs nothing from the network
+    torch.set_num_threads(threads)
     console = Console(stderr=True)
     result = run_demo(out, subject, DemoSize(train_steps, steps, num_prompts, seeds), base=base,
                       progress=progress, console=console)
     Console().print(result_table(result))
     Console().print(f"report: {result.report.html}  ({result.stats.written} new images, "
-                    f"{result.stats.done_before} reused; {result.seconds:.0f} s)", markup=False, highlight=False,
-                    soft_wrap=True)
+                    f"{result.stats.done_before} reused; {result.seconds:.0f} s)",
+                    markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
