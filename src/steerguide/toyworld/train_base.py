@@ -155,7 +155,7 @@ def train_vae(images: np.ndarray, cfg: TrainConfig, progress: Progress | None = 
         rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
         mse = F.mse_loss((rec + 1) / 2, (x + 1) / 2).item()
         std = torch.cat([vae.encode(to_tensor(images[i:i + 256])).latent_dist.mode()
-                         for i in range(0, 4096, 256)]).std().item()
+                         for i in range(0, min(4096, len(images)), 256)]).std().item()
     vae.register_to_config(scaling_factor=1.0 / std)
     if progress:
         progress("vae", cfg.vae_steps, cfg.vae_steps, {"val_psnr": -10 * math.log10(mse), "latent_std": std})
