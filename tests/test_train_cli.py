@@ -56,8 +56,14 @@ def test_bad_input(tiny_model_dir, photos, tmp_path, capsys):
     fails(capsys, args + ["--images", str(photos), "--method", "textual-inversion"], "unknown method")
     fails(capsys, args + ["--images", str(photos), "--rank", "0"], "--rank must be at least 1")
     fails(capsys, args + ["--images", str(photos), "--lr-scheduler", "wavy"], "unknown --lr-scheduler 'wavy'")
-    fails(capsys, args + ["--images", str(photos), "--instance-prompt", "a dog"], "does not contain the token")
-    fails(capsys, ["train", "--base", str(tmp_path), "--images", str(photos), "--out", out], "no model_index.json")
+    fails(
+        capsys, args + ["--images", str(photos), "--instance-prompt", "a dog"], "does not contain the token"
+    )
+    fails(
+        capsys,
+        ["train", "--base", str(tmp_path), "--images", str(photos), "--out", out],
+        "no model_index.json",
+    )
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("user data")
     fails(capsys, args + ["--images", str(photos)], "exists and is not empty")
@@ -68,9 +74,30 @@ def test_bad_input(tiny_model_dir, photos, tmp_path, capsys):
 def test_run_converts_odd_images_and_warns_about_a_split_token(tiny_model_dir, photos, tmp_path, capsys):
     out, base = tmp_path / "out", tiny_model_dir("sdxl")
     capsys.readouterr()
-    argv = ["train", "--base", str(base), "--images", str(photos), "--out", str(out),
-            "--token", "sks", "--class-noun", "dog", "--instance-prompt", "sks dog", "--steps", "2",
-            "--rank", "2", "--validation-images", "1", "--validation-inference-steps", "2", "--quiet"]
+    argv = [
+        "train",
+        "--base",
+        str(base),
+        "--images",
+        str(photos),
+        "--out",
+        str(out),
+        "--token",
+        "sks",
+        "--class-noun",
+        "dog",
+        "--instance-prompt",
+        "sks dog",
+        "--steps",
+        "2",
+        "--rank",
+        "2",
+        "--validation-images",
+        "1",
+        "--validation-inference-steps",
+        "2",
+        "--quiet",
+    ]
     assert run(argv) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() == str(out)
@@ -93,10 +120,28 @@ def test_toy_subject_option(tiny_model_dir, tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     monkeypatch.setattr(toyworld, "base_model_path", lambda: base)
     out = str(tmp_path / "toy")
-    fails(capsys, ["train", "--toy", "sks_star", "--base", "x", "--out", out], "leave out --base and --images")
+    fails(
+        capsys, ["train", "--toy", "sks_star", "--base", "x", "--out", out], "leave out --base and --images"
+    )
     fails(capsys, ["train", "--toy", "nobody", "--out", out], "unknown subject 'nobody'")
-    argv = ["train", "--toy", "bnq_triangle", "--out", out, "--steps", "2", "--lr", "1e-3", "--validation-images",
-            "1", "--validation-inference-steps", "2", "--quiet", "--threads", "1"]
+    argv = [
+        "train",
+        "--toy",
+        "bnq_triangle",
+        "--out",
+        out,
+        "--steps",
+        "2",
+        "--lr",
+        "1e-3",
+        "--validation-images",
+        "1",
+        "--validation-inference-steps",
+        "2",
+        "--quiet",
+        "--threads",
+        "1",
+    ]
     assert run(argv) == 0
     record = json.loads((tmp_path / "toy" / "train.json").read_text())
     config = record["config"]

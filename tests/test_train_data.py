@@ -71,7 +71,9 @@ def test_dataset_is_a_pure_function_of_seed_and_index():
         reds = sorted(round(float(a[4 * epoch + i]["pixels"][0, 0, 0]), 3) for i in range(4))
         assert reds == sorted(round(i * 60 / 127.5 - 1, 3) for i in range(4))
     c = PersonalizationDataset(images, 12, 16, seed=4)
-    assert [float(c[k]["pixels"][0, 0, 0]) for k in range(4)] != [float(a[k]["pixels"][0, 0, 0]) for k in range(4)]
+    assert [float(c[k]["pixels"][0, 0, 0]) for k in range(4)] != [
+        float(a[k]["pixels"][0, 0, 0]) for k in range(4)
+    ]
 
 
 @pytest.mark.skipif(not DREAMBENCH.is_dir(), reason="dreambench-sample not present")

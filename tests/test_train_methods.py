@@ -46,9 +46,19 @@ def photos(n: int = 3) -> list[Image.Image]:
 
 def tiny_config(base, out, method: str, **extra) -> TrainConfig:
     settings = dict(  # noqa: C408 (keyword form mirrors TrainConfig)
-        base=base, images=photos(), out=out, token="sks", class_noun="dog", instance_prompt="sks dog",
-        method=method, steps=3, learning_rate=5e-3, checkpoint_every=0, validation_images=2,
-        validation_inference_steps=2, seed=1,
+        base=base,
+        images=photos(),
+        out=out,
+        token="sks",
+        class_noun="dog",
+        instance_prompt="sks dog",
+        method=method,
+        steps=3,
+        learning_rate=5e-3,
+        checkpoint_every=0,
+        validation_images=2,
+        validation_inference_steps=2,
+        seed=1,
     )
     settings.update(extra)
     return TrainConfig(**settings)
@@ -64,8 +74,15 @@ def load_base(folder):
 
 def regenerate(pipe, record: dict) -> np.ndarray:
     config = record["config"]
-    images = sample(pipe, record["instance_prompt"], config["validation_images"], config["validation_inference_steps"],
-                    config["validation_guidance_scale"], record["resolution"], config["seed"])
+    images = sample(
+        pipe,
+        record["instance_prompt"],
+        config["validation_images"],
+        config["validation_inference_steps"],
+        config["validation_guidance_scale"],
+        record["resolution"],
+        config["seed"],
+    )
     return np.asarray(grid(images), dtype=np.int16)
 
 
@@ -85,7 +102,9 @@ def test_train_save_load_generate(tiny_model_dir, tmp_path, method, arch, extra)
     assert record["wall_seconds"] > 0 and record["instance_prompt"].endswith(" dog")
     saved = np.asarray(Image.open(out / "validation.png"), dtype=np.int16)
     assert saved.shape == (32, 64, 3)  # two 32×32 samples side by side
-    grids = sorted(p.name for p in (out / "validation").glob("*.png")) if (out / "validation").is_dir() else []
+    grids = (
+        sorted(p.name for p in (out / "validation").glob("*.png")) if (out / "validation").is_dir() else []
+    )
     assert grids == (["step-2.png"] if extra.get("validation_every") else [])
 
     pipe = load_base(base_dir)
@@ -111,8 +130,12 @@ def test_train_save_load_generate(tiny_model_dir, tmp_path, method, arch, extra)
 def test_lora_file_is_the_diffusers_format(tiny_model_dir, tmp_path):
     from safetensors import safe_open
 
-    out = train(tiny_config(tiny_model_dir("sd15"), tmp_path / "lora", "lora", rank=2, lora_alpha=4,
-                            validation_images=0), progress=False)
+    out = train(
+        tiny_config(
+            tiny_model_dir("sd15"), tmp_path / "lora", "lora", rank=2, lora_alpha=4, validation_images=0
+        ),
+        progress=False,
+    )
     with safe_open(out / "pytorch_lora_weights.safetensors", "pt") as f:
         keys, metadata = list(f.keys()), f.metadata()
     assert keys and all(k.startswith("unet.") for k in keys)
@@ -125,7 +148,9 @@ def test_custom_diffusion_keeps_other_token_embeddings(tiny_model_dir, tmp_path)
     from safetensors.torch import load_file
 
     base_dir = tiny_model_dir("sd15")
-    out = train(tiny_config(base_dir, tmp_path / "cd", "custom-diffusion", validation_images=0), progress=False)
+    out = train(
+        tiny_config(base_dir, tmp_path / "cd", "custom-diffusion", validation_images=0), progress=False
+    )
     kv = load_file(out / "custom_diffusion.safetensors")
     base = load_base(base_dir)
     params = dict(base.unet.named_parameters())
@@ -148,19 +173,45 @@ def test_generate_accepts_each_output(tiny_model_dir, tmp_path, method, arch, ca
     out = train(tiny_config(base, tmp_path / "p", method, steps=1, validation_images=0), progress=False)
     prompt = json.loads((out / "train.json").read_text())["instance_prompt"]
     images = tmp_path / "images"
-    argv = ["generate", "--base", str(base), "--personalization", str(out), "--prompt", prompt, "--steps", "2",
-            "--method", "pg", "--omega", "0.5", "--out", str(images)]
+    argv = [
+        "generate",
+        "--base",
+        str(base),
+        "--personalization",
+        str(out),
+        "--prompt",
+        prompt,
+        "--steps",
+        "2",
+        "--method",
+        "pg",
+        "--omega",
+        "0.5",
+        "--out",
+        str(images),
+    ]
     assert run(argv) == 0, capsys.readouterr().err
     assert len(list(images.glob("*.png"))) == 1
 
 
 @pytest.mark.parametrize("method", ["lora", "dreambooth", "custom-diffusion"])
 def test_bf16_gradient_checkpointing_and_accumulation(tiny_model_dir, tmp_path, method):
-    """The GPU options run (bf16 autocast works on CPU too), and a later fp32 run in the same process is fp32."""
+    """The GPU options run (bf16 autocast works on CPU too); a later fp32 run in the same process is fp32."""
     base = tiny_model_dir("sd15")
-    out = train(tiny_config(base, tmp_path / "bf16", method, steps=2, mixed_precision="bf16",
-                            gradient_checkpointing=True, gradient_accumulation=2, train_text_encoder=True,
-                            validation_images=1), progress=False)
+    out = train(
+        tiny_config(
+            base,
+            tmp_path / "bf16",
+            method,
+            steps=2,
+            mixed_precision="bf16",
+            gradient_checkpointing=True,
+            gradient_accumulation=2,
+            train_text_encoder=True,
+            validation_images=1,
+        ),
+        progress=False,
+    )
     record = json.loads((out / "train.json").read_text())
     assert record["steps"] == 2 and all(math.isfinite(x) for x in record["losses"])
     assert record["mixed_precision"] == "bf16"

@@ -42,9 +42,19 @@ def photo_dir(tmp_path_factory) -> Path:
 
 def config(base, images, out, **extra) -> TrainConfig:
     settings = dict(  # noqa: C408 (keyword form mirrors TrainConfig)
-        base=base, images=images, out=out, token="sks", class_noun="dog", instance_prompt="sks dog",
-        steps=4, learning_rate=1e-2, checkpoint_every=2, validation_images=0, random_flip=True,
-        crop="random", seed=3,
+        base=base,
+        images=images,
+        out=out,
+        token="sks",
+        class_noun="dog",
+        instance_prompt="sks dog",
+        steps=4,
+        learning_rate=1e-2,
+        checkpoint_every=2,
+        validation_images=0,
+        random_flip=True,
+        crop="random",
+        seed=3,
     )
     settings.update(extra)
     return TrainConfig(**settings)
@@ -77,20 +87,50 @@ def test_resume_refuses_other_settings(tiny_model_dir, photo_dir, tmp_path):
 
 
 def test_checkpoints_are_pruned_to_the_last_k(tiny_model_dir, photo_dir, tmp_path):
-    out = train(config(tiny_model_dir("sd15"), photo_dir, tmp_path / "run", steps=5, checkpoint_every=1,
-                       checkpoints_total_limit=2), progress=False)
+    out = train(
+        config(
+            tiny_model_dir("sd15"),
+            photo_dir,
+            tmp_path / "run",
+            steps=5,
+            checkpoint_every=1,
+            checkpoints_total_limit=2,
+        ),
+        progress=False,
+    )
     assert [p.name for p in checkpoints(out)] == ["step-4", "step-5"]
     assert not list((out / "checkpoints").glob("*.tmp"))
 
 
 def test_sigkill_then_resume(tiny_model_dir, photo_dir, tmp_path):
-    """A run killed with SIGKILL after a checkpoint resumes with the same command and ends on the exact step."""
+    """SIGKILLed after a checkpoint, a run resumes with the same command and ends on the exact step."""
     out, every, steps = tmp_path / "run", 3, 40
     command = [
-        sys.executable, "-c", "from steerguide.cli import main; main()", "train",
-        "--base", str(tiny_model_dir("sd15")), "--images", str(photo_dir), "--out", str(out), "--token", "sks",
-        "--class-noun", "dog", "--instance-prompt", "sks dog", "--steps", str(steps),
-        "--checkpoint-every", str(every), "--checkpoints-total-limit", "1", "--validation-images", "0", "--quiet",
+        sys.executable,
+        "-c",
+        "from steerguide.cli import main; main()",
+        "train",
+        "--base",
+        str(tiny_model_dir("sd15")),
+        "--images",
+        str(photo_dir),
+        "--out",
+        str(out),
+        "--token",
+        "sks",
+        "--class-noun",
+        "dog",
+        "--instance-prompt",
+        "sks dog",
+        "--steps",
+        str(steps),
+        "--checkpoint-every",
+        str(every),
+        "--checkpoints-total-limit",
+        "1",
+        "--validation-images",
+        "0",
+        "--quiet",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -106,7 +146,9 @@ def test_sigkill_then_resume(tiny_model_dir, photo_dir, tmp_path):
     step = int(kept[0].name[5:])
     assert step % every == 0 and every <= step < steps
 
-    resumed = subprocess.run(command + ["--resume"], check=False, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        command + ["--resume"], check=False, env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     record = json.loads((out / "train.json").read_text())
     assert record["steps"] == steps and len(record["losses"]) == steps
@@ -115,7 +157,7 @@ def test_sigkill_then_resume(tiny_model_dir, photo_dir, tmp_path):
 
 
 def test_two_processes_with_torch_distributed(tiny_model_dir, photo_dir, tmp_path):
-    """Data-parallel training (what `accelerate launch --multi_gpu` starts), here as 2 CPU processes over gloo,
+    """Data-parallel training (what `accelerate launch --multi_gpu` starts), as 2 CPU processes over gloo,
     checkpointed and resumed; the result loads with stock diffusers."""
     import socket
 
@@ -124,21 +166,52 @@ def test_two_processes_with_torch_distributed(tiny_model_dir, photo_dir, tmp_pat
         port = s.getsockname()[1]
     out = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-        "-m", "steerguide.train", "--base", str(tiny_model_dir("sd15")), "--images", str(photo_dir),
-        "--out", str(out), "--instance-prompt", "sks dog", "--method", "lora", "--train-text-encoder",
-        "--checkpoint-every", "2", "--validation-images", "1", "--validation-inference-steps", "2", "--quiet",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        "-m",
+        "steerguide.train",
+        "--base",
+        str(tiny_model_dir("sd15")),
+        "--images",
+        str(photo_dir),
+        "--out",
+        str(out),
+        "--instance-prompt",
+        "sks dog",
+        "--method",
+        "lora",
+        "--train-text-encoder",
+        "--checkpoint-every",
+        "2",
+        "--validation-images",
+        "1",
+        "--validation-inference-steps",
+        "2",
+        "--quiet",
     ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     for steps, resume in (("2", []), ("4", ["--resume"])):
-        done = subprocess.run(command + ["--steps", steps, *resume], check=False, env=env, capture_output=True,
-                              text=True, timeout=300)
+        done = subprocess.run(
+            command + ["--steps", steps, *resume],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
     assert done.stderr.count("steerguide: warning:") == 1  # shown by the main process only
     record = json.loads((out / "train.json").read_text())
     assert record["num_processes"] == 2 and record["steps"] == 4 and record["resumed_from"] == [2]
     assert sorted(p.name for p in (out / "checkpoints" / "step-4").glob("random_states_*")) == [
-        "random_states_0.pkl", "random_states_1.pkl"]
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    ]
     from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(tiny_model_dir("sd15"))

@@ -1,7 +1,8 @@
 """Personalization training: LoRA, DreamBooth and Custom Diffusion on a few photos of one subject.
 
     from steerguide.train import TrainConfig, train
-    out = train(TrainConfig(base="model/", images="photos/", token="sks", class_noun="dog", method="lora", out="lora/"))
+    config = TrainConfig(base="sd15/", images="photos/", token="sks", class_noun="dog", out="lora/")
+    out = train(config)
 
 Built on diffusers + peft + accelerate; outputs are read by stock diffusers (see docs/train.md).
 """

@@ -1,4 +1,4 @@
-"""`python -m steerguide.train ...` = `steerguide train ...`; what `accelerate launch -m steerguide.train` runs."""
+"""`python -m steerguide.train ARGS` is `steerguide train ARGS` (what `accelerate launch -m` runs)."""
 
 import sys
 

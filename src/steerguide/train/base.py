@@ -60,13 +60,15 @@ def load_base(path: str | Path) -> Base:
             warnings.simplefilter("ignore")
             pipe = DiffusionPipeline.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 (a broken or partial folder: one line, no traceback)
-        raise UserError(f"cannot load base model {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"cannot load base model {path}: {first}") from None
     finally:
         dlogging.enable_progress_bar()
         tlogging.enable_progress_bar()
     if getattr(pipe, "unet", None) is None:
         raise UserError(
-            f"base model {path} is a {type(pipe).__name__}: training supports UNet pipelines (SD 1.x/2.x, SDXL)"
+            f"base model {path} is a {type(pipe).__name__}: "
+            "training supports UNet pipelines (SD 1.x/2.x, SDXL)"
         )
     arch = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"
     pipe.set_progress_bar_config(disable=True)
@@ -76,8 +78,13 @@ def load_base(path: str | Path) -> Base:
 def tokenize(tokenizers: list, prompt: str) -> list[torch.Tensor]:
     """Input ids `(1, L)` of `prompt` for each tokenizer, padded to its length as the pipelines do."""
     return [
-        tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-        .input_ids
+        tok(
+            prompt,
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         for tok in tokenizers
     ]
 
@@ -87,9 +94,11 @@ def encode(text_encoders: list, input_ids: list[torch.Tensor], arch: str):
     if arch == "sd":
         return text_encoders[0](input_ids[0].to(text_encoders[0].device))[0], None
     hidden, pooled = [], None
-    for encoder, ids in zip(text_encoders, input_ids):
+    for encoder, ids in zip(text_encoders, input_ids, strict=True):
         out = encoder(ids.to(encoder.device), output_hidden_states=True)
-        pooled = out[0]  # the last encoder's projected pooled output (StableDiffusionXLPipeline.encode_prompt)
+        pooled = out[
+            0
+        ]  # the last encoder's projected pooled output (StableDiffusionXLPipeline.encode_prompt)
         hidden.append(out.hidden_states[-2])
     return torch.cat(hidden, dim=-1), pooled
 

@@ -19,7 +19,8 @@ def _modules(text: str) -> tuple[str, ...]:
 def train_command(
     ctx: typer.Context,
     out: Annotated[
-        Path, typer.Option("--out", help="Output folder (must be empty or absent, unless --overwrite/--resume).")
+        Path,
+        typer.Option("--out", help="Output folder (must be empty or absent, unless --overwrite/--resume)."),
     ],
     base: Annotated[
         str | None, typer.Option("--base", help="Base model: a diffusers pipeline folder (SD 1.x/2.x, SDXL).")
@@ -33,7 +34,8 @@ def train_command(
     ] = "",
     method: Annotated[str, typer.Option("--method", help="lora | dreambooth | custom-diffusion.")] = "lora",
     toy: Annotated[
-        str | None, typer.Option("--toy", help="Toy-world subject: fills base, images, token, prompt and toy defaults.")
+        str | None,
+        typer.Option("--toy", help="Toy-world subject: fills base, images, token, prompt and toy defaults."),
     ] = None,
     instance_prompt: Annotated[
         str | None, typer.Option("--instance-prompt", help="Default: 'a photo of TOKEN CLASS'.")
@@ -54,7 +56,8 @@ def train_command(
         float, typer.Option("--max-grad-norm", help="Gradient clipping; 0 turns it off.")
     ] = 1.0,
     snr_gamma: Annotated[
-        float | None, typer.Option("--snr-gamma", help="Min-SNR loss weighting γ (5 is usual); off by default.")
+        float | None,
+        typer.Option("--snr-gamma", help="Min-SNR loss weighting γ (5 is usual); off by default."),
     ] = None,
     noise_offset: Annotated[float, typer.Option("--noise-offset")] = 0.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -90,7 +93,10 @@ def train_command(
     ] = "center",
     random_flip: Annotated[bool, typer.Option("--random-flip")] = False,
     latents: Annotated[
-        str, typer.Option("--latents", help="sample | mode of the VAE posterior (mode: as base models trained on it).")
+        str,
+        typer.Option(
+            "--latents", help="sample | mode of the VAE posterior (mode: as base models trained on it)."
+        ),
     ] = "sample",
     mixed_precision: Annotated[str, typer.Option("--mixed-precision", help="no | fp16 | bf16.")] = "no",
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
@@ -124,19 +130,47 @@ def train_command(
     from steerguide.train import TrainConfig, TrainWarning, train
 
     options = dict(  # noqa: C408 (keyword form mirrors TrainConfig)
-        out=out, token=token, class_noun=class_noun, method=method, instance_prompt=instance_prompt,
-        steps=steps, learning_rate=learning_rate, lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps,
-        batch_size=batch_size, gradient_accumulation=gradient_accumulation, max_grad_norm=max_grad_norm,
-        snr_gamma=snr_gamma, noise_offset=noise_offset, seed=seed, rank=rank, lora_alpha=lora_alpha,
-        target_modules=_modules(target_modules), text_encoder_target_modules=_modules(text_encoder_target_modules),
-        train_text_encoder=train_text_encoder, prior_preservation=prior_preservation, class_images=class_images,
-        class_data_dir=class_data_dir, class_prompt=class_prompt, prior_loss_weight=prior_loss_weight,
-        resolution=resolution, crop=crop, random_flip=random_flip, latents=latents, mixed_precision=mixed_precision,
-        gradient_checkpointing=gradient_checkpointing, validation_prompt=validation_prompt,
-        validation_images=validation_images, validation_every=validation_every,
-        validation_inference_steps=validation_inference_steps, validation_guidance_scale=validation_guidance_scale,
-        checkpoint_every=checkpoint_every, checkpoints_total_limit=checkpoints_total_limit, resume=resume,
-        overwrite=overwrite, threads=threads,
+        out=out,
+        token=token,
+        class_noun=class_noun,
+        method=method,
+        instance_prompt=instance_prompt,
+        steps=steps,
+        learning_rate=learning_rate,
+        lr_scheduler=lr_scheduler,
+        lr_warmup_steps=lr_warmup_steps,
+        batch_size=batch_size,
+        gradient_accumulation=gradient_accumulation,
+        max_grad_norm=max_grad_norm,
+        snr_gamma=snr_gamma,
+        noise_offset=noise_offset,
+        seed=seed,
+        rank=rank,
+        lora_alpha=lora_alpha,
+        target_modules=_modules(target_modules),
+        text_encoder_target_modules=_modules(text_encoder_target_modules),
+        train_text_encoder=train_text_encoder,
+        prior_preservation=prior_preservation,
+        class_images=class_images,
+        class_data_dir=class_data_dir,
+        class_prompt=class_prompt,
+        prior_loss_weight=prior_loss_weight,
+        resolution=resolution,
+        crop=crop,
+        random_flip=random_flip,
+        latents=latents,
+        mixed_precision=mixed_precision,
+        gradient_checkpointing=gradient_checkpointing,
+        validation_prompt=validation_prompt,
+        validation_images=validation_images,
+        validation_every=validation_every,
+        validation_inference_steps=validation_inference_steps,
+        validation_guidance_scale=validation_guidance_scale,
+        checkpoint_every=checkpoint_every,
+        checkpoints_total_limit=checkpoints_total_limit,
+        resume=resume,
+        overwrite=overwrite,
+        threads=threads,
     )
     if toy:
         from steerguide.train.toy import toy_config

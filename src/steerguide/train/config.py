@@ -25,9 +25,26 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 # Settings that define what is being trained: a resumed run must use the same ones as the checkpoint.
 # Everything else (steps, checkpoint/validation cadence, progress) may change between resumes.
 IDENTITY_FIELDS = (
-    "base", "method", "token", "class_noun", "instance_prompt", "resolution", "crop", "random_flip",
-    "batch_size", "gradient_accumulation", "rank", "lora_alpha", "target_modules", "train_text_encoder",
-    "prior_preservation", "prior_loss_weight", "seed", "snr_gamma", "noise_offset", "latents",
+    "base",
+    "method",
+    "token",
+    "class_noun",
+    "instance_prompt",
+    "resolution",
+    "crop",
+    "random_flip",
+    "batch_size",
+    "gradient_accumulation",
+    "rank",
+    "lora_alpha",
+    "target_modules",
+    "train_text_encoder",
+    "prior_preservation",
+    "prior_loss_weight",
+    "seed",
+    "snr_gamma",
+    "noise_offset",
+    "latents",
 )
 
 
@@ -104,7 +121,11 @@ class TrainConfig:
 
     @property
     def lr(self) -> float:
-        return self.learning_rate if self.learning_rate is not None else METHOD_DEFAULTS[self.method]["learning_rate"]
+        return (
+            self.learning_rate
+            if self.learning_rate is not None
+            else METHOD_DEFAULTS[self.method]["learning_rate"]
+        )
 
     @property
     def alpha(self) -> float:
@@ -131,19 +152,25 @@ class TrainConfig:
 
         schedulers = [t.value for t in SchedulerType]
         if self.lr_scheduler not in schedulers:
-            raise UserError(f"unknown --lr-scheduler {self.lr_scheduler!r}; expected one of: {', '.join(schedulers)}")
+            raise UserError(
+                f"unknown --lr-scheduler {self.lr_scheduler!r}; expected one of: {', '.join(schedulers)}"
+            )
         if self.latents not in ("sample", "mode"):
             raise UserError(f"--latents must be 'sample' or 'mode' (got {self.latents!r})")
         if self.crop not in CROPS:
             raise UserError(f"unknown crop {self.crop!r}; expected one of: {', '.join(CROPS)}")
         if self.mixed_precision not in PRECISIONS:
-            raise UserError(f"unknown mixed precision {self.mixed_precision!r}; expected one of: {', '.join(PRECISIONS)}")
+            raise UserError(
+                f"unknown mixed precision {self.mixed_precision!r}; expected one of: {', '.join(PRECISIONS)}"
+            )
         for name in ("batch_size", "gradient_accumulation", "validation_inference_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         for name in ("validation_images", "validation_every", "checkpoint_every", "lr_warmup_steps"):
             if getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must not be negative (got {getattr(self, name)})")
+                raise UserError(
+                    f"--{name.replace('_', '-')} must not be negative (got {getattr(self, name)})"
+                )
         if self.steps is not None and self.steps < 1:
             raise UserError(f"--steps must be at least 1 (got {self.steps})")
         if self.learning_rate is not None and not self.learning_rate > 0:
@@ -151,15 +178,21 @@ class TrainConfig:
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             raise UserError(f"--resolution must be a multiple of 8 (got {self.resolution})")
         if self.checkpoints_total_limit < 1:
-            raise UserError(f"--checkpoints-total-limit must be at least 1 (got {self.checkpoints_total_limit})")
+            raise UserError(
+                f"--checkpoints-total-limit must be at least 1 (got {self.checkpoints_total_limit})"
+            )
         if self.prior_preservation and self.class_images < 1:
-            raise UserError(f"--class-images must be at least 1 with --prior-preservation (got {self.class_images})")
+            raise UserError(
+                f"--class-images must be at least 1 with --prior-preservation (got {self.class_images})"
+            )
         if not self.token or len(self.token.split()) != 1:
             raise UserError(f"--token must be one word (got {self.token!r})")
         if self.prior_preservation and not self.class_noun and not self.class_prompt:
             raise UserError("--prior-preservation needs --class-noun (or --class-prompt)")
         if not re.search(rf"(?<!\S){re.escape(self.token)}(?!\S)", self.prompt()):
-            raise UserError(f"the instance prompt {self.prompt()!r} does not contain the token {self.token!r}")
+            raise UserError(
+                f"the instance prompt {self.prompt()!r} does not contain the token {self.token!r}"
+            )
         if not self.target_modules:
             raise UserError("--target-modules must name at least one module")
 

@@ -41,14 +41,18 @@ def setup(base: Base, config: TrainConfig) -> Trainable:
             param.requires_grad_(True)
             count += 1
     if not count:
-        raise UserError("Custom Diffusion: this UNet has no cross-attention (attn2.to_k / attn2.to_v) to train")
+        raise UserError(
+            "Custom Diffusion: this UNet has no cross-attention (attn2.to_k / attn2.to_v) to train"
+        )
 
     new = modifier_token(base.tokenizers[0], config.token)
     ids, originals = [], []
-    for tokenizer, encoder in zip(base.tokenizers, base.text_encoders):
+    for tokenizer, encoder in zip(base.tokenizers, base.text_encoders, strict=True):
         piece_ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(config.token))
         if new in tokenizer.get_vocab():
-            raise UserError(f"Custom Diffusion: the token {new!r} is already in the tokenizer; choose another --token")
+            raise UserError(
+                f"Custom Diffusion: the token {new!r} is already in the tokenizer; choose another --token"
+            )
         tokenizer.add_tokens(new)
         new_id = tokenizer.convert_tokens_to_ids(new)
         encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the row is set below
@@ -62,7 +66,7 @@ def setup(base: Base, config: TrainConfig) -> Trainable:
     def restore_other_rows() -> None:
         # Only the new token's row may change: AdamW's weight decay and rounding would move the others.
         with torch.no_grad():
-            for encoder, new_id, original in zip(base.text_encoders, ids, originals):
+            for encoder, new_id, original in zip(base.text_encoders, ids, originals, strict=True):
                 weight = encoder.get_input_embeddings().weight
                 keep = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
                 keep[new_id] = False
@@ -84,7 +88,10 @@ def save(base: Base, config: TrainConfig, trainable: Trainable, out: Path) -> li
     save_file(kv, out / WEIGHTS_NAME, metadata={"format": "pt", "method": "custom-diffusion"})
     names = [WEIGHTS_NAME]
     new = trainable.prompt_token
-    for encoder, new_id, name in zip(base.text_encoders, trainable.notes["token_ids"], EMBEDS_NAMES):
+    token_ids = trainable.notes["token_ids"]
+    for encoder, new_id, name in zip(
+        base.text_encoders, token_ids, EMBEDS_NAMES[: len(token_ids)], strict=True
+    ):
         row = encoder.get_input_embeddings().weight[new_id : new_id + 1].detach().float().contiguous()
         save_file({new: row}, out / name)
         names.append(name)
@@ -108,6 +115,9 @@ def load(pipe, folder: str | Path) -> str:
     pipe.load_textual_inversion(folder / EMBEDS_NAMES[0], token=token)
     if getattr(pipe, "text_encoder_2", None) is not None:
         pipe.load_textual_inversion(
-            folder / EMBEDS_NAMES[1], token=token, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
+            folder / EMBEDS_NAMES[1],
+            token=token,
+            text_encoder=pipe.text_encoder_2,
+            tokenizer=pipe.tokenizer_2,
         )
     return token

@@ -57,9 +57,7 @@ def load_images(source: str | Path | Sequence[Image.Image]) -> list[tuple[str, I
     candidates = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if not candidates:
         shown = ", ".join(p.name for p in files[:3]) + (", ..." if len(files) > 3 else "")
-        raise UserError(
-            f"no usable image in {folder}: found {shown} (expected {', '.join(IMAGE_SUFFIXES)})"
-        )
+        raise UserError(f"no usable image in {folder}: found {shown} (expected {', '.join(IMAGE_SUFFIXES)})")
     loaded = []
     for path in candidates:
         try:
@@ -124,10 +122,18 @@ class PersonalizationDataset(torch.utils.data.Dataset):
         class_images: list[Image.Image] | None = None,
     ):
         self.instance, self.class_images = instance, class_images or []
-        self.length, self.resolution, self.crop, self.flip, self.seed = length, resolution, crop, random_flip, seed
+        self.length, self.resolution, self.crop, self.flip, self.seed = (
+            length,
+            resolution,
+            crop,
+            random_flip,
+            seed,
+        )
         # Deterministic crops of few photos: preprocess once.
         self._fixed = None if crop == "random" else [preprocess(im, resolution, crop) for im in instance]
-        self._fixed_class = None if crop == "random" else [preprocess(im, resolution, crop) for im in self.class_images]
+        self._fixed_class = (
+            None if crop == "random" else [preprocess(im, resolution, crop) for im in self.class_images]
+        )
 
     def __len__(self) -> int:
         return self.length
@@ -138,8 +144,10 @@ class PersonalizationDataset(torch.utils.data.Dataset):
         order = list(range(n))
         random.Random(f"{self.seed}/{salt}/{epoch}").shuffle(order)
         rng = random.Random(f"{self.seed}/{salt}/item/{k}")
-        pixels, original, crop = fixed[order[i]] if fixed is not None else preprocess(
-            images[order[i]], self.resolution, self.crop, rng
+        pixels, original, crop = (
+            fixed[order[i]]
+            if fixed is not None
+            else preprocess(images[order[i]], self.resolution, self.crop, rng)
         )
         if self.flip and rng.random() < 0.5:
             pixels = pixels.flip(-1)
@@ -150,7 +158,7 @@ class PersonalizationDataset(torch.utils.data.Dataset):
         examples = [self._pick(k, self.instance, self._fixed, 0)]
         if self.class_images:
             examples.append(self._pick(k, self.class_images, self._fixed_class, 1))
-        for prefix, ex in zip(("", "class_"), examples):
+        for prefix, ex in zip(("", "class_")[: len(examples)], examples, strict=True):
             item[prefix + "pixels"] = ex.pixels
             item[prefix + "original_size"] = torch.tensor(ex.original_size)
             item[prefix + "crop_top_left"] = torch.tensor(ex.crop_top_left)
@@ -158,8 +166,16 @@ class PersonalizationDataset(torch.utils.data.Dataset):
 
 
 def ensure_class_images(
-    pipe, folder: Path, count: int, prompt: str, resolution: int, seed: int, steps: int, guidance: float,
-    batch_size: int = 4, progress: bool = True,
+    pipe,
+    folder: Path,
+    count: int,
+    prompt: str,
+    resolution: int,
+    seed: int,
+    steps: int,
+    guidance: float,
+    batch_size: int = 4,
+    progress: bool = True,
 ) -> list[Image.Image]:
     """The first `count` class images of `folder`, generating the missing ones with the base model.
 
@@ -187,10 +203,14 @@ def ensure_class_images(
                     index += 1
                 generators = [torch.Generator().manual_seed(seed * 100_003 + int(p.stem[6:])) for p in names]
                 images = pipe(
-                    [prompt] * n, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-                    height=resolution, width=resolution,
+                    [prompt] * n,
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    generator=generators,
+                    height=resolution,
+                    width=resolution,
                 ).images
-                for path, image in zip(names, images):
+                for path, image in zip(names, images, strict=True):
                     image.save(path)
                 made += n
                 bar.advance(task, n)

@@ -19,7 +19,9 @@ WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 def _add_adapter(module, config: TrainConfig, targets: tuple[str, ...], what: str) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
-    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian", target_modules=list(targets))
+    lora = LoraConfig(
+        r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian", target_modules=list(targets)
+    )
     try:
         if what == "UNet":
             module.add_adapter(lora)

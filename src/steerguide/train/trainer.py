@@ -37,7 +37,11 @@ from steerguide.train.data import PersonalizationDataset, ensure_class_images, l
 from steerguide.train.methods import Trainable
 from steerguide.train.validation import grid, sample
 
-METHOD_MODULES: dict[str, ModuleType] = {"lora": lora, "dreambooth": dreambooth, "custom-diffusion": custom_diffusion}
+METHOD_MODULES: dict[str, ModuleType] = {
+    "lora": lora,
+    "dreambooth": dreambooth,
+    "custom-diffusion": custom_diffusion,
+}
 CHECKPOINTS = "checkpoints"
 CLASS_IMAGES = "class_images"
 
@@ -53,7 +57,12 @@ class TrainState:
         self.step, self.losses, self.seconds, self.resumed_from = 0, [], 0.0, []
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "losses": list(self.losses), "seconds": self.seconds, "resumed_from": self.resumed_from}
+        return {
+            "step": self.step,
+            "losses": list(self.losses),
+            "seconds": self.seconds,
+            "resumed_from": self.resumed_from,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.losses = int(state["step"]), list(state["losses"])
@@ -78,7 +87,9 @@ def checkpoints(out: Path) -> list[Path]:
     folder = out / CHECKPOINTS
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
+    found = [
+        p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()
+    ]
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
@@ -97,10 +108,14 @@ def _check_out(out: Path, config: TrainConfig, notes: _Notes) -> tuple[Path | No
         return None, False
     if entries:
         if not config.overwrite:
-            hint = "pass --overwrite to replace it" + ("" if config.resume else ", or --resume to continue it")
+            hint = "pass --overwrite to replace it" + (
+                "" if config.resume else ", or --resume to continue it"
+            )
             raise UserError(f"--out {out} exists and is not empty; {hint}")
         if not ((out / "train.json").exists() or (out / CHECKPOINTS).is_dir()):
-            raise UserError(f"--overwrite: refusing to delete {out}: it does not look like a steerguide training output")
+            raise UserError(
+                f"--overwrite: refusing to delete {out}: it does not look like a steerguide training output"
+            )
     return None, bool(entries)
 
 
@@ -110,11 +125,19 @@ def _identity(config: TrainConfig, images: list, base: Base) -> dict:
         digest.update(f"{image.size}".encode())
         digest.update(image.tobytes())
     values = config.to_json()
-    return {**{k: values[k] for k in IDENTITY_FIELDS}, "base": str(base.path.resolve()), "images_sha1": digest.hexdigest()}
+    return {
+        **{k: values[k] for k in IDENTITY_FIELDS},
+        "base": str(base.path.resolve()),
+        "images_sha1": digest.hexdigest(),
+    }
 
 
 def _check_identity(out: Path, identity: dict) -> None:
-    saved = json.loads((out / CHECKPOINTS / "run.json").read_text()) if (out / CHECKPOINTS / "run.json").exists() else {}
+    saved = (
+        json.loads((out / CHECKPOINTS / "run.json").read_text())
+        if (out / CHECKPOINTS / "run.json").exists()
+        else {}
+    )
     changed = [k for k in identity if k in saved and saved[k] != identity[k]]
     if changed:
         k = changed[0]
@@ -133,8 +156,12 @@ def _versions() -> dict[str, str]:
     from steerguide import __version__ as steerguide_version
 
     return {
-        "steerguide": steerguide_version, "python": platform.python_version(), "torch": torch.__version__,
-        "diffusers": diffusers.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+        "steerguide": steerguide_version,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
         "accelerate": accelerate.__version__,
     }
 
@@ -158,7 +185,9 @@ def _install_checkpoint_hooks(accelerator, trainable: Trainable) -> None:
             params = trained_params(model)
             state = load_file(os.path.join(input_dir, f"trainable_{i}.safetensors"))
             if set(state) != set(params):
-                raise UserError(f"--resume: checkpoint {input_dir} does not match this model's trainable parameters")
+                raise UserError(
+                    f"--resume: checkpoint {input_dir} does not match this model's trainable parameters"
+                )
             with torch.no_grad():
                 for name, value in state.items():
                     params[name].copy_(value)
@@ -234,10 +263,12 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         becomes = (
             f"Custom Diffusion adds {config.token!r} to the tokenizer as one new token"
             if config.method == "custom-diffusion"
-            else "the subject is bound to that sequence (a rare single-piece token such as 'sks' binds better)"
+            else "the subject is bound to that sequence (a rare one-piece token such as 'sks' binds better)"
         )
-        notes.warn(f"token {config.token!r} is split by the tokenizer into {len(pieces)} pieces "
-                   f"({' '.join(pieces)}); {becomes}")
+        notes.warn(
+            f"token {config.token!r} is split by the tokenizer into {len(pieces)} pieces "
+            f"({' '.join(pieces)}); {becomes}"
+        )
 
     # Prior preservation: class images from the untouched base model, generated before any training.
     prompt = config.prompt()
@@ -247,8 +278,15 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         if accelerator.is_main_process:
             base.pipe.to(accelerator.device)
             ensure_class_images(
-                base.pipe, class_dir, config.class_images, config.prior_prompt(), resolution, config.seed,
-                config.validation_inference_steps, config.validation_guidance_scale, progress=progress,
+                base.pipe,
+                class_dir,
+                config.class_images,
+                config.prior_prompt(),
+                resolution,
+                config.seed,
+                config.validation_inference_steps,
+                config.validation_guidance_scale,
+                progress=progress,
             )
         accelerator.wait_for_everyone()
         class_images = [im for _, im in load_images(class_dir)[: config.class_images]]
@@ -261,18 +299,25 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
 
     if config.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
-        for encoder, trained in zip(base.text_encoders, trainable.text_encoders_trained):
+        for encoder, trained in zip(base.text_encoders, trainable.text_encoders_trained, strict=True):
             if trained:
-                enable = getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable
+                enable = (
+                    getattr(encoder, "activation_checkpointing_enable", None)
+                    or encoder.gradient_checkpointing_enable
+                )
                 enable()
 
     # Frozen weights in the compute dtype, trainable ones in fp32 (diffusers' `cast_training_params`).
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        accelerator.mixed_precision, torch.float32
+    )
     vae_dtype = torch.float32 if base.arch == "sdxl" else weight_dtype  # the SDXL VAE overflows in fp16
     dtypes = [(base.unet, weight_dtype), (base.vae, vae_dtype)]
     for encoder in base.text_encoders:
         # A trained token embedding (Custom Diffusion) feeds fp32 into the encoder: keep it all in fp32.
-        dtypes.append((encoder, torch.float32 if encoder.get_input_embeddings().weight.requires_grad else weight_dtype))
+        dtypes.append(
+            (encoder, torch.float32 if encoder.get_input_embeddings().weight.requires_grad else weight_dtype)
+        )
     for module, dtype in dtypes:
         module.to(accelerator.device, **({} if dtype == module.dtype else {"dtype": dtype}))
     cast_training_params(trainable.modules, dtype=torch.float32)
@@ -282,20 +327,29 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     prediction_type = noise_scheduler.config.prediction_type
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.adam_weight_decay)
     lr_scheduler = get_scheduler(
-        config.lr_scheduler, optimizer,
+        config.lr_scheduler,
+        optimizer,
         num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=config.max_steps * accelerator.num_processes,
     )
 
     per_step = config.batch_size * config.gradient_accumulation * accelerator.num_processes
     dataset = PersonalizationDataset(
-        [im for _, im in images], config.max_steps * per_step, resolution, config.crop, config.random_flip,
-        config.seed, class_images,
+        [im for _, im in images],
+        config.max_steps * per_step,
+        resolution,
+        config.crop,
+        config.random_flip,
+        config.seed,
+        class_images,
     )
     # Its own generator: creating an iterator draws a base seed, which must not come from the global RNG
     # (a resumed run creates one more iterator than an uninterrupted one).
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.dataloader_workers,
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=False,
+        num_workers=config.dataloader_workers,
         generator=torch.Generator().manual_seed(config.seed),
     )
     prepared = accelerator.prepare(*trainable.modules, optimizer, loader, lr_scheduler)
@@ -317,12 +371,17 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     instance_ids, class_ids = tokenize(base.tokenizers, prompt), tokenize(base.tokenizers, class_prompt)
     for tokenizer in base.tokenizers[:1]:
         if len(tokenizer(prompt).input_ids) > tokenizer.model_max_length:
-            notes.warn(f"the instance prompt {prompt!r} is longer than the tokenizer's "
-                       f"{tokenizer.model_max_length} tokens; it is truncated")
+            notes.warn(
+                f"the instance prompt {prompt!r} is longer than the tokenizer's "
+                f"{tokenizer.model_max_length} tokens; it is truncated"
+            )
     frozen_text = not any(trainable.text_encoders_trained)
     if frozen_text:  # the prompts never change: encode them once
         with torch.no_grad():
-            cached = {"instance": encode(encoders, instance_ids, base.arch), "class": encode(encoders, class_ids, base.arch)}
+            cached = {
+                "instance": encode(encoders, instance_ids, base.arch),
+                "class": encode(encoders, class_ids, base.arch),
+            }
 
     def prompt_embeddings(which: str, n: int):
         if frozen_text:
@@ -349,7 +408,9 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             latents = ((latents - shift) * base.vae.config.scaling_factor).to(weight_dtype)
         noise = torch.randn_like(latents)
         if config.noise_offset:
-            noise = noise + config.noise_offset * torch.randn(latents.shape[:2] + (1, 1), device=latents.device)
+            noise = noise + config.noise_offset * torch.randn(
+                latents.shape[:2] + (1, 1), device=latents.device
+            )
         timesteps = torch.randint(
             0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
         ).long()
@@ -376,15 +437,21 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             snr = compute_snr(noise_scheduler, timesteps)
             weights = torch.clamp(snr, max=config.snr_gamma)
             weights = weights / (snr + 1) if prediction_type == "v_prediction" else weights / snr
-            loss = (F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
+            loss = (
+                F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)) * weights
+            ).mean()
         return loss + config.prior_loss_weight * prior_loss
 
     def validate(name: Path) -> None:
         with accelerator.autocast():
             images_ = sample(
-                base.pipe, _word_replace(config.validation_prompt or config.prompt(), config.token, prompt_token),
-                config.validation_images, config.validation_inference_steps, config.validation_guidance_scale,
-                resolution, config.seed,
+                base.pipe,
+                _word_replace(config.validation_prompt or config.prompt(), config.token, prompt_token),
+                config.validation_images,
+                config.validation_inference_steps,
+                config.validation_guidance_scale,
+                resolution,
+                config.seed,
             )
         name.parent.mkdir(parents=True, exist_ok=True)
         grid(images_).save(name)
@@ -398,8 +465,14 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         module.train()
     start_step, started = state.step, time.perf_counter()
     seconds_before = state.seconds
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, disable=not (progress and accelerator.is_local_main_process)) as bar:
         task = bar.add_task(f"{config.method}", total=config.max_steps, completed=state.step, loss="-")
         if state.step < config.max_steps:
@@ -425,7 +498,11 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
                 step_loss = 0.0
                 if config.checkpoint_every and state.step % config.checkpoint_every == 0:
                     _save_checkpoint(accelerator, out, state.step, config.checkpoints_total_limit)
-                if config.validation_every and state.step % config.validation_every == 0 and accelerator.is_main_process:
+                if (
+                    config.validation_every
+                    and state.step % config.validation_every == 0
+                    and accelerator.is_main_process
+                ):
                     validate(out / "validation" / f"step-{state.step}.png")
                 if state.step >= config.max_steps:
                     break
@@ -470,4 +547,3 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         (out / "train.json").write_text(json.dumps(record, indent=2, default=str))
     accelerator.end_training()
     return out
-
