@@ -77,7 +77,7 @@ def test_clip_i_and_clip_t_by_hand(tiny_models):
             return model.text_projection(model.text_model(**ids).pooler_output)[0].numpy()
 
         expected_i = [np.mean([_cos(image_emb(g), image_emb(r)) for r in refs]) for g in gen]
-        expected_t = [_cos(image_emb(g), text_emb(p)) for g, p in zip(gen, prompts)]
+        expected_t = [_cos(image_emb(g), text_emb(p)) for g, p in zip(gen, prompts, strict=True)]
     assert fidelity == pytest.approx(expected_i, abs=1e-5)
     assert text == pytest.approx(expected_t, abs=1e-5)
     # CLIP-T pairs image i with prompt i: swapping the prompts changes the scores.

@@ -130,7 +130,7 @@ def test_evaluate_scores_a_folder(tmp_path, capsys):
     images.mkdir()
     refs.mkdir()
     prompts = ["a sks dog in the snow", "a sks dog on the beach", "a red sks dog"]
-    for i, p in enumerate(prompts):
+    for i in range(len(prompts)):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(images / f"{i}.png")
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(refs / f"{i}.jpg")
     (images / "metadata.jsonl").write_text(

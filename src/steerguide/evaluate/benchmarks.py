@@ -110,7 +110,7 @@ def parse_prompts_and_classes(text: str, source: str = "prompts_and_classes.txt"
     except ValueError:
         raise UserError(
             f"{source}: no 'subject_name,class' header (not a DreamBench prompts_and_classes.txt)"
-        )
+        ) from None
     for line in lines[start:]:
         if not line:
             if classes:
@@ -129,7 +129,7 @@ def parse_prompts_and_classes(text: str, source: str = "prompts_and_classes.txt"
         try:
             i = next(k for k, line in enumerate(lines) if line.lower() == title.lower())
         except StopIteration:
-            raise UserError(f"{source}: missing the '{title}' section")
+            raise UserError(f"{source}: missing the '{title}' section") from None
         prompts = []
         for line in lines[i + 1 :]:
             if line.startswith("]"):
@@ -231,7 +231,7 @@ def toy_benchmark(subjects: Sequence[str] | None = None, num_prompts: int | None
 
         all_subjects = toyworld.SUBJECTS
     except (ImportError, AttributeError) as e:
-        raise UserError(f"the toy world is not available in this install ({e})")
+        raise UserError(f"the toy world is not available in this install ({e})") from None
     if isinstance(all_subjects, dict):
         all_subjects = list(all_subjects.values())
     names = [s.name for s in all_subjects] if subjects is None else list(subjects)
@@ -242,7 +242,7 @@ def toy_benchmark(subjects: Sequence[str] | None = None, num_prompts: int | None
         except (KeyError, ValueError, UserError):
             raise UserError(
                 f"the toy world has no subject {n!r}; it has: {', '.join(x.name for x in all_subjects)}"
-            )
+            ) from None
         prompts = list(s.eval_prompts())[:num_prompts]
         out.append(
             BenchSubject(

@@ -25,6 +25,10 @@ def sweep(
     train_only: Annotated[
         bool, typer.Option("--train-only", help="Only train (or find cached) personalizations, then stop.")
     ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", min=1, help="CPU threads for torch (1 is fastest on busy shared cores)."),
+    ] = None,
 ) -> int:
     """Run a grid of guidance settings × subjects × prompts × seeds; a rerun skips the rows already done.
 
@@ -37,6 +41,10 @@ def sweep(
 
     cfg = load_config(config)
     console = Console(stderr=True)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     if dry_run:
         rows = expand(cfg, load_benchmark(cfg.benchmark))
         done = ResultsStore(out / "results.jsonl").done_keys() if (out / "results.jsonl").exists() else set()
@@ -145,7 +153,7 @@ def evaluate(
                 {
                     "images": [
                         {"file": f, "prompt": p, **{m: v[i] for m, v in scores.scores.items()}}
-                        for i, (f, p) in enumerate(zip(scores.files, scores.prompts))
+                        for i, (f, p) in enumerate(zip(scores.files, scores.prompts, strict=True))
                     ],
                     "summary": {m: {"mean": mean, "ci95": ci} for m, (mean, ci) in summary.items()},
                 },

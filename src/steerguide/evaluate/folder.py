@@ -105,7 +105,7 @@ def score_folder(
             chunk = files[start : start + batch_size]
             ims = [Image.open(p).convert("RGB") for p in chunk]
             ps = prompts[start : start + batch_size]
-            for m, prep in zip(metrics, prepared):
+            for m, prep in zip(metrics, prepared, strict=True):
                 texts = [p if (m.raw_prompts or not token or p is None) else _strip(p, token) for p in ps]
                 scores[m.name].extend(m.score(ims, texts, prep))
             bar.advance(task, len(chunk))

@@ -191,7 +191,7 @@ def tradeoff_plot(summary: list[SummaryRow], x_metric: str, y_metric: str, path:
         xerr = [0 if math.isnan(p.stats[x_metric][1]) else p.stats[x_metric][1] for p in points]
         yerr = [0 if math.isnan(p.stats[y_metric][1]) else p.stats[y_metric][1] for p in points]
         line = ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=3, label=name, linewidth=1.5)
-        for p, x, y in zip(points, xs, ys):
+        for p, x, y in zip(points, xs, ys, strict=True):
             ax.annotate(
                 f"w={p.scale:g}",
                 (x, y),

@@ -660,7 +660,7 @@ def run_sweep(
                 stats.sample_seconds += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 scores: dict[str, list[float]] = {}
-                for metric, prep in zip(metrics, prepared):
+                for metric, prep in zip(metrics, prepared, strict=True):
                     prompts = [
                         r.prompt if metric.raw_prompts else subject.text_prompt(r.prompt) for r in batch
                     ]
@@ -668,7 +668,7 @@ def run_sweep(
                     stats.metric_values += len(batch)
                 stats.metric_seconds += time.perf_counter() - t0
                 records = []
-                for j, (row, image) in enumerate(zip(batch, images)):
+                for j, (row, image) in enumerate(zip(batch, images, strict=True)):
                     rel = Path("images") / subject.name / f"{row.key}.png"
                     save_image_atomic(image, out / rel)
                     records.append(
