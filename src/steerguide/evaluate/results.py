@@ -94,16 +94,6 @@ class ResultsStore:
             os.close(fd)  # closing releases the lock
 
 
-def save_image_atomic(image, path: str | Path) -> Path:
-    """Write a PIL image so that `path` is either absent or complete (temporary name, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    image.save(tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def remove_stale_temporaries(folder: str | Path) -> int:
     """Delete the temporary files (`.NAME.PID.tmp*`) that processes which died left in a sweep folder (its
     top level and images/<subject>/); a live process's are kept. Returns how many were removed."""
@@ -129,11 +119,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def write_json_atomic(path: str | Path, data) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)

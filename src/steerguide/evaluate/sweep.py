@@ -38,12 +38,8 @@ from typing import Any
 from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import Benchmark, BenchSubject, load_benchmark
 from steerguide.evaluate.metrics import Metric, build_metrics, normalize_metric_spec
-from steerguide.evaluate.results import (
-    ResultsStore,
-    remove_stale_temporaries,
-    save_image_atomic,
-    write_json_atomic,
-)
+from steerguide.evaluate.results import ResultsStore, remove_stale_temporaries
+from steerguide.files import save_image_atomic, write_json_atomic
 
 TOP_KEYS = {
     "base",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shutil
 import time
 import warnings
@@ -30,6 +29,7 @@ from rich.progress import (
 )
 
 from steerguide.errors import UserError
+from steerguide.files import versions
 from steerguide.train import custom_diffusion, dreambooth, lora
 from steerguide.train.base import Base, encode, load_base, time_ids, token_pieces, tokenize
 from steerguide.train.config import IDENTITY_FIELDS, TrainConfig
@@ -145,25 +145,6 @@ def _check_identity(out: Path, identity: dict) -> None:
             f"--resume: the checkpoints in {out / CHECKPOINTS} were trained with {k}={saved[k]!r}, "
             f"not {identity[k]!r}; use the same settings, or --overwrite to start again"
         )
-
-
-def _versions() -> dict[str, str]:
-    import accelerate
-    import diffusers
-    import peft
-    import transformers
-
-    from steerguide import __version__ as steerguide_version
-
-    return {
-        "steerguide": steerguide_version,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-    }
 
 
 def _install_checkpoint_hooks(accelerator, trainable: Trainable) -> None:
@@ -541,7 +522,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
             "images": [name for name, _ in images],
             "files": files,
             "warnings": notes,
-            "versions": _versions(),
+            "versions": versions(),
             "config": config.to_json(),
         }
         (out / "train.json").write_text(json.dumps(record, indent=2, default=str))
