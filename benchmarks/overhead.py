@@ -35,11 +35,26 @@ from pathlib import Path
 
 import torch
 
-METHODS = ["cfg-lora", "pg-lora", "pg-lora-linear", "ag-lora", "naive-3pass", "cfg-full", "pg-full",
-           "pg-full-linear"]
-PROMPTS = ["a photo of a sks dog on the beach", "a sks dog in the snow", "a sks dog wearing a red hat",
-           "a watercolor painting of a sks dog", "a sks dog next to a cat", "a sks dog in a bucket",
-           "a sks dog on a skateboard", "a sks dog at night"]
+METHODS = [
+    "cfg-lora",
+    "pg-lora",
+    "pg-lora-linear",
+    "ag-lora",
+    "naive-3pass",
+    "cfg-full",
+    "pg-full",
+    "pg-full-linear",
+]
+PROMPTS = [
+    "a photo of a sks dog on the beach",
+    "a sks dog in the snow",
+    "a sks dog wearing a red hat",
+    "a watercolor painting of a sks dog",
+    "a sks dog next to a cat",
+    "a sks dog in a bucket",
+    "a sks dog on a skateboard",
+    "a sks dog at night",
+]
 
 
 def build_models(folder: Path, channels: tuple[int, ...], rank: int) -> dict[str, Path]:
@@ -92,13 +107,16 @@ def make_runner(method: str, models: dict[str, Path], args):
     kind = "full" if "full" in method else "lora"
     pipe = load_pipeline(models["base"], device=args.device)
     personal = load_personalization(pipe, models[kind])
-    configs = {"cfg-lora": GuidanceConfig("cfg", args.scale), "cfg-full": GuidanceConfig("cfg", args.scale),
-               "pg-lora": GuidanceConfig("pg", args.scale, omega=0.5),
-               "pg-full": GuidanceConfig("pg", args.scale, omega=0.5),
-               "pg-lora-linear": GuidanceConfig("pg", args.scale, omega=0.0, omega_schedule="linear:1.0"),
-               "pg-full-linear": GuidanceConfig("pg", args.scale, omega=0.0, omega_schedule="linear:1.0"),
-               "ag-lora": GuidanceConfig("ag", args.scale, omega=0.0),
-               "naive-3pass": GuidanceConfig("cfg", args.scale)}
+    configs = {
+        "cfg-lora": GuidanceConfig("cfg", args.scale),
+        "cfg-full": GuidanceConfig("cfg", args.scale),
+        "pg-lora": GuidanceConfig("pg", args.scale, omega=0.5),
+        "pg-full": GuidanceConfig("pg", args.scale, omega=0.5),
+        "pg-lora-linear": GuidanceConfig("pg", args.scale, omega=0.0, omega_schedule="linear:1.0"),
+        "pg-full-linear": GuidanceConfig("pg", args.scale, omega=0.0, omega_schedule="linear:1.0"),
+        "ag-lora": GuidanceConfig("ag", args.scale, omega=0.0),
+        "naive-3pass": GuidanceConfig("cfg", args.scale),
+    }
     config = configs[method]
     prompts = PROMPTS[: args.prompts]
 
@@ -118,8 +136,19 @@ def make_runner(method: str, models: dict[str, Path], args):
         clock = _clock(args)
         try:
             start = clock()
-            sample(pipe, personal, config, prompts, steps=args.steps, height=args.resolution,
-                   width=args.resolution, seed=0, progress=False, output_type="latent", batch_size=len(prompts))
+            sample(
+                pipe,
+                personal,
+                config,
+                prompts,
+                steps=args.steps,
+                height=args.resolution,
+                width=args.resolution,
+                seed=0,
+                progress=False,
+                output_type="latent",
+                batch_size=len(prompts),
+            )
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             return clock() - start
@@ -163,7 +192,9 @@ def peak_memory_child(method: str, models: dict[str, Path], args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--prompts", type=int, default=4, help="prompts per batch (CFG rows = 2×)")
@@ -174,8 +205,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="wall time, or this process's CPU time (robust on a shared machine with --threads 1)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall time, or this process's CPU time (robust on a shared machine with --threads 1)",
+    )
     parser.add_argument("--skip-memory", action="store_true", help="time only (no per-method processes)")
     parser.add_argument("--models", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -199,9 +234,11 @@ def main() -> None:
         from steerguide.loading import load_pipeline
 
         unet_params = sum(p.numel() for p in load_pipeline(models["base"]).unet.parameters())
-        print(f"SD 1.5 architecture, UNet {unet_params / 1e6:.1f} M parameters, LoRA rank {args.rank}, "
-              f"{args.prompts} prompts ({2 * args.prompts} CFG rows), {args.resolution}px, {args.steps} steps, "
-              f"device {args.device}, torch threads {torch.get_num_threads()}, {args.clock} clock")
+        print(
+            f"SD 1.5 architecture, UNet {unet_params / 1e6:.1f} M parameters, LoRA rank {args.rank}, "
+            f"{args.prompts} prompts ({2 * args.prompts} CFG rows), {args.resolution}px, {args.steps} steps, "
+            f"device {args.device}, torch threads {torch.get_num_threads()}, {args.clock} clock"
+        )
         runners = {m: make_runner(m, models, args) for m in methods}
         for once in runners.values():
             once()  # warm-up: first calls pay for kernel selection and allocator growth
@@ -212,10 +249,21 @@ def main() -> None:
                 times[m].append(runners[m]() / args.steps)
         held = {m: runners[m].held_mib() for m in methods}
         peaks = {m: float("nan") for m in methods}
-        for m in ([] if args.skip_memory else methods):
-            out = subprocess.run([sys.executable, __file__, "--memory-child", m, "--models",
-                                  json.dumps({k: str(v) for k, v in models.items()}), *sys.argv[1:]],
-                                 capture_output=True, text=True, check=True)
+        for m in [] if args.skip_memory else methods:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--memory-child",
+                    m,
+                    "--models",
+                    json.dumps({k: str(v) for k, v in models.items()}),
+                    *sys.argv[1:],
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             peaks[m] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
     print(f"{'method':<16}{'ms/step':>10}{'× CFG':>9}{'θ_ω MiB':>10}{'RSS MiB':>10}{'Δ vs CFG':>11}")
@@ -225,9 +273,11 @@ def main() -> None:
         ratio = step / statistics.median(times[ref]) if ref in times else float("nan")
         delta = peaks[m] - peaks[ref] if ref in peaks else float("nan")
         print(f"{m:<16}{step * 1e3:>10.2f}{ratio:>9.3f}{held[m]:>10.1f}{peaks[m]:>10.1f}{delta:>+11.1f}")
-    print("(× CFG: ratio of medians to CFG on the same personalization, cfg-full for *-full, else cfg-lora;\n"
-          " θ_ω MiB: tensors held to realize θ_ω, counted exactly; RSS MiB: peak resident memory above the\n"
-          " pre-loading level in a fresh process, polled every ms, and its difference to CFG)")
+    print(
+        "(× CFG: ratio of medians to CFG on the same personalization, cfg-full for *-full, else cfg-lora;\n"
+        " θ_ω MiB: tensors held to realize θ_ω, counted exactly; RSS MiB: peak resident memory above the\n"
+        " pre-loading level in a fresh process, polled every ms, and its difference to CFG)"
+    )
 
 
 if __name__ == "__main__":

@@ -10,13 +10,34 @@ ROOT = Path(__file__).parents[1]
 
 
 def test_overhead_benchmark_smoke():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--methods",
-                          "cfg-lora,pg-lora,naive-3pass,cfg-full,pg-full", "--rounds", "1", "--steps", "2", "--skip-memory",
-                          "--channels", "32,64", "--resolution", "32", "--prompts", "2"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "overhead.py"),
+            "--methods",
+            "cfg-lora,pg-lora,naive-3pass,cfg-full,pg-full",
+            "--rounds",
+            "1",
+            "--steps",
+            "2",
+            "--skip-memory",
+            "--channels",
+            "32,64",
+            "--resolution",
+            "32",
+            "--prompts",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
-    table = {line.split()[0]: line.split()[1:] for line in lines if line.split() and line.split()[0] in
-             ("cfg-lora", "pg-lora", "naive-3pass", "cfg-full", "pg-full")}
+    table = {
+        line.split()[0]: line.split()[1:]
+        for line in lines
+        if line.split() and line.split()[0] in ("cfg-lora", "pg-lora", "naive-3pass", "cfg-full", "pg-full")
+    }
     assert set(table) == {"cfg-lora", "pg-lora", "naive-3pass", "cfg-full", "pg-full"}
     assert float(table["cfg-lora"][1]) == 1.0 and float(table["cfg-full"][1]) == 1.0

@@ -14,7 +14,7 @@ from steerguide.errors import UserError
 from steerguide.guidance import GuidanceConfig
 from steerguide.loading import load_personalization, load_pipeline
 from steerguide.sampling import sample
-from steerguide.testing import random_lora_state_dict, save_random_lora
+from steerguide.testing import random_lora_state_dict
 
 PROMPTS = ["a dog", "a cat"]
 
@@ -22,8 +22,19 @@ PROMPTS = ["a dog", "a cat"]
 def latents(base, personalization, config, steps=3):
     pipe = load_pipeline(base)
     personal = load_personalization(pipe, personalization)
-    result = sample(pipe, personal, config, PROMPTS, num_images=1, seed=3, steps=steps, height=32, width=32,
-                    progress=False, output_type="latent")
+    result = sample(
+        pipe,
+        personal,
+        config,
+        PROMPTS,
+        num_images=1,
+        seed=3,
+        steps=steps,
+        height=32,
+        width=32,
+        progress=False,
+        output_type="latent",
+    )
     return torch.stack([row[0] for row in result.images]), personal
 
 
@@ -58,7 +69,9 @@ def test_lora_layouts_agree(sd15, lora_state, tmp_path):
     peft_dir = tmp_path / "peft"
     peft_dir.mkdir()
     halved = {k: v / 2 if ".lora_B." in k else v for k, v in lora_state.items()}
-    save_file({"base_model.model." + k: v for k, v in halved.items()}, str(peft_dir / "adapter_model.safetensors"))
+    save_file(
+        {"base_model.model." + k: v for k, v in halved.items()}, str(peft_dir / "adapter_model.safetensors")
+    )
     rank = next(iter(lora_state.values())).shape[0]
     (peft_dir / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": 2 * rank}))
     # PEFT scales by alpha / r = 2: the same LoRA with B halved
@@ -110,8 +123,11 @@ def _custom_diffusion_state(sd15, seed=0):
     """Random fine-tuned values for the cross-attention k/v projections only (Custom Diffusion)."""
     unet = load_pipeline(sd15).unet
     g = torch.Generator().manual_seed(seed)
-    return {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in unet.state_dict().items()
-            if "attn2.to_k" in k or "attn2.to_v" in k}
+    return {
+        k: v + 0.05 * torch.randn(v.shape, generator=g)
+        for k, v in unet.state_dict().items()
+        if "attn2.to_k" in k or "attn2.to_v" in k
+    }
 
 
 def test_custom_diffusion_layouts_and_partial_delta(sd15, tmp_path):
@@ -126,8 +142,12 @@ def test_custom_diffusion_layouts_and_partial_delta(sd15, tmp_path):
     save_file({"<sks>": token_embedding}, str(ours / "learned_embeds.safetensors"))
     theirs = tmp_path / "theirs"
     theirs.mkdir()
-    renamed = {k.replace(".to_k.", ".processor.to_k_custom_diffusion.").replace(
-        ".to_v.", ".processor.to_v_custom_diffusion."): v for k, v in state.items()}
+    renamed = {
+        k.replace(".to_k.", ".processor.to_k_custom_diffusion.").replace(
+            ".to_v.", ".processor.to_v_custom_diffusion."
+        ): v
+        for k, v in state.items()
+    }
     save_file(renamed, str(theirs / "pytorch_custom_diffusion_weights.safetensors"))
 
     config = GuidanceConfig("pg", scale=4.0, omega=0.5)
@@ -163,7 +183,9 @@ def test_text_encoder_lora_null_prompt_uses_the_text_encoder_at_omega(sd15, lora
     from peft import LoraConfig, get_peft_model_state_dict
 
     pipe = load_pipeline(sd15)
-    pipe.text_encoder.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj"]))
+    pipe.text_encoder.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj"])
+    )
     g = torch.Generator().manual_seed(9)
     with torch.no_grad():
         for name, p in pipe.text_encoder.named_parameters():
@@ -171,7 +193,9 @@ def test_text_encoder_lora_null_prompt_uses_the_text_encoder_at_omega(sd15, lora
                 p.copy_(0.3 * torch.randn(p.shape, generator=g))
     te_state = get_peft_model_state_dict(pipe.text_encoder)
     lora_dir = tmp_path / "te-lora"
-    StableDiffusionPipeline.save_lora_weights(lora_dir, unet_lora_layers=lora_state, text_encoder_lora_layers=te_state)
+    StableDiffusionPipeline.save_lora_weights(
+        lora_dir, unet_lora_layers=lora_state, text_encoder_lora_layers=te_state
+    )
 
     ours, personal = latents(sd15, lora_dir, GuidanceConfig("pg", scale=4.0, omega=0.0))
     assert personal.info["text_encoder_lora"] == ["text_encoder"]
@@ -194,8 +218,15 @@ def test_text_encoder_lora_null_prompt_uses_the_text_encoder_at_omega(sd15, lora
     ref_pipe.unet.forward = forward
     gens = [torch.Generator().manual_seed(3) for _ in PROMPTS]
     with torch.no_grad():
-        ref = ref_pipe(PROMPTS, num_inference_steps=3, guidance_scale=4.0, generator=gens, height=32, width=32,
-                       output_type="latent").images
+        ref = ref_pipe(
+            PROMPTS,
+            num_inference_steps=3,
+            guidance_scale=4.0,
+            generator=gens,
+            height=32,
+            width=32,
+            output_type="latent",
+        ).images
     torch.testing.assert_close(ours, ref, atol=2e-4, rtol=1e-4)
     # Without re-encoding the null prompt the result would differ: the test can fail.
     with torch.no_grad():

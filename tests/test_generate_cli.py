@@ -21,15 +21,47 @@ def sd15(tiny_model_dir, tmp_path_factory):
 
 
 def _generate(base, out, *extra):
-    return run(["generate", "--base", str(base), "--prompt", "a dog", "--prompt", "a cat on a sofa",
-                "--num-images", "2", "--steps", "3", "--height", "32", "--width", "32", "--out", str(out),
-                *map(str, extra)])
+    return run(
+        [
+            "generate",
+            "--base",
+            str(base),
+            "--prompt",
+            "a dog",
+            "--prompt",
+            "a cat on a sofa",
+            "--num-images",
+            "2",
+            "--steps",
+            "3",
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--out",
+            str(out),
+            *map(str, extra),
+        ]
+    )
 
 
 def test_generate_writes_images_and_run_json(sd15, tmp_path):
     base, lora = sd15
-    assert _generate(base, tmp_path / "pg", "--personalization", lora, "--method", "pg", "--omega", "0.3",
-                     "--omega-schedule", "linear:0.9") == 0
+    assert (
+        _generate(
+            base,
+            tmp_path / "pg",
+            "--personalization",
+            lora,
+            "--method",
+            "pg",
+            "--omega",
+            "0.3",
+            "--omega-schedule",
+            "linear:0.9",
+        )
+        == 0
+    )
     assert _generate(base, tmp_path / "cfg", "--personalization", lora, "--method", "cfg") == 0
     pg = json.loads((tmp_path / "pg" / "run.json").read_text())
     cfg = json.loads((tmp_path / "cfg" / "run.json").read_text())
@@ -47,9 +79,30 @@ def test_generate_reads_prompts_file_and_swaps_scheduler(sd15, tmp_path):
     base, lora = sd15
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# a comment\na dog\n\na cat\n")
-    assert run(["generate", "--base", str(base), "--personalization", str(lora), "--prompts-file", str(prompts),
-                "--steps", "2", "--height", "32", "--width", "32", "--scheduler", "EulerDiscrete",
-                "--out", str(tmp_path / "o")]) == 0
+    assert (
+        run(
+            [
+                "generate",
+                "--base",
+                str(base),
+                "--personalization",
+                str(lora),
+                "--prompts-file",
+                str(prompts),
+                "--steps",
+                "2",
+                "--height",
+                "32",
+                "--width",
+                "32",
+                "--scheduler",
+                "EulerDiscrete",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "o" / "run.json").read_text())
     assert record["prompts"] == ["a dog", "a cat"] and record["scheduler"] == "EulerDiscreteScheduler"
 
@@ -63,9 +116,13 @@ def _bad(capsys, argv):
 
 
 def test_bad_base(capsys, tmp_path):
-    line = _bad(capsys, ["generate", "--base", str(tmp_path / "nope"), "-p", "x", "--out", str(tmp_path / "o")])
+    line = _bad(
+        capsys, ["generate", "--base", str(tmp_path / "nope"), "-p", "x", "--out", str(tmp_path / "o")]
+    )
     assert "not found" in line
-    line = _bad(capsys, ["generate", "--base", "no-such-org/no-such-model", "-p", "x", "--out", str(tmp_path / "o")])
+    line = _bad(
+        capsys, ["generate", "--base", "no-such-org/no-such-model", "-p", "x", "--out", str(tmp_path / "o")]
+    )
     assert "not found" in line and "no-such-org/no-such-model" in line
 
 
@@ -90,36 +147,68 @@ def test_bad_personalization(capsys, sd15, tmp_path, tiny_model_dir):
 def test_lora_for_another_architecture_is_refused(capsys, sd15, tiny_model_dir, tmp_path):
     base, _ = sd15
     sdxl_lora = save_random_lora(load_pipeline(tiny_model_dir("sdxl")), tmp_path / "sdxl-lora")
-    line = _bad(capsys, ["generate", "--base", str(base), "-p", "x", "--steps", "1", "--out", str(tmp_path / "o"),
-                         "--personalization", str(sdxl_lora)])
+    line = _bad(
+        capsys,
+        [
+            "generate",
+            "--base",
+            str(base),
+            "-p",
+            "x",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+            "--personalization",
+            str(sdxl_lora),
+        ],
+    )
     assert "does not fit" in line
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--omega", "1.5"], "outside [0, 1]"),
-    (["--omega", "0.2", "--omega-schedule", "linear:-0.5"], "outside [0, 1]"),
-    (["--scale", "-1"], "scale"),
-    (["--steps", "0"], "--steps"),
-    (["--method", "xfg"], "unknown method"),
-    (["--omega-schedule", "zigzag:1"], "unknown omega schedule"),
-    (["--omega-schedule", "linear:abc"], "not a number"),
-    (["--device", "cuda"], "no CUDA"),
-    (["--dtype", "float8"], "unknown dtype"),
-    (["--guidance-start", "0.8", "--guidance-stop", "0.2"], "interval"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--omega", "1.5"], "outside [0, 1]"),
+        (["--omega", "0.2", "--omega-schedule", "linear:-0.5"], "outside [0, 1]"),
+        (["--scale", "-1"], "scale"),
+        (["--steps", "0"], "--steps"),
+        (["--method", "xfg"], "unknown method"),
+        (["--omega-schedule", "zigzag:1"], "unknown omega schedule"),
+        (["--omega-schedule", "linear:abc"], "not a number"),
+        (["--device", "cuda"], "no CUDA"),
+        (["--dtype", "float8"], "unknown dtype"),
+        (["--guidance-start", "0.8", "--guidance-stop", "0.2"], "interval"),
+    ],
+)
 def test_bad_values(capsys, sd15, tmp_path, args, needle):
     base, lora = sd15
     if args == ["--device", "cuda"] and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    line = _bad(capsys, ["generate", "--base", str(base), "--personalization", str(lora), "-p", "x",
-                         "--out", str(tmp_path / "o"), *args])
+    line = _bad(
+        capsys,
+        [
+            "generate",
+            "--base",
+            str(base),
+            "--personalization",
+            str(lora),
+            "-p",
+            "x",
+            "--out",
+            str(tmp_path / "o"),
+            *args,
+        ],
+    )
     assert needle in line, line
 
 
 def test_extrapolation_when_asked(sd15, tmp_path):
     base, lora = sd15
-    assert _generate(base, tmp_path / "x", "--personalization", lora, "--omega", "-0.5",
-                     "--allow-extrapolation") == 0
+    assert (
+        _generate(base, tmp_path / "x", "--personalization", lora, "--omega", "-0.5", "--allow-extrapolation")
+        == 0
+    )
 
 
 def test_unwritable_out(capsys, sd15, tmp_path):
@@ -140,6 +229,20 @@ def test_out_is_a_file(capsys, sd15, tmp_path):
 
 def test_pg_without_personalization(capsys, sd15, tmp_path):
     base, _ = sd15
-    line = _bad(capsys, ["generate", "--base", str(base), "-p", "x", "--method", "pg", "--steps", "1",
-                         "--out", str(tmp_path / "o")])
+    line = _bad(
+        capsys,
+        [
+            "generate",
+            "--base",
+            str(base),
+            "-p",
+            "x",
+            "--method",
+            "pg",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert "needs --personalization" in line

@@ -27,9 +27,17 @@ def test_schedules():
     assert isinstance(parse_schedule(None, 0.4), Constant)
 
 
-@pytest.mark.parametrize("spec,needle", [("zigzag", "unknown omega schedule"), ("linear", "needs an end"),
-                                         ("piecewise:", "needs knots"), ("piecewise:0.5", "TAU=OMEGA"),
-                                         ("piecewise:1.5=0.2", "outside [0, 1]"), ("cosine:x", "not a number")])
+@pytest.mark.parametrize(
+    "spec,needle",
+    [
+        ("zigzag", "unknown omega schedule"),
+        ("linear", "needs an end"),
+        ("piecewise:", "needs knots"),
+        ("piecewise:0.5", "TAU=OMEGA"),
+        ("piecewise:1.5=0.2", "outside [0, 1]"),
+        ("cosine:x", "not a number"),
+    ],
+)
 def test_bad_schedules(spec, needle):
     with pytest.raises(UserError, match=needle.replace("[", r"\[").replace("]", r"\]")):
         parse_schedule(spec, 0.0)
@@ -40,7 +48,10 @@ def test_config_checks_and_defaults():
     assert GuidanceConfig("cfg", omega=0.2).omega_at(0.5) == 1.0  # CFG's weak model is θ_ft
     with pytest.raises(UserError, match="outside"):
         GuidanceConfig("pg", omega=0.5, omega_schedule="piecewise:0.5=1.2")
-    assert GuidanceConfig("pg", omega=0.5, omega_schedule="linear:1.5", allow_extrapolation=True).omega_at(1.0) == 1.5
+    assert (
+        GuidanceConfig("pg", omega=0.5, omega_schedule="linear:1.5", allow_extrapolation=True).omega_at(1.0)
+        == 1.5
+    )
     config = GuidanceConfig("pg", omega_schedule=lambda tau: tau * tau)
     assert config.omega_at(0.5) == 0.25
     with pytest.raises(UserError, match="outside"):  # a callable is checked on a grid of τ up front
@@ -67,8 +78,19 @@ def sd15_lora(tiny_model_dir, tmp_path_factory):
 def _latents(base, lora, config, **kw):
     pipe = load_pipeline(base)
     personal = load_personalization(pipe, lora)
-    result = sample(pipe, personal, config, ["a dog", "a cat"], steps=4, seed=1, height=32, width=32,
-                    progress=False, output_type="latent", **kw)
+    result = sample(
+        pipe,
+        personal,
+        config,
+        ["a dog", "a cat"],
+        steps=4,
+        seed=1,
+        height=32,
+        width=32,
+        progress=False,
+        output_type="latent",
+        **kw,
+    )
     return torch.stack([r[0] for r in result.images]), result.counters
 
 
@@ -95,7 +117,9 @@ def test_guidance_rescale_reaches_the_pipeline(sd15_lora):
 
 def test_negative_prompt_is_the_null_condition(sd15_lora):
     base, lora = sd15_lora
-    with_negative, _ = _latents(base, lora, GuidanceConfig("pg", scale=5.0, omega=0.3), negative_prompt="blurry")
+    with_negative, _ = _latents(
+        base, lora, GuidanceConfig("pg", scale=5.0, omega=0.3), negative_prompt="blurry"
+    )
     without, _ = _latents(base, lora, GuidanceConfig("pg", scale=5.0, omega=0.3))
     assert (with_negative - without).abs().max() > 1e-4
 
@@ -117,14 +141,31 @@ def test_drop_in_on_the_stock_call_keeps_pipeline_features(tiny_model_dir, tmp_p
 
     def call(config):
         with guided(pipe, personal, config) as wrapper:
-            out = pipe("a dog", negative_prompt="blurry", num_images_per_prompt=2, num_inference_steps=3,
-                       guidance_scale=config.scale, height=32, width=32, output_type="latent",
-                       generator=torch.Generator().manual_seed(0), callback_on_step_end=callback).images
+            out = pipe(
+                "a dog",
+                negative_prompt="blurry",
+                num_images_per_prompt=2,
+                num_inference_steps=3,
+                guidance_scale=config.scale,
+                height=32,
+                width=32,
+                output_type="latent",
+                generator=torch.Generator().manual_seed(0),
+                callback_on_step_end=callback,
+            ).images
         return out, wrapper.counters
 
-    stock = pipe("a dog", negative_prompt="blurry", num_images_per_prompt=2, num_inference_steps=3,
-                 guidance_scale=5.0, height=32, width=32, output_type="latent",
-                 generator=torch.Generator().manual_seed(0)).images
+    stock = pipe(
+        "a dog",
+        negative_prompt="blurry",
+        num_images_per_prompt=2,
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        height=32,
+        width=32,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     pg1, counters = call(GuidanceConfig("pg", scale=5.0, omega=1.0))
     torch.testing.assert_close(pg1, stock, atol=0, rtol=0)
     pg0, counters0 = call(GuidanceConfig("pg", scale=5.0, omega=0.0))

@@ -46,15 +46,27 @@ def models(tiny_model_dir, tmp_path_factory):
 def run(base, personalization, config, **kw):
     pipe = load_pipeline(base)
     personal = load_personalization(pipe, personalization)
-    result = sample(pipe, personal, config, PROMPTS, num_images=2, seed=7, steps=STEPS, height=32, width=32,
-                    progress=False, output_type="latent", **kw)
+    result = sample(
+        pipe,
+        personal,
+        config,
+        PROMPTS,
+        num_images=2,
+        seed=7,
+        steps=STEPS,
+        height=32,
+        width=32,
+        progress=False,
+        output_type="latent",
+        **kw,
+    )
     return torch.stack([torch.stack(row) for row in result.images]), result.counters
 
 
 def _half(value, rows, which):
     """Slice every batched tensor of a denoiser call to one half (written independently of steerguide)."""
     if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == rows:
-        return value[: rows // 2] if which == 0 else value[rows // 2:]
+        return value[: rows // 2] if which == 0 else value[rows // 2 :]
     if isinstance(value, dict):
         return {k: _half(v, rows, which) for k, v in value.items()}
     return value
@@ -67,12 +79,14 @@ def reference_two_models(base, personalization, scale, null_model_personalized: 
     load_personalization(pipe, personalization)
     base_pipe = load_pipeline(base)
     denoiser = pipe.transformer if getattr(pipe, "transformer", None) is not None else pipe.unet
-    null_denoiser = base_pipe.transformer if getattr(base_pipe, "transformer", None) is not None else base_pipe.unet
+    null_denoiser = (
+        base_pipe.transformer if getattr(base_pipe, "transformer", None) is not None else base_pipe.unet
+    )
     names = list(__import__("inspect").signature(denoiser.forward).parameters)
     original = denoiser.forward
 
     def forward(*args, **kwargs):
-        kwargs.update(dict(zip(names, args)))
+        kwargs.update(dict(zip(names, args, strict=False)))
         rows = kwargs[names[0]].shape[0]
         null = {k: _half(v, rows, 0) for k, v in kwargs.items()}
         cond = {k: _half(v, rows, 1) for k, v in kwargs.items()}
@@ -83,12 +97,20 @@ def reference_two_models(base, personalization, scale, null_model_personalized: 
     denoiser.forward = forward
     generators = [torch.Generator().manual_seed(7 + i) for _ in PROMPTS for i in range(2)]
     with torch.no_grad():
-        out = pipe(prompt=[p for p in PROMPTS for _ in range(2)], num_inference_steps=STEPS, guidance_scale=scale,
-                   generator=generators, height=32, width=32, output_type="latent").images
+        out = pipe(
+            prompt=[p for p in PROMPTS for _ in range(2)],
+            num_inference_steps=STEPS,
+            guidance_scale=scale,
+            generator=generators,
+            height=32,
+            width=32,
+            output_type="latent",
+        ).images
     return out.reshape(len(PROMPTS), 2, *out.shape[1:])
 
 
 # -- property 1 ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("method", ["cfg", "ag", "pg"])
 def test_p1_scale_one_returns_the_personalized_prediction(models, method):
@@ -102,6 +124,7 @@ def test_p1_scale_one_returns_the_personalized_prediction(models, method):
 
 
 # -- property 2 ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("kind", ["lora", "full"])
@@ -124,13 +147,21 @@ def test_p2_cfg_reproduces_the_stock_pipeline(models):
     for p, prompt in enumerate(PROMPTS):
         for i in range(2):
             with torch.no_grad():
-                img = stock(prompt, num_inference_steps=STEPS, guidance_scale=5.0, height=32, width=32,
-                            generator=torch.Generator().manual_seed(7 + i), output_type="latent").images[0]
+                img = stock(
+                    prompt,
+                    num_inference_steps=STEPS,
+                    guidance_scale=5.0,
+                    height=32,
+                    width=32,
+                    generator=torch.Generator().manual_seed(7 + i),
+                    output_type="latent",
+                ).images[0]
             torch.testing.assert_close(ours_one_by_one[p, i], img, atol=0, rtol=0)  # bit for bit
             torch.testing.assert_close(ours[p, i], img, atol=1e-4, rtol=1e-4)  # batching reorders sums
 
 
 # -- property 3 ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("kind", ["lora", "full"])
@@ -146,6 +177,7 @@ def test_p3_pg_at_omega_zero_uses_the_base_model_null_prediction(models, arch, k
 
 # -- property 4 ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_p4_row_scaled_batch_equals_two_separate_passes(models, arch):
     from steerguide.denoiser import denoiser_of
@@ -157,13 +189,23 @@ def test_p4_row_scaled_batch_equals_two_separate_passes(models, arch):
     torch.manual_seed(0)
     b = 3
     if arch == "sd3":
-        inputs = dict(hidden_states=torch.randn(2 * b, 4, 8, 8), timestep=torch.full((2 * b,), 500.0),
-                      encoder_hidden_states=torch.randn(2 * b, 16, 64), pooled_projections=torch.randn(2 * b, 64))
+        inputs = dict(
+            hidden_states=torch.randn(2 * b, 4, 8, 8),
+            timestep=torch.full((2 * b,), 500.0),
+            encoder_hidden_states=torch.randn(2 * b, 16, 64),
+            pooled_projections=torch.randn(2 * b, 64),
+        )
     else:
-        inputs = dict(sample=torch.randn(2 * b, 4, 8, 8), timestep=torch.tensor(500),
-                      encoder_hidden_states=torch.randn(2 * b, 16, denoiser.config.cross_attention_dim))
+        inputs = dict(
+            sample=torch.randn(2 * b, 4, 8, 8),
+            timestep=torch.tensor(500),
+            encoder_hidden_states=torch.randn(2 * b, 16, denoiser.config.cross_attention_dim),
+        )
         if arch == "sdxl":
-            inputs["added_cond_kwargs"] = {"text_embeds": torch.randn(2 * b, 32), "time_ids": torch.randn(2 * b, 6)}
+            inputs["added_cond_kwargs"] = {
+                "text_embeds": torch.randn(2 * b, 32),
+                "time_ids": torch.randn(2 * b, 6),
+            }
     omega = 0.35
     with torch.no_grad(), personal.lora.rows([omega] * b + [1.0] * b):
         batched = denoiser(**inputs, return_dict=False)[0]
@@ -177,6 +219,7 @@ def test_p4_row_scaled_batch_equals_two_separate_passes(models, arch):
 
 
 # -- property 5 ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("omega", [0.0, 0.3, 0.7, 1.0])
@@ -198,6 +241,7 @@ def test_p5_holds_for_scheduled_omega(models):
 
 # -- property 6 ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("kind", ["lora", "full"])
 def test_p6_autoguidance_by_the_model_itself_is_the_conditional_prediction(models, arch, kind):
@@ -211,6 +255,7 @@ def test_p6_autoguidance_by_the_model_itself_is_the_conditional_prediction(model
 
 
 # -- property 7 ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_p7_pg_costs_the_rows_of_cfg(models, arch):

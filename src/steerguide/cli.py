@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Optional
 
 import click
 import typer
@@ -43,8 +42,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """Personalization guidance (PG), CFG and autoguidance for personalized text-to-image diffusion models."""
 
 
@@ -70,30 +72,41 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
 
 @app.command("generate")
 def generate_command(
-    base: Optional[str] = typer.Option(None, help="Base model: hub id, diffusers folder or single-file "
-                                       "checkpoint. Default: the embedded toy world's base model."),
-    personalization: Optional[Path] = typer.Option(None, help="LoRA file/folder, fine-tuned model folder or "
-                                                   "file, or Custom Diffusion folder."),
+    base: str | None = typer.Option(
+        None,
+        help="Base model: hub id, diffusers folder or single-file "
+        "checkpoint. Default: the embedded toy world's base model.",
+    ),
+    personalization: Path | None = typer.Option(
+        None, help="LoRA file/folder, fine-tuned model folder or file, or Custom Diffusion folder."
+    ),
     method: str = typer.Option("pg", help="cfg | ag | pg"),
     scale: float = typer.Option(7.5, help="Guidance scale w (1 = no guidance)."),
-    omega: Optional[float] = typer.Option(None, help="ω: share of the personalization kept in the weak model "
-                                          "(PG default 0.5, AG default 0.0 = pretrained)."),
-    omega_schedule: str = typer.Option("constant", help="constant | linear:END | cosine:END | "
-                                       "piecewise:T1=V1,T2=V2 (ω starts at --omega)."),
+    omega: float | None = typer.Option(
+        None,
+        help="ω: share of the personalization kept in the weak model "
+        "(PG default 0.5, AG default 0.0 = pretrained).",
+    ),
+    omega_schedule: str = typer.Option(
+        "constant", help="constant | linear:END | cosine:END | piecewise:T1=V1,T2=V2 (ω starts at --omega)."
+    ),
     allow_extrapolation: bool = typer.Option(False, help="Allow ω outside [0, 1]."),
     guidance_start: float = typer.Option(0.0, help="Apply guidance from this fraction of the steps..."),
     guidance_stop: float = typer.Option(1.0, help="...up to this fraction."),
     guidance_rescale: float = typer.Option(0.0, help="diffusers' guidance_rescale φ (SD, SDXL)."),
     prompt: list[str] = typer.Option([], "--prompt", "-p", help="Prompt (repeatable)."),
-    prompts_file: Optional[Path] = typer.Option(None, help="File with one prompt per line."),
-    negative_prompt: Optional[str] = typer.Option(None, help="Negative prompt (replaces the null prompt)."),
+    prompts_file: Path | None = typer.Option(None, help="File with one prompt per line."),
+    negative_prompt: str | None = typer.Option(None, help="Negative prompt (replaces the null prompt)."),
     num_images: int = typer.Option(1, help="Images per prompt; image i uses seed + i."),
     steps: int = typer.Option(30, help="Sampling steps."),
     seed: int = typer.Option(0, help="Seed of image 0 of every prompt."),
-    height: Optional[int] = typer.Option(None, help="Image height (default: the model's)."),
-    width: Optional[int] = typer.Option(None, help="Image width (default: the model's)."),
-    scheduler: Optional[str] = typer.Option(None, help="diffusers scheduler name, e.g. DDIM, EulerDiscrete "
-                                            "(default: the one saved with the base model)."),
+    height: int | None = typer.Option(None, help="Image height (default: the model's)."),
+    width: int | None = typer.Option(None, help="Image width (default: the model's)."),
+    scheduler: str | None = typer.Option(
+        None,
+        help="diffusers scheduler name, e.g. DDIM, EulerDiscrete "
+        "(default: the one saved with the base model).",
+    ),
     batch_size: int = typer.Option(16, help="Images per pipeline call."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("float32", help="float32 | float16 | bfloat16"),
@@ -111,18 +124,38 @@ def generate_command(
         raise UserError(f"--num-images must be >= 1, got {num_images}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    config = GuidanceConfig(method=method, scale=scale, omega=omega, omega_schedule=omega_schedule,
-                            interval=(guidance_start, guidance_stop), guidance_rescale=guidance_rescale,
-                            allow_extrapolation=allow_extrapolation)
+    config = GuidanceConfig(
+        method=method,
+        scale=scale,
+        omega=omega,
+        omega_schedule=omega_schedule,
+        interval=(guidance_start, guidance_stop),
+        guidance_rescale=guidance_rescale,
+        allow_extrapolation=allow_extrapolation,
+    )
     prompts = _read_prompts(prompt, prompts_file)
-    record = generate(base or _default_base(), str(personalization) if personalization else None, config,
-                      prompts, out, num_images=num_images, seed=seed, steps=steps, height=height, width=width,
-                      negative_prompt=negative_prompt, device=device, dtype=dtype, scheduler=scheduler,
-                      batch_size=batch_size)
+    record = generate(
+        base or _default_base(),
+        str(personalization) if personalization else None,
+        config,
+        prompts,
+        out,
+        num_images=num_images,
+        seed=seed,
+        steps=steps,
+        height=height,
+        width=width,
+        negative_prompt=negative_prompt,
+        device=device,
+        dtype=dtype,
+        scheduler=scheduler,
+        batch_size=batch_size,
+    )
     Console(stderr=True).print(
         f"wrote {len(record['images'])} images and run.json to {out} "
         f"({record['denoiser_calls']} denoiser calls, {record['denoiser_rows']} rows, "
-        f"{record['seconds_denoising']:.2f} s denoising)")
+        f"{record['seconds_denoising']:.2f} s denoising)"
+    )
 
 
 def _register_commands() -> None:

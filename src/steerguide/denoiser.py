@@ -66,7 +66,7 @@ def _join(first: Any, second: Any) -> Any:
     if isinstance(first, torch.Tensor):
         return torch.cat([first, second])
     if isinstance(first, tuple):
-        return tuple(_join(a, b) for a, b in zip(first, second))
+        return tuple(_join(a, b) for a, b in zip(first, second, strict=True))
     if hasattr(first, "sample"):
         return type(first)(sample=torch.cat([first.sample, second.sample]))
     raise TypeError(f"cannot join denoiser outputs of type {type(first).__name__}")
@@ -79,7 +79,7 @@ def _merge(template: Any, first: Any, second: Any, rows: int) -> Any:
     if isinstance(template, dict):
         return {k: _merge(template[k], first[k], second[k], rows) for k in template}
     if isinstance(template, (list, tuple)):
-        return type(template)(_merge(t, a, b, rows) for t, a, b in zip(template, first, second))
+        return type(template)(_merge(t, a, b, rows) for t, a, b in zip(template, first, second, strict=True))
     return template
 
 
@@ -97,7 +97,9 @@ class GuidedDenoiser:
         self._signature = inspect.signature(self._original)
         if personalization.kind == "none" and config.method != "cfg":
             # Without a personalization θ_pre = θ_ft: PG is CFG and AG guides the model with itself.
-            raise ValueError(f"method {config.method!r} needs a personalization (θ_pre and θ_ft are the same)")
+            raise ValueError(
+                f"method {config.method!r} needs a personalization (θ_pre and θ_ft are the same)"
+            )
 
     # -- progress -------------------------------------------------------------------------------
     def progress(self, timestep: Any) -> float:
@@ -123,8 +125,13 @@ class GuidedDenoiser:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         bound = self._signature.bind(*args, **kwargs)
         inputs = dict(bound.arguments)
-        extra = inputs.pop(next((k for k, p in self._signature.parameters.items()
-                                 if p.kind is inspect.Parameter.VAR_KEYWORD), "__none__"), {})
+        extra = inputs.pop(
+            next(
+                (k for k, p in self._signature.parameters.items() if p.kind is inspect.Parameter.VAR_KEYWORD),
+                "__none__",
+            ),
+            {},
+        )
         inputs.update(extra)
         sample_name = next(iter(self._signature.parameters))
         rows = inputs[sample_name].shape[0]

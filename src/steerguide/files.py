@@ -63,7 +63,13 @@ def versions() -> dict[str, str]:
 
     import steerguide
 
-    return {"steerguide": steerguide.__version__, "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "accelerate": accelerate.__version__,
-            "python": sys.version.split()[0], "platform": platform.platform()}
+    return {
+        "steerguide": steerguide.__version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }

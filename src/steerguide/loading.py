@@ -30,17 +30,26 @@ from steerguide.weak import ParameterDelta, RowScaledLora
 from steerguide.weak.lora import lora_layers
 
 ADAPTER = "personal"
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 LORA_FILE = "pytorch_lora_weights.safetensors"
 CUSTOM_DIFFUSION_FILE = "custom_diffusion.safetensors"
 LEARNED_EMBEDS_FILE = "learned_embeds.safetensors"
-DIFFUSERS_CUSTOM_DIFFUSION_FILES = ("pytorch_custom_diffusion_weights.safetensors",
-                                    "pytorch_custom_diffusion_weights.bin")
+DIFFUSERS_CUSTOM_DIFFUSION_FILES = (
+    "pytorch_custom_diffusion_weights.safetensors",
+    "pytorch_custom_diffusion_weights.bin",
+)
 
 
 # -- devices and dtypes ---------------------------------------------------------------------------
+
 
 def resolve_device(device: str) -> torch.device:
     try:
@@ -65,6 +74,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 # -- the base pipeline ----------------------------------------------------------------------------
+
 
 def _null_components(folder: Path) -> dict:
     """Components a folder's model_index.json leaves out ([null, null]), to pass as None (SD3 without T5)."""
@@ -94,13 +104,20 @@ def set_scheduler(pipe, name: str | None) -> None:
     cls_name = name if name.endswith("Scheduler") else name + "Scheduler"
     cls = getattr(diffusers, cls_name, None)
     if cls is None or not hasattr(cls, "from_config"):
-        known = sorted(n[: -len("Scheduler")] for n in dir(diffusers) if n.endswith("Scheduler") and n[0].isupper())
+        known = sorted(
+            n[: -len("Scheduler")] for n in dir(diffusers) if n.endswith("Scheduler") and n[0].isupper()
+        )
         raise UserError(f"unknown scheduler {name!r}; known: {', '.join(k for k in known if k)}")
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
 
 
-def load_pipeline(base: str | os.PathLike, *, device: str = "cpu", dtype: str | torch.dtype = "float32",
-                  scheduler: str | None = None):
+def load_pipeline(
+    base: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    dtype: str | torch.dtype = "float32",
+    scheduler: str | None = None,
+):
     """Load a text-to-image pipeline from a hub id, a local diffusers folder or a single-file checkpoint."""
     import diffusers
 
@@ -110,9 +127,12 @@ def load_pipeline(base: str | os.PathLike, *, device: str = "cpu", dtype: str | 
     try:
         if path.is_dir():
             if not (path / "model_index.json").is_file():
-                raise UserError(f"base model folder {path} has no model_index.json (not a diffusers pipeline)")
-            pipe = diffusers.DiffusionPipeline.from_pretrained(path, dtype=torch_dtype,
-                                                               **_null_components(path))
+                raise UserError(
+                    f"base model folder {path} has no model_index.json (not a diffusers pipeline)"
+                )
+            pipe = diffusers.DiffusionPipeline.from_pretrained(
+                path, dtype=torch_dtype, **_null_components(path)
+            )
         elif path.is_file():
             keys = list(_read_state_dict(path).keys())
             pipe = _pipeline_class_for_checkpoint(keys).from_single_file(str(path), dtype=torch_dtype)
@@ -122,17 +142,21 @@ def load_pipeline(base: str | os.PathLike, *, device: str = "cpu", dtype: str | 
             pipe = diffusers.DiffusionPipeline.from_pretrained(str(base), dtype=torch_dtype)
     except UserError:
         raise
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not path.exists():
-            raise UserError(f"base model {base!r} not found: not a local folder or file, and the hub is "
-                            f"unreachable or has no such model offline ({first})") from None
+            raise UserError(
+                f"base model {base!r} not found: not a local folder or file, and the hub is "
+                f"unreachable or has no such model offline ({first})"
+            ) from None
         raise UserError(f"cannot load base model {base}: {first}") from None
     for name in ("unet", "transformer"):
         if getattr(pipe, name, None) is not None:
             break
     else:
-        raise UserError(f"{base} is a {type(pipe).__name__}, not a text-to-image pipeline with a unet or transformer")
+        raise UserError(
+            f"{base} is a {type(pipe).__name__}, not a text-to-image pipeline with a unet or transformer"
+        )
     set_scheduler(pipe, scheduler)
     pipe.to(dev)
     if hasattr(pipe, "safety_checker"):
@@ -141,6 +165,7 @@ def load_pipeline(base: str | os.PathLike, *, device: str = "cpu", dtype: str | 
 
 
 # -- reading weight files ---------------------------------------------------------------------------
+
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors / .bin / .ckpt file; a corrupt or foreign file is a UserError."""
@@ -163,11 +188,24 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _is_lora_key(key: str) -> bool:
-    return any(tag in key for tag in ("lora_A", "lora_B", "lora_down", "lora_up", "lora.down", "lora.up",
-                                      "lora_unet_", "lora_te", "lora_linear_layer"))
+    return any(
+        tag in key
+        for tag in (
+            "lora_A",
+            "lora_B",
+            "lora_down",
+            "lora_up",
+            "lora.down",
+            "lora.up",
+            "lora_unet_",
+            "lora_te",
+            "lora_linear_layer",
+        )
+    )
 
 
 # -- installing a personalization ---------------------------------------------------------------------
+
 
 @contextmanager
 def _captured_warnings(logger_names: tuple[str, ...]) -> Iterator[list[str]]:
@@ -196,12 +234,23 @@ def _captured_warnings(logger_names: tuple[str, ...]) -> Iterator[list[str]]:
 
 
 def _text_encoders(pipe) -> list[tuple[str, torch.nn.Module]]:
-    return [(n, getattr(pipe, n)) for n in ("text_encoder", "text_encoder_2", "text_encoder_3")
-            if getattr(pipe, n, None) is not None]
+    return [
+        (n, getattr(pipe, n))
+        for n in ("text_encoder", "text_encoder_2", "text_encoder_3")
+        if getattr(pipe, n, None) is not None
+    ]
 
 
-_PIPELINE_LORA_PREFIXES = ("unet.", "transformer.", "text_encoder", "lora_unet_", "lora_te", "lora_transformer_",
-                           "diffusion_model.", "lora.")
+_PIPELINE_LORA_PREFIXES = (
+    "unet.",
+    "transformer.",
+    "text_encoder",
+    "lora_unet_",
+    "lora_te",
+    "lora_transformer_",
+    "diffusion_model.",
+    "lora.",
+)
 
 
 def _peft_alpha_over_rank(folder: Path) -> float:
@@ -211,8 +260,10 @@ def _peft_alpha_over_rank(folder: Path) -> float:
         return 1.0
     config = json.loads(config_path.read_text())
     if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("use_rslora"):
-        raise UserError(f"{config_path}: per-module ranks/alphas and rsLoRA are not supported; "
-                        "convert the adapter with diffusers' save_lora_weights first")
+        raise UserError(
+            f"{config_path}: per-module ranks/alphas and rsLoRA are not supported; "
+            "convert the adapter with diffusers' save_lora_weights first"
+        )
     return float(config.get("lora_alpha", config.get("r", 1))) / float(config.get("r", 1))
 
 
@@ -242,20 +293,25 @@ def _install_lora(pipe, path: Path) -> Personalization:
             raise
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"LoRA {path} does not fit this base model ({type(pipe).__name__}): {first[:300]}") \
-                from None
+            raise UserError(
+                f"LoRA {path} does not fit this base model ({type(pipe).__name__}): {first[:300]}"
+            ) from None
     bad = [w for w in warnings if "unexpected keys" in w or "missing keys" in w]
     if bad:
-        raise UserError(f"LoRA {path} does not fit this base model ({type(pipe).__name__}): "
-                        f"{bad[0][:300]}")
+        raise UserError(f"LoRA {path} does not fit this base model ({type(pipe).__name__}): {bad[0][:300]}")
     if not lora_layers(denoiser):
-        raise UserError(f"LoRA {path} has no layers for this base model's {type(denoiser).__name__}; "
-                        f"is it a LoRA for another architecture?")
+        raise UserError(
+            f"LoRA {path} has no layers for this base model's {type(denoiser).__name__}; "
+            f"is it a LoRA for another architecture?"
+        )
     encoders_with_lora = [n for n, m in _text_encoders(pipe) if lora_layers(m)]
     scaler = RowScaledLora(denoiser)
-    personal = Personalization(kind="lora", source=str(path), lora=scaler,
-                               info={"format": "lora", "lora_layers": scaler.num_layers,
-                                     "text_encoder_lora": encoders_with_lora})
+    personal = Personalization(
+        kind="lora",
+        source=str(path),
+        lora=scaler,
+        info={"format": "lora", "lora_layers": scaler.num_layers, "text_encoder_lora": encoders_with_lora},
+    )
     if encoders_with_lora:
         from steerguide.text_condition import text_encoder_weak_condition
 
@@ -270,14 +326,18 @@ def _swap_in(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str)
     own.update(dict(module.named_buffers()))
     unknown = [k for k in state if k not in own]
     if unknown:
-        raise UserError(f"{what} has {len(unknown)} tensors this base model lacks (e.g. {unknown[0]}); "
-                        "is it a fine-tune of another base model?")
+        raise UserError(
+            f"{what} has {len(unknown)} tensors this base model lacks (e.g. {unknown[0]}); "
+            "is it a fine-tune of another base model?"
+        )
     pre: dict[str, torch.Tensor] = {}
     for name, value in state.items():
         target = own[name]
         if tuple(value.shape) != tuple(target.shape):
-            raise UserError(f"{what}: tensor {name} has shape {tuple(value.shape)}, the base model "
-                            f"{tuple(target.shape)}; is it a fine-tune of another base model?")
+            raise UserError(
+                f"{what}: tensor {name} has shape {tuple(value.shape)}, the base model "
+                f"{tuple(target.shape)}; is it a fine-tune of another base model?"
+            )
         value = value.to(device=target.device, dtype=target.dtype)
         if not torch.equal(value, target.data):
             pre[name] = target.data
@@ -285,17 +345,26 @@ def _swap_in(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str)
     return pre
 
 
-def _install_tensors(pipe, denoiser_state: dict[str, torch.Tensor], *, kind: str, source: Path,
-                     text_encoder_states: dict[str, dict[str, torch.Tensor]] | None = None,
-                     info: dict | None = None) -> Personalization:
+def _install_tensors(
+    pipe,
+    denoiser_state: dict[str, torch.Tensor],
+    *,
+    kind: str,
+    source: Path,
+    text_encoder_states: dict[str, dict[str, torch.Tensor]] | None = None,
+    info: dict | None = None,
+) -> Personalization:
     from steerguide.denoiser import denoiser_of
 
     denoiser = denoiser_of(pipe)
     pre = _swap_in(denoiser, denoiser_state, str(source))
     delta = ParameterDelta(denoiser, pre)
-    personal = Personalization(kind=kind, source=str(source), denoiser_delta=delta,
-                               info={"differing_tensors": len(delta.names), "differing_params": delta.numel,
-                                     **(info or {})})
+    personal = Personalization(
+        kind=kind,
+        source=str(source),
+        denoiser_delta=delta,
+        info={"differing_tensors": len(delta.names), "differing_params": delta.numel, **(info or {})},
+    )
     encoder_deltas = {}
     for name, state in (text_encoder_states or {}).items():
         te_pre = _swap_in(getattr(pipe, name), state, f"{source} ({name})")
@@ -314,16 +383,18 @@ def _install_tensors(pipe, denoiser_state: dict[str, torch.Tensor], *, kind: str
 def _strip_prefix(state: dict[str, torch.Tensor], denoiser_names: set[str]) -> dict[str, torch.Tensor]:
     """Denoiser tensors of a single-file state dict, whatever prefix it uses ("unet.", "transformer.", none)."""
     for prefix in ("", "unet.", "transformer.", "model.", "module."):
-        picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        picked = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if picked and all(k in denoiser_names for k in picked):
             return picked
     return {}
 
 
-_CUSTOM_DIFFUSION_RENAMES = {".processor.to_k_custom_diffusion.": ".to_k.",
-                             ".processor.to_v_custom_diffusion.": ".to_v.",
-                             ".processor.to_q_custom_diffusion.": ".to_q.",
-                             ".processor.to_out_custom_diffusion.0.": ".to_out.0."}
+_CUSTOM_DIFFUSION_RENAMES = {
+    ".processor.to_k_custom_diffusion.": ".to_k.",
+    ".processor.to_v_custom_diffusion.": ".to_v.",
+    ".processor.to_q_custom_diffusion.": ".to_q.",
+    ".processor.to_out_custom_diffusion.0.": ".to_out.0.",
+}
 
 
 def _from_custom_diffusion_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -341,8 +412,10 @@ def _load_learned_embeds(pipe, folder: Path) -> list[str]:
     `learned_embeds.safetensors` for the (first) text encoder, `learned_embeds_2.safetensors` for SDXL's
     second one."""
     tokens: list[str] = []
-    targets = [(LEARNED_EMBEDS_FILE, "text_encoder", "tokenizer"),
-               (LEARNED_EMBEDS_FILE.replace(".safetensors", "_2.safetensors"), "text_encoder_2", "tokenizer_2")]
+    targets = [
+        (LEARNED_EMBEDS_FILE, "text_encoder", "tokenizer"),
+        (LEARNED_EMBEDS_FILE.replace(".safetensors", "_2.safetensors"), "text_encoder_2", "tokenizer_2"),
+    ]
     for file_name, encoder, tokenizer in targets:
         path = folder / file_name
         if not path.is_file() or getattr(pipe, encoder, None) is None:
@@ -350,8 +423,9 @@ def _load_learned_embeds(pipe, folder: Path) -> list[str]:
         state = _read_state_dict(path)
         names = [k for k in state if k not in ("emb_params", "string_to_param")]
         try:
-            pipe.load_textual_inversion(str(path), text_encoder=getattr(pipe, encoder),
-                                        tokenizer=getattr(pipe, tokenizer))
+            pipe.load_textual_inversion(
+                str(path), text_encoder=getattr(pipe, encoder), tokenizer=getattr(pipe, tokenizer)
+            )
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"cannot load the learned token embedding {path}: {first[:300]}") from None
@@ -379,13 +453,19 @@ def _load_finetuned_folder(pipe, folder: Path) -> Personalization:
             ft = denoiser_cls.from_pretrained(folder, subfolder=sub, dtype=denoiser.dtype)
         else:
             ft = denoiser_cls.from_pretrained(folder, dtype=denoiser.dtype)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load the fine-tuned model in {folder}: {first[:300]}") from None
     state = ft.state_dict()
     del ft
-    return _install_tensors(pipe, state, kind="full", source=folder, text_encoder_states=text_states,
-                            info={"format": "diffusers-folder"})
+    return _install_tensors(
+        pipe,
+        state,
+        kind="full",
+        source=folder,
+        text_encoder_states=text_states,
+        info={"format": "diffusers-folder"},
+    )
 
 
 def load_personalization(pipe, path: str | os.PathLike | None) -> Personalization:
@@ -407,20 +487,30 @@ def load_personalization(pipe, path: str | os.PathLike | None) -> Personalizatio
         if "model_index.json" in files or "config.json" in files or "unet" in files or "transformer" in files:
             return _load_finetuned_folder(pipe, path)
         if CUSTOM_DIFFUSION_FILE in files or any(f in files for f in DIFFUSERS_CUSTOM_DIFFUSION_FILES):
-            name = CUSTOM_DIFFUSION_FILE if CUSTOM_DIFFUSION_FILE in files else next(
-                f for f in DIFFUSERS_CUSTOM_DIFFUSION_FILES if f in files)
+            name = (
+                CUSTOM_DIFFUSION_FILE
+                if CUSTOM_DIFFUSION_FILE in files
+                else next(f for f in DIFFUSERS_CUSTOM_DIFFUSION_FILES if f in files)
+            )
             state = _from_custom_diffusion_layout(_read_state_dict(path / name))
             tokens = _load_learned_embeds(pipe, path)
-            return _install_tensors(pipe, state, kind="partial", source=path,
-                                    info={"format": "custom-diffusion", "tokens_added": tokens})
+            return _install_tensors(
+                pipe,
+                state,
+                kind="partial",
+                source=path,
+                info={"format": "custom-diffusion", "tokens_added": tokens},
+            )
         if LORA_FILE in files:
             return _install_lora(pipe, path / LORA_FILE)
         weights = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
         if len(weights) == 1:
             path = weights[0]
         else:
-            raise UserError(f"{path} is not a LoRA, a fine-tuned model or a Custom Diffusion folder "
-                            f"(expected {LORA_FILE}, model_index.json, config.json or {CUSTOM_DIFFUSION_FILE})")
+            raise UserError(
+                f"{path} is not a LoRA, a fine-tuned model or a Custom Diffusion folder "
+                f"(expected {LORA_FILE}, model_index.json, config.json or {CUSTOM_DIFFUSION_FILE})"
+            )
     if path.suffix not in WEIGHT_SUFFIXES:
         raise UserError(f"{path} is not a weights file (expected one of {', '.join(WEIGHT_SUFFIXES)})")
     state = _read_state_dict(path)
@@ -433,8 +523,10 @@ def load_personalization(pipe, path: str | os.PathLike | None) -> Personalizatio
         return _install_tensors(pipe, picked, kind=kind, source=path, info={"format": "tensors"})
     if any(k.startswith("model.diffusion_model.") for k in state):
         return _load_original_checkpoint(pipe, path)
-    raise UserError(f"{path} is neither a LoRA nor a checkpoint of this base model's "
-                    f"{type(denoiser).__name__} (e.g. key {next(iter(state))!r} is unknown)")
+    raise UserError(
+        f"{path} is neither a LoRA nor a checkpoint of this base model's "
+        f"{type(denoiser).__name__} (e.g. key {next(iter(state))!r} is unknown)"
+    )
 
 
 def _load_original_checkpoint(pipe, path: Path) -> Personalization:
@@ -445,8 +537,9 @@ def _load_original_checkpoint(pipe, path: Path) -> Personalization:
     sub = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
     base_dir = getattr(pipe, "_steerguide_base", None) or pipe.config.get("_name_or_path")
     try:
-        ft = type(denoiser).from_single_file(str(path), config=str(base_dir), subfolder=sub,
-                                             dtype=denoiser.dtype)
+        ft = type(denoiser).from_single_file(
+            str(path), config=str(base_dir), subfolder=sub, dtype=denoiser.dtype
+        )
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot convert the single-file checkpoint {path}: {first[:300]}") from None

@@ -37,14 +37,32 @@ class SampleResult:
 def _progress(total: int, enabled: bool, description: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    disable=not enabled, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
 
 
-def sample(pipe, personalization: Personalization, config: GuidanceConfig, prompts: list[str], *,
-           num_images: int = 1, seed: int = 0, steps: int = 30, height: int | None = None,
-           width: int | None = None, negative_prompt: str | None = None, batch_size: int = 16,
-           progress: bool = True, **pipe_kwargs: Any) -> SampleResult:
+def sample(
+    pipe,
+    personalization: Personalization,
+    config: GuidanceConfig,
+    prompts: list[str],
+    *,
+    num_images: int = 1,
+    seed: int = 0,
+    steps: int = 30,
+    height: int | None = None,
+    width: int | None = None,
+    negative_prompt: str | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    **pipe_kwargs: Any,
+) -> SampleResult:
     """Sample `num_images` images for each prompt with the guidance of `config`.
 
     Extra keyword arguments go to the pipeline call unchanged (e.g. `callback_on_step_end`).
@@ -63,16 +81,19 @@ def sample(pipe, personalization: Personalization, config: GuidanceConfig, promp
     device = pipe._execution_device
     gen_device = "cpu" if device.type == "mps" else device
     rows = [(p, i) for p, _ in enumerate(prompts) for i in range(num_images)]
-    batches = [rows[k:k + batch_size] for k in range(0, len(rows), batch_size)]
+    batches = [rows[k : k + batch_size] for k in range(0, len(rows), batch_size)]
     images: list[list[Image.Image | None]] = [[None] * num_images for _ in prompts]
     pipe.set_progress_bar_config(disable=True)
     user_callback = pipe_kwargs.pop("callback_on_step_end", None)
 
     start = time.perf_counter()
-    with _progress(len(batches) * steps, progress, f"{config.method} w={config.scale:g}") as bar, \
-            guided(pipe, personalization, config) as wrapper:
-        task = bar.add_task(f"sampling {len(rows)} images ({config.method}, w={config.scale:g})",
-                            total=len(batches) * steps)
+    with (
+        _progress(len(batches) * steps, progress, f"{config.method} w={config.scale:g}") as bar,
+        guided(pipe, personalization, config) as wrapper,
+    ):
+        task = bar.add_task(
+            f"sampling {len(rows)} images ({config.method}, w={config.scale:g})", total=len(batches) * steps
+        )
 
         def on_step_end(pipeline, step, timestep, callback_kwargs):
             bar.advance(task)
@@ -82,30 +103,53 @@ def sample(pipe, personalization: Personalization, config: GuidanceConfig, promp
 
         for batch in batches:
             generators = [torch.Generator(gen_device).manual_seed(seed + i) for _, i in batch]
-            kwargs = dict(prompt=[prompts[p] for p, _ in batch], num_inference_steps=steps,
-                          guidance_scale=config.scale, generator=generators, height=height, width=width,
-                          callback_on_step_end=on_step_end, **pipe_kwargs)
+            kwargs = dict(
+                prompt=[prompts[p] for p, _ in batch],
+                num_inference_steps=steps,
+                guidance_scale=config.scale,
+                generator=generators,
+                height=height,
+                width=width,
+                callback_on_step_end=on_step_end,
+                **pipe_kwargs,
+            )
             if negative_prompt is not None:
                 kwargs["negative_prompt"] = [negative_prompt] * len(batch)
             with torch.no_grad():
                 out = pipe(**kwargs).images
-            for (p, i), image in zip(batch, out):
+            for (p, i), image in zip(batch, out, strict=True):
                 images[p][i] = image
-    return SampleResult(images=images, counters=wrapper.counters, seconds=time.perf_counter() - start,
-                        omegas=wrapper.omegas)
+    return SampleResult(
+        images=images, counters=wrapper.counters, seconds=time.perf_counter() - start, omegas=wrapper.omegas
+    )
 
 
 # -- generate: the CLI's job ----------------------------------------------------------------------------
+
 
 def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
 
 
-def generate(base: str, personalization: str | None, config: GuidanceConfig, prompts: list[str], out: Path, *,
-             num_images: int = 1, seed: int = 0, steps: int = 30, height: int | None = None,
-             width: int | None = None, negative_prompt: str | None = None, device: str = "cpu",
-             dtype: str = "float32", scheduler: str | None = None, batch_size: int = 16,
-             progress: bool = True) -> dict:
+def generate(
+    base: str,
+    personalization: str | None,
+    config: GuidanceConfig,
+    prompts: list[str],
+    out: Path,
+    *,
+    num_images: int = 1,
+    seed: int = 0,
+    steps: int = 30,
+    height: int | None = None,
+    width: int | None = None,
+    negative_prompt: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    scheduler: str | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
     """Load, sample and write `out/<prompt#>-<slug>-<image#>.png` and `out/run.json`; returns the run record."""
     from steerguide.loading import load_personalization, load_pipeline
 
@@ -117,16 +161,28 @@ def generate(base: str, personalization: str | None, config: GuidanceConfig, pro
     if personal.kind == "none" and config.method != "cfg":
         raise UserError(f"--method {config.method} needs --personalization (without one, θ_pre = θ_ft)")
     seconds_loading = time.perf_counter() - t0
-    result = sample(pipe, personal, config, prompts, num_images=num_images, seed=seed, steps=steps,
-                    height=height, width=width, negative_prompt=negative_prompt, batch_size=batch_size,
-                    progress=progress)
+    result = sample(
+        pipe,
+        personal,
+        config,
+        prompts,
+        num_images=num_images,
+        seed=seed,
+        steps=steps,
+        height=height,
+        width=width,
+        negative_prompt=negative_prompt,
+        batch_size=batch_size,
+        progress=progress,
+    )
     files = []
     for p, prompt in enumerate(prompts):
         for i, image in enumerate(result.images[p]):
             path = out / f"{p:03d}-{_slug(prompt)}-{i:02d}.png"
             save_image_atomic(image, path)
-            files.append({"file": path.name, "prompt": prompt, "prompt_index": p, "image_index": i,
-                          "seed": seed + i})
+            files.append(
+                {"file": path.name, "prompt": prompt, "prompt_index": p, "image_index": i, "seed": seed + i}
+            )
     record = {
         "base": str(base),
         "personalization": personal.describe(),

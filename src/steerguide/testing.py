@@ -119,7 +119,9 @@ def build_pipeline(arch: str = "sd15", seed: int = 0, unet_channels: tuple[int, 
             text_encoder=CLIPTextModel(_clip_config(vocab_size)),
             tokenizer=tokenizer,
             unet=unet,
-            scheduler=DDIMScheduler(**scheduler_kwargs, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+            scheduler=DDIMScheduler(
+                **scheduler_kwargs, clip_sample=False, set_alpha_to_one=False, steps_offset=1
+            ),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
@@ -149,7 +151,9 @@ def build_pipeline(arch: str = "sd15", seed: int = 0, unet_channels: tuple[int, 
             tokenizer=tokenizer,
             tokenizer_2=tokenizer,
             unet=unet,
-            scheduler=DDIMScheduler(**scheduler_kwargs, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+            scheduler=DDIMScheduler(
+                **scheduler_kwargs, clip_sample=False, set_alpha_to_one=False, steps_offset=1
+            ),
             add_watermarker=False,
         )
     transformer = SD3Transformer2DModel(
@@ -194,19 +198,25 @@ def save_pipeline(arch: str, folder: str | Path, seed: int = 0, **build_kwargs) 
     return folder
 
 
-def random_lora_state_dict(pipe, rank: int = 4, seed: int = 1, std: float = 0.05,
-                           target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
-                           ) -> dict[str, torch.Tensor]:
+def random_lora_state_dict(
+    pipe,
+    rank: int = 4,
+    seed: int = 1,
+    std: float = 0.05,
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
+) -> dict[str, torch.Tensor]:
     """A random LoRA on the denoiser's attention projections, as `save_lora_weights` writes it.
 
     Both A and B are random (a freshly initialised LoRA has B = 0 and would change nothing), so the tests
     see a real personalization delta.
     """
-    from peft import LoraConfig, get_peft_model_state_dict
-
     import copy
 
-    denoiser = pipe.transformer if hasattr(pipe, "transformer") and pipe.transformer is not None else pipe.unet
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    denoiser = (
+        pipe.transformer if hasattr(pipe, "transformer") and pipe.transformer is not None else pipe.unet
+    )
     denoiser = copy.deepcopy(denoiser)  # leave the caller's model untouched
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(target_modules))
     denoiser.add_adapter(config, adapter_name="random")
@@ -222,8 +232,10 @@ def save_random_lora(pipe, folder: str | Path, rank: int = 4, seed: int = 1, **l
     """Save a random denoiser LoRA for `pipe` in the diffusers format; returns the folder."""
     folder = Path(folder)
     state = random_lora_state_dict(pipe, rank=rank, seed=seed, **lora_kwargs)
-    key = "transformer_lora_layers" if hasattr(pipe, "transformer") and pipe.transformer is not None else (
-        "unet_lora_layers"
+    key = (
+        "transformer_lora_layers"
+        if hasattr(pipe, "transformer") and pipe.transformer is not None
+        else ("unet_lora_layers")
     )
     type(pipe).save_lora_weights(folder, **{key: state}, safe_serialization=True)
     return folder

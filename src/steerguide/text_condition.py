@@ -19,9 +19,12 @@ import torch
 from steerguide.weak import ParameterDelta, RowScaledLora
 
 
-def text_encoder_weak_condition(pipe, *, lora_scalers: dict[str, RowScaledLora] | None = None,
-                                deltas: dict[str, ParameterDelta] | None = None
-                                ) -> Callable[[dict, float, bool], dict]:
+def text_encoder_weak_condition(
+    pipe,
+    *,
+    lora_scalers: dict[str, RowScaledLora] | None = None,
+    deltas: dict[str, ParameterDelta] | None = None,
+) -> Callable[[dict, float, bool], dict]:
     original = pipe.encode_prompt
     signature = inspect.signature(original)
     record: dict = {"call": None, "serial": 0}

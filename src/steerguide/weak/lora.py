@@ -54,7 +54,9 @@ class RowScaledLora:
                 f"a LoRA layer saw a batch of {output.shape[0]} rows where {scale.shape[0]} were scaled; "
                 "this layer does not keep the batch in its first dimension"
             )
-        return output * scale.to(device=output.device, dtype=output.dtype).view(-1, *([1] * (output.ndim - 1)))
+        return output * scale.to(device=output.device, dtype=output.dtype).view(
+            -1, *([1] * (output.ndim - 1))
+        )
 
     @contextmanager
     def rows(self, scales: torch.Tensor | list[float]) -> Iterator[None]:
