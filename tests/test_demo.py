@@ -15,8 +15,19 @@ toyworld = pytest.importorskip("steerguide.toyworld")
 
 # STEERGUIDE_DEMO_BASE: run the test on another toy-architecture base (before the shipped one exists).
 BASE = os.environ.get("STEERGUIDE_DEMO_BASE", "toy")
-SMALL = ["--train-steps", "2", "--steps", "2", "--num-prompts", "2", "--seeds", "1", "--no-progress",
-         "--base", BASE]
+SMALL = [
+    "--train-steps",
+    "2",
+    "--steps",
+    "2",
+    "--num-prompts",
+    "2",
+    "--seeds",
+    "1",
+    "--no-progress",
+    "--base",
+    BASE,
+]
 
 
 def _base_present() -> bool:

@@ -34,17 +34,25 @@ def run_subjects(config_path: str, out: str, subjects: list[str], deadline: str 
     config = load_config(config_path)
     for name in subjects:
         if deadline and time.strftime("%H:%M", time.gmtime()) >= deadline:
-            print(f"{time.strftime('%H:%M:%S')} past the deadline {deadline} UTC: {name} and later subjects "
-                  "not started", flush=True)
+            print(
+                f"{time.strftime('%H:%M:%S')} past the deadline {deadline} UTC: {name} and later subjects "
+                "not started",
+                flush=True,
+            )
             return
         t0 = time.perf_counter()
         stats = run_sweep(replace(config, benchmark={**config.benchmark, "subjects": [name]}), out)
-        print(f"{time.strftime('%H:%M:%S')} {name}: {stats.written} new rows ({stats.done_before} done before) "
-              f"in {time.perf_counter() - t0:.0f} s, sampling {stats.images_per_second:.1f} images/s", flush=True)
+        print(
+            f"{time.strftime('%H:%M:%S')} {name}: {stats.written} new rows ({stats.done_before} done before) "
+            f"in {time.perf_counter() - t0:.0f} s, sampling {stats.images_per_second:.1f} images/s",
+            flush=True,
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("config")
     parser.add_argument("--out", required=True)
     parser.add_argument("--workers", type=int, default=2)
@@ -66,10 +74,22 @@ def main() -> None:
     names = [s.name for s in load_benchmark(spec).subjects]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    workers = [subprocess.Popen([sys.executable, __file__, args.config, "--out", args.out,
-                                 "--worker-subjects", ",".join(names[k::args.workers]),
-                                 *(["--deadline", args.deadline] if args.deadline else [])], env=env)
-               for k in range(min(args.workers, len(names)))]
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                args.config,
+                "--out",
+                args.out,
+                "--worker-subjects",
+                ",".join(names[k :: args.workers]),
+                *(["--deadline", args.deadline] if args.deadline else []),
+            ],
+            env=env,
+        )
+        for k in range(min(args.workers, len(names)))
+    ]
     codes = [w.wait() for w in workers]
     if any(codes):
         sys.exit(f"a worker failed (exit codes {codes})")

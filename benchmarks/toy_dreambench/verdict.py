@@ -69,8 +69,10 @@ class Table:
     """Per (setting, subject) means of fidelity and text: `means[s, j, k]`, k = 0 fidelity, 1 text."""
 
     def __init__(self, rows: list[dict]):
-        settings = sorted({setting_of(r) for r in rows},
-                          key=lambda s: (METHOD_ORDER.get(s[0], 9), str(s[2]), str(s[3]), s[1]))
+        settings = sorted(
+            {setting_of(r) for r in rows},
+            key=lambda s: (METHOD_ORDER.get(s[0], 9), str(s[2]), str(s[3]), s[1]),
+        )
         # Only subjects with every row of every setting: a run cut short leaves its last subject partial.
         count: dict[tuple, int] = {}
         for r in rows:
@@ -107,8 +109,7 @@ class Table:
 
 def pareto(points: np.ndarray) -> np.ndarray:
     """The non-dominated rows of (n, 2) points (maximize both), sorted by text (column 1) ascending."""
-    keep = [p for p in points
-            if not any((q >= p).all() and (q > p).any() for q in points)]
+    keep = [p for p in points if not any((q >= p).all() and (q > p).any() for q in points)]
     return np.array(sorted(keep, key=lambda p: (p[1], -p[0])))
 
 
@@ -149,7 +150,7 @@ class Stat:
         reps = np.array([fn(table.points(b)) for b in boots], dtype=float)
         finite = reps[np.isfinite(reps)]
         self.defined = len(finite) / len(reps)
-        self.low, self.high = (np.percentile(finite, [2.5, 97.5]) if len(finite) else (math.nan, math.nan))
+        self.low, self.high = np.percentile(finite, [2.5, 97.5]) if len(finite) else (math.nan, math.nan)
 
     @property
     def verdict(self) -> str:
@@ -164,8 +165,12 @@ class Stat:
         return f"{self.value:+.4f} [{self.low:+.4f}, {self.high:+.4f}]{note}"
 
     def to_json(self) -> dict:
-        return {"value": self.value, "ci95": [self.low, self.high], "defined": self.defined,
-                "verdict": self.verdict}
+        return {
+            "value": self.value,
+            "ci95": [self.low, self.high],
+            "defined": self.defined,
+            "verdict": self.verdict,
+        }
 
 
 def _mean_defined(values: Sequence[float]) -> float:
@@ -179,11 +184,19 @@ def analyse(table: Table, n_boot: int = 2000, seed: int = 0) -> dict:
     cfg = table.index(lambda s: s[0] == "cfg")
     ag = table.index(lambda s: s[0] == "ag")
     pg = table.index(lambda s: s[0] == "pg")
-    curves = {name: table.index(lambda s, n=name: s[0] == "pg" and curve_name(s) == n)
-              for name in dict.fromkeys(curve_name(table.settings[i]) for i in pg)}
-    out: dict = {"subjects": table.subjects, "dropped_subjects": table.dropped, "images": table.images,
-                 "settings": {setting_name(s): {"fidelity": float(p[0]), "text": float(p[1])}
-                              for s, p in zip(table.settings, table.points())}}
+    curves = {
+        name: table.index(lambda s, n=name: s[0] == "pg" and curve_name(s) == n)
+        for name in dict.fromkeys(curve_name(table.settings[i]) for i in pg)
+    }
+    out: dict = {
+        "subjects": table.subjects,
+        "dropped_subjects": table.dropped,
+        "images": table.images,
+        "settings": {
+            setting_name(s): {"fidelity": float(p[0]), "text": float(p[1])}
+            for s, p in zip(table.settings, table.points(), strict=True)
+        },
+    }
 
     def stat(fn) -> Stat:
         return Stat(table, fn, boots)
@@ -194,6 +207,7 @@ def analyse(table: Table, n_boot: int = 2000, seed: int = 0) -> dict:
             front = pareto(p[pg_idx])
             targets = ag if only is None else [only]
             return _mean_defined([best_at(front, p[i, 0], given=0) - p[i, 1] for i in targets])
+
         return fn
 
     # Same-scale differences, PG curve minus AG (both methods through the same w).
@@ -202,6 +216,7 @@ def analyse(table: Table, n_boot: int = 2000, seed: int = 0) -> dict:
 
         def fn(p: np.ndarray) -> float:
             return float(np.mean([p[i, metric] - p[j, metric] for i, j in pairs])) if pairs else math.nan
+
         return fn, sorted({table.settings[i][1] for i, _ in pairs})
 
     # (b) fidelity of PG's front at each CFG setting's text alignment, minus the CFG setting's.
@@ -210,26 +225,33 @@ def analyse(table: Table, n_boot: int = 2000, seed: int = 0) -> dict:
             front = pareto(p[pg_idx])
             targets = cfg if only is None else [only]
             return _mean_defined([best_at(front, p[i, 1], given=1) - p[i, 0] for i in targets])
+
         return fn
 
-    out["a"] = {"pg_front": stat(text_gain_over_ag(pg)),
-                "per_ag_setting": {setting_name(table.settings[i]): stat(text_gain_over_ag(pg, i)) for i in ag},
-                "per_curve": {n: stat(text_gain_over_ag(idx)) for n, idx in curves.items()},
-                "same_scale_text": {}, "same_scale_fidelity": {}}
+    out["a"] = {
+        "pg_front": stat(text_gain_over_ag(pg)),
+        "per_ag_setting": {setting_name(table.settings[i]): stat(text_gain_over_ag(pg, i)) for i in ag},
+        "per_curve": {n: stat(text_gain_over_ag(idx)) for n, idx in curves.items()},
+        "same_scale_text": {},
+        "same_scale_fidelity": {},
+    }
     for n, idx in curves.items():
         fn, scales = same_scale(idx, 1)
         out["a"]["same_scale_text"][f"{n} − AG, w ∈ {{{', '.join(f'{w:g}' for w in scales)}}}"] = stat(fn)
         fn, scales = same_scale(idx, 0)
         out["a"]["same_scale_fidelity"][f"{n} − AG, w ∈ {{{', '.join(f'{w:g}' for w in scales)}}}"] = stat(fn)
-    out["b"] = {"pg_front": stat(fid_gain_over_cfg(pg)),
-                "per_cfg_setting": {setting_name(table.settings[i]): stat(fid_gain_over_cfg(pg, i)) for i in cfg},
-                "per_curve": {n: stat(fid_gain_over_cfg(idx)) for n, idx in curves.items()}}
+    out["b"] = {
+        "pg_front": stat(fid_gain_over_cfg(pg)),
+        "per_cfg_setting": {setting_name(table.settings[i]): stat(fid_gain_over_cfg(pg, i)) for i in cfg},
+        "per_curve": {n: stat(fid_gain_over_cfg(idx)) for n, idx in curves.items()},
+    }
 
     # (c) additive ε-indicator: by how much the PG setting that sticks out furthest lies beyond every CFG
     # and AG setting (> 0: some PG setting is dominated by none of them), and the reverse.
     def beyond(a_idx: list[int], b_idx: list[int]):
         def fn(p: np.ndarray) -> float:
             return float(max(min(np.max(p[i] - p[j]) for j in b_idx) for i in a_idx))
+
         return fn
 
     # Best fidelity at each text level (front joined by segments), PG's minus the better of CFG's and AG's,
@@ -242,19 +264,27 @@ def analyse(table: Table, n_boot: int = 2000, seed: int = 0) -> dict:
     def hv(idx: list[int]):
         def fn(p: np.ndarray) -> float:
             return hypervolume(p[idx], p.min(axis=0))
+
         return fn
 
     def hv_gain(p: np.ndarray) -> float:  # area only PG reaches, minus area only CFG ∪ AG reach
         ref = p.min(axis=0)
         return hypervolume(p[pg], ref) - hypervolume(p[cfg + ag], ref)
 
-    out["c"] = {"pg_beyond": stat(beyond(pg, cfg + ag)), "others_beyond": stat(beyond(cfg + ag, pg)),
-                "max_gap": stat(lambda p: envelope_gap(p, max)),
-                "mean_gap": stat(lambda p: envelope_gap(p, np.mean)),
-                "share_of_levels_pg_best": stat(lambda p: envelope_gap(p, lambda g: np.mean(np.array(g) > 0))),
-                "hv_pg_minus_cfg_ag": stat(hv_gain),
-                "hypervolume": {"PG": stat(hv(pg)), "CFG": stat(hv(cfg)), "AG": stat(hv(ag)),
-                                "CFG ∪ AG": stat(hv(cfg + ag))}}
+    out["c"] = {
+        "pg_beyond": stat(beyond(pg, cfg + ag)),
+        "others_beyond": stat(beyond(cfg + ag, pg)),
+        "max_gap": stat(lambda p: envelope_gap(p, max)),
+        "mean_gap": stat(lambda p: envelope_gap(p, np.mean)),
+        "share_of_levels_pg_best": stat(lambda p: envelope_gap(p, lambda g: np.mean(np.array(g) > 0))),
+        "hv_pg_minus_cfg_ag": stat(hv_gain),
+        "hypervolume": {
+            "PG": stat(hv(pg)),
+            "CFG": stat(hv(cfg)),
+            "AG": stat(hv(ag)),
+            "CFG ∪ AG": stat(hv(cfg + ag)),
+        },
+    }
     return out
 
 
@@ -281,12 +311,17 @@ def reference_summary(folder: str | Path, main: Table, n_boot: int, seed: int = 
             if main_means is not None:
                 diff = main_means[:, k] - ref_means[:, k]
                 reps = diff[boots].mean(axis=1)
-                entry[f"lora_minus_base_{metric}"] = [float(diff.mean()), *np.percentile(reps, [2.5, 97.5]).tolist()]
+                entry[f"lora_minus_base_{metric}"] = [
+                    float(diff.mean()),
+                    *np.percentile(reps, [2.5, 97.5]).tolist(),
+                ]
         out[f"base model, {setting_name(s)}"] = entry
     return out
 
 
-def attribute_breakdown(folder: str | Path, wanted: list[str], extra: dict[str, str | Path] | None = None) -> dict:
+def attribute_breakdown(
+    folder: str | Path, wanted: list[str], extra: dict[str, str | Path] | None = None
+) -> dict:
     """Per setting, the share of each prompt attribute (background, position, size, color, second object,
     shape) that the images obey, and `copied_bg`: the share of images asked for another background that
     show the background of the subject's training photos instead (the personalization's overfitting)."""
@@ -327,28 +362,42 @@ def _ci(v: list[float], signed: bool = False) -> str:
 
 
 def render(result: dict) -> str:
-    parts = [f"{result['images']} images, {len(result['subjects'])} subjects ({', '.join(result['subjects'])})"
-             + (f"; left out (incomplete): {', '.join(result['dropped_subjects'])}" if result["dropped_subjects"]
-                else ""),
-             "95% CIs: percentile bootstrap over subjects.", ""]
+    parts = [
+        f"{result['images']} images, {len(result['subjects'])} subjects ({', '.join(result['subjects'])})"
+        + (
+            f"; left out (incomplete): {', '.join(result['dropped_subjects'])}"
+            if result["dropped_subjects"]
+            else ""
+        ),
+        "95% CIs: percentile bootstrap over subjects.",
+        "",
+    ]
     a, b, c = result["a"], result["b"], result["c"]
-    parts += [f"(a) PG improves text alignment over AG: **{a['pg_front'].verdict}**",
-              f"    text of PG's front at AG's fidelity − AG's text, mean over AG settings: {a['pg_front']}"]
+    parts += [
+        f"(a) PG improves text alignment over AG: **{a['pg_front'].verdict}**",
+        f"    text of PG's front at AG's fidelity − AG's text, mean over AG settings: {a['pg_front']}",
+    ]
     parts += [f"    at {k}: {v}" for k, v in a["per_ag_setting"].items()]
     parts += [f"    PG curve {k} alone: {v}" for k, v in a["per_curve"].items()]
     parts += [f"    same w, text: {k}: {v}" for k, v in a["same_scale_text"].items()]
     parts += [f"    same w, fidelity: {k}: {v}" for k, v in a["same_scale_fidelity"].items()]
-    parts += ["", f"(b) PG improves fidelity over CFG at matched text alignment: **{b['pg_front'].verdict}**",
-              f"    fidelity of PG's front at CFG's text − CFG's fidelity, mean over CFG settings: {b['pg_front']}"]
+    parts += [
+        "",
+        f"(b) PG improves fidelity over CFG at matched text alignment: **{b['pg_front'].verdict}**",
+        f"    fidelity of PG's front at CFG's text − CFG's fidelity, mean over CFG settings: {b['pg_front']}",
+    ]
     parts += [f"    at {k}: {v}" for k, v in b["per_cfg_setting"].items()]
     parts += [f"    PG curve {k} alone: {v}" for k, v in b["per_curve"].items()]
-    parts += ["", f"(c) PG's front is not dominated by CFG's or AG's: **{c['pg_beyond'].verdict}**",
-              f"    ε: how far the most outlying PG setting lies beyond all CFG and AG settings: {c['pg_beyond']}",
-              f"    ε the other way (CFG/AG settings beyond all PG settings): {c['others_beyond']}",
-              f"    best fidelity at a text level, PG − max(CFG, AG), largest over levels: {c['max_gap']}",
-              f"    same, mean over levels: {c['mean_gap']}",
-              f"    share of text levels where PG's front is best: {c['share_of_levels_pg_best']}",
-              f"    hypervolume PG − hypervolume CFG ∪ AG: {c['hv_pg_minus_cfg_ag']}"]
+    parts += [
+        "",
+        f"(c) PG's front is not dominated by CFG's or AG's: **{c['pg_beyond'].verdict}**",
+        f"    ε: how far the most outlying PG setting lies beyond all CFG and AG settings: {c['pg_beyond']}",
+        f"    ε the other way (CFG/AG settings beyond all PG settings): {c['others_beyond']}",
+        f"    best fidelity at a text level, PG − max(CFG, AG), largest over levels: {c['max_gap']}",
+        f"    same, mean over levels: {c['mean_gap']}",
+        f"    share of text levels where PG's front is best: {c['share_of_levels_pg_best']}",
+        f"    hypervolume PG − hypervolume CFG ∪ AG: {c['hv_pg_minus_cfg_ag']}",
+    ]
     parts += [f"    hypervolume {k}: {v}" for k, v in c["hypervolume"].items()]
     rows = [[k, f"{v['fidelity']:.4f}", f"{v['text']:.4f}"] for k, v in result["settings"].items()]
     parts += ["", _table(["setting", "fidelity", "text"], rows)]
@@ -357,12 +406,16 @@ def render(result: dict) -> str:
         for k, v in result["reference"].items():
             line = f"    {k}: fidelity {_ci(v['base_fidelity'])}, text {_ci(v['base_text'])}"
             if "lora_minus_base_text" in v:
-                line += (f"; personalized (LoRA) − base at the same setting: fidelity "
-                         f"{_ci(v['lora_minus_base_fidelity'], True)}, text {_ci(v['lora_minus_base_text'], True)}")
+                line += (
+                    f"; personalized (LoRA) − base at the same setting: fidelity "
+                    f"{_ci(v['lora_minus_base_fidelity'], True)}, text {_ci(v['lora_minus_base_text'], True)}"
+                )
             parts.append(line)
     if "breakdown" in result:
         attributes = sorted({a for v in result["breakdown"].values() for a in v})
-        rows = [[k, *(f"{v.get(a, math.nan):.3f}" for a in attributes)] for k, v in result["breakdown"].items()]
+        rows = [
+            [k, *(f"{v.get(a, math.nan):.3f}" for a in attributes)] for k, v in result["breakdown"].items()
+        ]
         parts += ["", "Share of prompt attributes obeyed:", _table(["setting", *attributes], rows)]
     return "\n".join(parts)
 
@@ -380,12 +433,17 @@ def _jsonable(obj):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("folder")
     parser.add_argument("--reference", help="sweep folder of the base model alone (config-base.yaml)")
     parser.add_argument("--bootstrap", type=int, default=2000)
-    parser.add_argument("--breakdown", default="CFG w=5,AG ω=0 w=5,PG ω=0 w=5,PG ω=0.5 w=5",
-                        help="settings whose attribute breakdown to print ('' for none)")
+    parser.add_argument(
+        "--breakdown",
+        default="CFG w=3,CFG w=7.5,AG ω=0 w=3,PG ω=0 w=3,PG ω=0.5 w=3,PG ω=0.5 w=7.5",
+        help="settings whose attribute breakdown to print ('' for none)",
+    )
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
     table = Table(load_rows(args.folder))
@@ -394,7 +452,11 @@ def main() -> None:
         result["reference"] = reference_summary(args.reference, table, args.bootstrap)
     if args.breakdown:
         wanted = args.breakdown.split(",")
-        extra = {"base model": args.reference} if args.reference and Path(args.reference, "results.jsonl").is_file() else None
+        extra = (
+            {"base model": args.reference}
+            if args.reference and Path(args.reference, "results.jsonl").is_file()
+            else None
+        )
         result["breakdown"] = attribute_breakdown(args.folder, wanted, extra)
     print(render(result))
     if args.json:

@@ -69,9 +69,15 @@ def demo_config(subject: str, size: DemoSize = DemoSize(), base: str = "toy") ->
     if size.num_prompts is not None:
         benchmark["num_prompts"] = size.num_prompts
     return {
-        "base": base, "benchmark": benchmark, "personalization": {"train": train}, "guidance": DEMO_GUIDANCE,
-        "seeds": size.seeds, "sampling": {"steps": size.steps, "batch_size": 64},
-        "metrics": [FIDELITY_METRIC, TEXT_METRIC], "device": "cpu", "dtype": "float32",
+        "base": base,
+        "benchmark": benchmark,
+        "personalization": {"train": train},
+        "guidance": DEMO_GUIDANCE,
+        "seeds": size.seeds,
+        "sampling": {"steps": size.steps, "batch_size": 64},
+        "metrics": [FIDELITY_METRIC, TEXT_METRIC],
+        "device": "cpu",
+        "dtype": "float32",
     }
 
 
@@ -98,12 +104,20 @@ def _check_same_demo(out: Path, config) -> None:
         raise UserError(f"{str(previous)!r} is not valid JSON; give the demo another --out") from None
     recorded.pop("metric_axes", None)
     if recorded != json.loads(json.dumps(config.to_json())):
-        raise UserError(f"{str(out)!r} holds another demo or sweep (other subject or settings); "
-                        "give the demo another --out")
+        raise UserError(
+            f"{str(out)!r} holds another demo or sweep (other subject or settings); "
+            "give the demo another --out"
+        )
 
 
-def run_demo(out: str | Path = "steerguide-demo", subject: str | None = None, size: DemoSize = DemoSize(),
-             base: str = "toy", progress: bool = True, console: Any = None) -> DemoResult:
+def run_demo(
+    out: str | Path = "steerguide-demo",
+    subject: str | None = None,
+    size: DemoSize = DemoSize(),
+    base: str = "toy",
+    progress: bool = True,
+    console: Any = None,
+) -> DemoResult:
     """Personalize one toy subject with LoRA, sweep CFG / AG / PG on its prompts, and write the report
     (OUT/report/index.html). Resumes from what OUT already holds."""
     from steerguide import toyworld
@@ -120,8 +134,10 @@ def run_demo(out: str | Path = "steerguide-demo", subject: str | None = None, si
     if size.num_prompts is not None and size.num_prompts < 1:
         raise UserError(f"--num-prompts must be >= 1, got {size.num_prompts}")
     if not (Path(resolve_base(base)) / "model_index.json").is_file():
-        raise UserError(f"no base model at {resolve_base(base)} (model_index.json missing): the toy world's "
-                        "base model is not installed")
+        raise UserError(
+            f"no base model at {resolve_base(base)} (model_index.json missing): the toy world's "
+            "base model is not installed"
+        )
     out = Path(out)
     config = parse_config(demo_config(name, size, base), source="steerguide demo")
     _check_out(out)
@@ -129,9 +145,11 @@ def run_demo(out: str | Path = "steerguide-demo", subject: str | None = None, si
 
     say = console.print if console is not None else (lambda *a, **k: None)
     prompts = len(toyworld_prompts(name, size))
-    say(f"[bold]steerguide demo[/bold]: {name} ({toyworld.get_subject(name).instance_prompt!r}) → {out}\n"
+    say(
+        f"[bold]steerguide demo[/bold]: {name} ({toyworld.get_subject(name).instance_prompt!r}) → {out}\n"
         f"personalizing with LoRA (cached under OUT/personalizations/), then sampling and judging "
-        f"{len(config.settings)} guidance settings × {len(config.seeds)} seeds × {prompts} prompts")
+        f"{len(config.settings)} guidance settings × {len(config.seeds)} seeds × {prompts} prompts"
+    )
     stats = run_sweep(config, out, progress=progress)
     say("writing the report")
     report = write_report(out)
@@ -141,7 +159,7 @@ def run_demo(out: str | Path = "steerguide-demo", subject: str | None = None, si
 def toyworld_prompts(subject: str, size: DemoSize) -> list[str]:
     from steerguide import toyworld
 
-    return toyworld.get_subject(subject).eval_prompts()[:size.num_prompts]
+    return toyworld.get_subject(subject).eval_prompts()[: size.num_prompts]
 
 
 def _fmt(mean: float, ci: float) -> str:
@@ -155,27 +173,56 @@ def result_table(result: DemoResult):
     from rich.table import Table
 
     table = Table(title=f"{result.subject}: mean ± 95% CI over images (higher is better)")
-    for column, justify in (("method", "left"), ("w", "right"), ("ω", "right"), ("fidelity", "right"),
-                            ("text", "right"), ("n", "right")):
+    for column, justify in (
+        ("method", "left"),
+        ("w", "right"),
+        ("ω", "right"),
+        ("fidelity", "right"),
+        ("text", "right"),
+        ("n", "right"),
+    ):
         table.add_column(column, justify=justify)
     for s in result.report.summary:
         omega = "" if s.omega is None else f"{s.omega:g}"
         if s.omega_schedule not in (None, "constant"):
             omega += f" {s.omega_schedule}"
-        table.add_row(s.method.upper(), f"{s.scale:g}", omega, _fmt(*s.stats[FIDELITY_METRIC]),
-                      _fmt(*s.stats[TEXT_METRIC]), str(s.n))
+        table.add_row(
+            s.method.upper(),
+            f"{s.scale:g}",
+            omega,
+            _fmt(*s.stats[FIDELITY_METRIC]),
+            _fmt(*s.stats[TEXT_METRIC]),
+            str(s.n),
+        )
     return table
 
 
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Output folder: LoRA, images, results, report. A rerun "
-                                      "into the same folder resumes.")] = Path("steerguide-demo"),
-    subject: Annotated[str | None, typer.Option("--subject", help="Toy subject to personalize (default: the "
-                                                "first; `steerguide toyworld info` lists them).")] = None,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Output folder: LoRA, images, results, report. A rerun into the same folder resumes.",
+        ),
+    ] = Path("steerguide-demo"),
+    subject: Annotated[
+        str | None,
+        typer.Option(
+            "--subject",
+            help="Toy subject to personalize (default: the first; `steerguide toyworld info` lists them).",
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads for PyTorch. 1 by default: "
-                                         "with other jobs on the cores, more threads made LoRA training here "
-                                         "10× slower; on idle cores, try more.")] = 1,
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="CPU threads for PyTorch. 1 by default: "
+            "with other jobs on the cores, more threads made LoRA training here "
+            "10× slower; on idle cores, try more.",
+        ),
+    ] = 1,
     # Advanced, for tests and quick looks: shrink the demo, or run it on another toy-architecture base.
     train_steps: Annotated[int | None, typer.Option("--train-steps", hidden=True)] = None,
     steps: Annotated[int, typer.Option("--steps", hidden=True)] = DemoSize.steps,
@@ -192,12 +239,22 @@ def demo(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo needs nothing from the network
     torch.set_num_threads(threads)
     console = Console(stderr=True)
-    result = run_demo(out, subject, DemoSize(train_steps, steps, num_prompts, seeds), base=base,
-                      progress=progress, console=console)
+    result = run_demo(
+        out,
+        subject,
+        DemoSize(train_steps, steps, num_prompts, seeds),
+        base=base,
+        progress=progress,
+        console=console,
+    )
     Console().print(result_table(result))
-    Console().print(f"report: {result.report.html}  ({result.stats.written} new images, "
-                    f"{result.stats.done_before} reused; {result.seconds:.0f} s)",
-                    markup=False, highlight=False, soft_wrap=True)
+    Console().print(
+        f"report: {result.report.html}  ({result.stats.written} new images, "
+        f"{result.stats.done_before} reused; {result.seconds:.0f} s)",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     return 0
 
 
