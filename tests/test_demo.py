@@ -41,10 +41,14 @@ needs_base = pytest.mark.skipif(not _base_present(), reason="the toy world's bas
 
 @needs_base
 def test_demo_runs_end_to_end_and_resumes(tmp_path: Path, capsys):
+    import torch
+
     from steerguide.demo import DEMO_GUIDANCE, default_subject
 
+    threads = torch.get_num_threads()
     out = tmp_path / "demo"
     assert run(["demo", "--out", str(out), *SMALL]) == 0
+    assert torch.get_num_threads() == threads  # --threads is the demo's, not the caller's
     printed = capsys.readouterr().out
     assert f"report: {out / 'report' / 'index.html'}" in printed
     for method in ("CFG", "AG", "PG"):

@@ -237,16 +237,20 @@ def demo(
     from rich.console import Console
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo needs nothing from the network
-    torch.set_num_threads(threads)
     console = Console(stderr=True)
-    result = run_demo(
-        out,
-        subject,
-        DemoSize(train_steps, steps, num_prompts, seeds),
-        base=base,
-        progress=progress,
-        console=console,
-    )
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = run_demo(
+            out,
+            subject,
+            DemoSize(train_steps, steps, num_prompts, seeds),
+            base=base,
+            progress=progress,
+            console=console,
+        )
+    finally:  # the CLI also runs in-process (tests, notebooks): leave torch as it was
+        torch.set_num_threads(previous)
     Console().print(result_table(result))
     Console().print(
         f"report: {result.report.html}  ({result.stats.written} new images, "
