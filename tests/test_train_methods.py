@@ -130,16 +130,30 @@ def test_train_save_load_generate(tiny_model_dir, tmp_path, method, arch, extra)
 def test_lora_file_is_the_diffusers_format(tiny_model_dir, tmp_path):
     from safetensors import safe_open
 
+    from steerguide.loading import load_personalization, load_pipeline
+    from steerguide.weak.lora import lora_layers
+
+    # Wider targets than attention (proj_in/proj_out): every one of them must survive save → load.
+    targets = ("to_k", "to_q", "to_v", "to_out.0", "proj_in", "proj_out")
     out = train(
         tiny_config(
-            tiny_model_dir("sd15"), tmp_path / "lora", "lora", rank=2, lora_alpha=4, validation_images=0
+            tiny_model_dir("sd15"),
+            tmp_path / "lora",
+            "lora",
+            rank=2,
+            lora_alpha=4,
+            validation_images=0,
+            target_modules=targets,
         ),
         progress=False,
     )
     with safe_open(out / "pytorch_lora_weights.safetensors", "pt") as f:
         keys, metadata = list(f.keys()), f.metadata()
     assert keys and all(k.startswith("unet.") for k in keys)
-    assert any(k.endswith(".lora.down.weight") for k in keys)  # what diffusers' example scripts write
+    assert all(".lora_A." in k or ".lora_B." in k for k in keys)  # one layout (PEFT's), not a mix
+    pipe = load_pipeline(tiny_model_dir("sd15"))
+    load_personalization(pipe, out)
+    assert len(lora_layers(pipe.unet)) == len({k.split(".lora_")[0] for k in keys})
     assert not (out / "validation.png").exists()
     assert json.loads(metadata["lora_adapter_metadata"])["unet.lora_alpha"] == 4  # alpha ≠ rank survives
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings as pywarnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -253,6 +254,14 @@ _PIPELINE_LORA_PREFIXES = (
 )
 
 
+_MISFIT_SIGNS = (
+    "unexpected keys",
+    "missing keys",
+    "inconsistency was discovered between the PEFT config",
+    "were set but no module was matched",
+)
+
+
 def _peft_alpha_over_rank(folder: Path) -> float:
     """lora_alpha / r from a PEFT `adapter_config.json` beside the weights (1 when there is none)."""
     config_path = folder / "adapter_config.json"
@@ -277,7 +286,11 @@ def _install_lora(pipe, path: Path) -> Personalization:
     kwargs = {} if path.is_dir() else {"weight_name": path.name}
     state = None if path.is_dir() else _read_state_dict(path)
     bare_peft = state is not None and not any(k.startswith(_PIPELINE_LORA_PREFIXES) for k in state)
-    with _captured_warnings(("diffusers", "peft")) as warnings:
+    with (
+        _captured_warnings(("diffusers", "peft")) as warnings,
+        pywarnings.catch_warnings(record=True) as raised,
+    ):
+        pywarnings.simplefilter("always")
         try:
             if bare_peft:
                 # PEFT's own layout (`base_model.model.<module>.lora_A.weight`, or no prefix at all) names
@@ -296,7 +309,9 @@ def _install_lora(pipe, path: Path) -> Personalization:
             raise UserError(
                 f"LoRA {path} does not fit this base model ({type(pipe).__name__}): {first[:300]}"
             ) from None
-    bad = [w for w in warnings if "unexpected keys" in w or "missing keys" in w]
+    # diffusers logs unmatched keys; peft raises a RuntimeWarning when adapters it was given found no module.
+    warnings += [str(w.message) for w in raised if issubclass(w.category, RuntimeWarning)]
+    bad = [w for w in warnings if any(sign in w for sign in _MISFIT_SIGNS)]
     if bad:
         raise UserError(f"LoRA {path} does not fit this base model ({type(pipe).__name__}): {bad[0][:300]}")
     if not lora_layers(denoiser):

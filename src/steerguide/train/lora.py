@@ -44,11 +44,13 @@ def setup(base: Base, config: TrainConfig) -> Trainable:
 
 
 def save(base: Base, config: TrainConfig, trainable: Trainable, out: Path) -> list[str]:
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     def layers(module) -> dict:
-        return convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
+        # PEFT's own key names, which `load_lora_weights` reads for every layer type. (diffusers'
+        # `convert_state_dict_to_diffusers` renames only attention projections to the old `lora.down`
+        # layout; with wider target modules that mixes two layouts, and loading drops the attention part.)
+        return get_peft_model_state_dict(module)
 
     def metadata(module) -> dict:
         return module.peft_config["default"].to_dict()
