@@ -378,8 +378,22 @@ def train_cache_key(config: SweepConfig, subject: BenchSubject) -> str:
             "class_noun": subject.class_noun,
             "references": refs,
             "train": config.personalization.get("train") or {},
+            # What the trainer writes and the defaults the toy world fills in: a change to either makes
+            # old cached personalizations stale.
+            "trainer": _trainer_identity(config),
         }
     )
+
+
+def _trainer_identity(config: SweepConfig) -> dict:
+    from steerguide import __version__
+
+    identity = {"steerguide": __version__, "lora_layout": "peft"}
+    if config.benchmark.get("name") == "toy":
+        from steerguide.train.toy import TOY_COMMON, TOY_DEFAULTS
+
+        identity["toy"] = {"defaults": TOY_DEFAULTS, "common": TOY_COMMON}
+    return identity
 
 
 def expand(config: SweepConfig, benchmark: Benchmark) -> list[Row]:
