@@ -69,6 +69,23 @@ def test_grid_size_order_and_stable_keys():
     }
 
 
+def test_a_base_retrained_in_place_rekeys_rows_and_cached_personalizations(tmp_path):
+    from steerguide.evaluate.sweep import train_cache_key
+
+    base = tmp_path / "base"
+    (base / "unet").mkdir(parents=True)
+    weights = base / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"old weights")
+    config = fake_config(base=str(base), personalization={"train": {"method": "lora"}})
+    bench = load_benchmark(parse_config(config).benchmark)
+    before = [r.key for r in expand(parse_config(config), bench)]
+    trained_before = train_cache_key(parse_config(config), bench.subjects[0])
+    assert before == [r.key for r in expand(parse_config(config), bench)]  # stable while unchanged
+    weights.write_bytes(b"new weights")  # same name, same size, other content
+    assert not set(before) & {r.key for r in expand(parse_config(config), bench)}
+    assert train_cache_key(parse_config(config), bench.subjects[0]) != trained_before
+
+
 def test_shard_splits_every_row_exactly_once():
     items = list(range(11))
     parts = [shard(items, 3, i) for i in range(3)]

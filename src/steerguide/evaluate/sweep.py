@@ -346,6 +346,26 @@ def resolve_base(base: str) -> str:
     return base
 
 
+def base_identity(base: str) -> dict:
+    """The base as the cache keys see it: its name, and for a local folder or file a fingerprint of its
+    weights, so that retraining a base in place (the toy world's included) makes old rows and cached
+    personalizations stale instead of silently reusing them."""
+    path = Path(resolve_base(base))
+    if not path.exists():
+        return {"name": base}  # a hub id: its revision is the hub's business
+    files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
+    digest = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        digest.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{size}".encode())
+        with f.open("rb") as fh:  # head and tail: a weight file's header and its last tensors
+            digest.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                digest.update(fh.read())
+    return {"name": base, "fingerprint": digest.hexdigest()[:16]}
+
+
 def personalization_id(config: SweepConfig, subject: BenchSubject) -> str:
     p = config.personalization
     if "train" in p:
@@ -372,7 +392,7 @@ def train_cache_key(config: SweepConfig, subject: BenchSubject) -> str:
     refs = [str(p) for p in subject.references] or [f"{subject.name}:generated"]
     return stable_hash(
         {
-            "base": config.base,
+            "base": base_identity(config.base),
             "subject": subject.name,
             "token": subject.token,
             "class_noun": subject.class_noun,
@@ -402,6 +422,7 @@ def expand(config: SweepConfig, benchmark: Benchmark) -> list[Row]:
         k: config.sampling.get(k) for k in ("steps", "height", "width", "negative_prompt", "scheduler")
     }
     rows = []
+    base = base_identity(config.base)
     for subject in benchmark.subjects:
         pid = personalization_id(config, subject)
         for setting in config.settings:
@@ -409,7 +430,7 @@ def expand(config: SweepConfig, benchmark: Benchmark) -> list[Row]:
                 for i, prompt in enumerate(subject.prompts):
                     key = stable_hash(
                         {
-                            "base": config.base,
+                            "base": base,
                             "benchmark": benchmark.name,
                             "subject": subject.name,
                             "personalization": pid,
