@@ -10,9 +10,10 @@ from typing import Any
 
 from steerguide.train.config import TrainConfig
 
-# Tuned on the toy base model (32×32 images, 8×8 latents) so that LoRA personalizes in under 3 minutes
-# on 2 CPU cores; see docs/train.md for the measured times and judge scores. LoRA reaches further than
-# the attention projections here: the subjects' looks are colors and patterns the base never drew.
+# Tuned on the first toy base model (8×8 latents) so that LoRA personalizes in under 3 minutes on 2 CPU
+# cores, and kept for the current one (16×16 latents, about 1 minute); see docs/train.md for the measured
+# times and judge scores. LoRA reaches further than the attention projections here: the subjects' looks
+# are colors and patterns the base never drew.
 TOY_LORA_TARGETS = (
     "to_k",
     "to_q",
