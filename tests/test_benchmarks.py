@@ -41,3 +41,16 @@ def test_overhead_benchmark_smoke():
     }
     assert set(table) == {"cfg-lora", "pg-lora", "naive-3pass", "cfg-full", "pg-full"}
     assert float(table["cfg-lora"][1]) == 1.0 and float(table["cfg-full"][1]) == 1.0
+
+
+def test_toy_dreambench_configs_expand_to_the_documented_grids():
+    from steerguide.evaluate.benchmarks import load_benchmark
+    from steerguide.evaluate.sweep import expand, load_config
+
+    folder = ROOT / "benchmarks" / "toy_dreambench"
+    sizes = {}
+    for name in ("config.yaml", "config-base.yaml"):
+        config = load_config(folder / name)
+        sizes[name] = (len(config.settings), len(expand(config, load_benchmark(config.benchmark))))
+    # 10 subjects × 16 prompts × 4 seeds per setting (docs/results.md)
+    assert sizes == {"config.yaml": (15, 15 * 640), "config-base.yaml": (1, 640)}
