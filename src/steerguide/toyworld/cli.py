@@ -262,7 +262,7 @@ def train_base(
     work: Annotated[Path, typer.Option(help="cache: dataset, VAE, latents, checkpoints")] = _DEFAULT_WORK,
     seed: Annotated[int, typer.Option(help="seed 0 reproduces the shipped model")] = 0,
     unet_steps: Annotated[int | None, typer.Option(help="UNet schedule length (default: as shipped)")] = None,
-    stop_after: Annotated[int | None, typer.Option(help="stop early on it (default: as shipped)")] = None,
+    stop_after: Annotated[int | None, typer.Option(help="stop early at this UNet step (default: run the whole schedule)")] = None,
 ) -> None:
     """Pretrain the base model on the world (never on subjects); seed 0 reproduces the shipped one."""
     from steerguide.toyworld.train_base import TrainConfig
