@@ -52,5 +52,5 @@ def test_toy_dreambench_configs_expand_to_the_documented_grids():
     for name in ("config.yaml", "config-base.yaml"):
         config = load_config(folder / name)
         sizes[name] = (len(config.settings), len(expand(config, load_benchmark(config.benchmark))))
-    # 10 subjects × 16 prompts × 4 seeds per setting (docs/results.md)
-    assert sizes == {"config.yaml": (15, 15 * 640), "config-base.yaml": (1, 640)}
+    # 10 subjects × 16 prompts × 2 seeds per setting (docs/results.md)
+    assert sizes == {"config.yaml": (19, 19 * 320), "config-base.yaml": (1, 320)}

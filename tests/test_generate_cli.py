@@ -246,3 +246,9 @@ def test_pg_without_personalization(capsys, sd15, tmp_path):
         ],
     )
     assert "needs --personalization" in line
+
+
+@pytest.mark.parametrize("argv", [["--bogus"], ["generate", "--bogus"], ["toyworld", "check-base", "--bogus"]])
+def test_unknown_option_is_one_line_and_exit_2(capsys, argv):
+    # typer runs on a vendored click whose exceptions are not click's: they must be caught all the same
+    assert "No such option: --bogus" in _bad(capsys, argv)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The toy DreamBench end to end: the base-model reference, the sweep (all toy subjects × 16 prompts × 4 seeds),
+# The toy DreamBench end to end: the base-model reference, the sweep (all toy subjects × 16 prompts × 2 seeds),
 # the report, and the verdicts on the paper's claims. Resumable: rerun the same command to continue.
 #   benchmarks/toy_dreambench/run.sh [OUT]        (default OUT: runs/toy_dreambench)
 #   DEADLINE=HH:MM (UTC): start no subject of the sweep after that time (whole subjects only)

@@ -10,8 +10,12 @@ import importlib
 import sys
 from pathlib import Path
 
-import click
 import typer
+
+try:  # typer >= 0.2x runs on its own vendored click: catch the exceptions that its parser raises
+    from typer import _click as click
+except ImportError:  # older typer uses click itself
+    import click
 
 from steerguide.errors import UserError
 

@@ -1,11 +1,10 @@
 """Pretrain the toy world's base text-to-image model, a stock diffusers Stable Diffusion pipeline.
 
 Stages, each cached under the work folder so a rerun resumes: render a dataset of grammar scenes
-(never subjects), train the VAE, encode the dataset to latents, then train UNet and CLIP text encoder
-jointly on the latents. The VAE downsamples only 2x (32x32 -> 16x16x4): at 8x8 the small shapes and the
-subjects' two-color looks blurred past recognition. The UNet uses v-prediction with an unweighted loss
-and a cosine schedule, so the high-noise steps where layout (position) is decided get their full share
-of the training signal.
+(never subjects), train the VAE, encode the dataset to latents, then train the UNet on the latents under
+a frozen, randomly initialized CLIP text encoder. The VAE downsamples only 2x (32x32 -> 16x16x4): at 8x8
+the small shapes and the subjects' two-color looks blurred past recognition. The UNet uses v-prediction
+with an unweighted loss, a cosine schedule and extra high-noise steps, where layout (position) is decided.
 """
 
 from __future__ import annotations
@@ -51,6 +50,9 @@ class TrainConfig:
     warmup: int = 300
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
+    word_init_std: float = 1.0  # CLIP's default is 0.02
+    high_noise_share: float = 0.5  # share of each batch drawn from the high-noise steps only
+    high_noise_from: int = 800  # where the object's place is decided (the input shows little of it)
     checkpoint_every: int = 500
     threads: int = 2
     stop_after: int | None = None  # stop early at this step of the schedule (for quick trials)
@@ -65,13 +67,14 @@ def vae_config() -> dict:
 
 
 def unet_config(cross_dim: int = 128) -> dict:
-    """Cross-attention at 8x8, 4x4 and the middle, where layout is decided; plain convolutions at 16x16,
-    where attention would triple the cost of a training step on the CPU."""
+    """Cross-attention at 8x8, 4x4, 2x2 and the middle, where layout is decided; plain convolutions at
+    16x16, where attention would triple the cost of a training step on the CPU. The 2x2 level gives each
+    quadrant its own cell, which zero padding marks apart: the UNet has no other sense of where it is."""
     return {
         "sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
-        "block_out_channels": (32, 64, 128), "cross_attention_dim": cross_dim, "attention_head_dim": 8,
-        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        "block_out_channels": (32, 64, 128, 128), "cross_attention_dim": cross_dim, "attention_head_dim": 8,
+        "down_block_types": ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3,
+        "up_block_types": ("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",),
         "norm_num_groups": 32,
     }
 
@@ -198,13 +201,19 @@ def build_pipeline(vae, text_encoder, unet, tokenizer) -> StableDiffusionPipelin
 def train_unet(latents: torch.Tensor, specs: list[Spec], vae: AutoencoderKL, cfg: TrainConfig,
                checkpoint: Callable[[StableDiffusionPipeline, int], None] | None = None,
                progress: Progress | None = None) -> tuple[StableDiffusionPipeline, list[tuple[int, float]]]:
-    """Train UNet and text encoder jointly; returns the pipeline with EMA weights and the loss curve."""
+    """Train the UNet under a frozen text encoder; returns the pipeline with EMA weights and the loss curve."""
     torch.manual_seed(cfg.seed + 1)
     tokenizer = build_tokenizer()
     text_encoder = CLIPTextModel(text_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id))
+    # The text encoder stays as initialized (frozen, as Stable Diffusion keeps its CLIP), with word
+    # embeddings wide enough that each word stays itself through the random layers. Trained jointly, it
+    # folded the position words into their context (the UNet could not use them yet, the other words it
+    # could): position stayed at chance in every such run, whereas a frozen one lets the UNet learn it.
+    torch.nn.init.normal_(text_encoder.get_input_embeddings().weight, std=cfg.word_init_std)
+    text_encoder.requires_grad_(False).eval()
     unet = UNet2DConditionModel(**unet_config())
     noise_sched = train_scheduler()
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters())
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
 
@@ -244,11 +253,15 @@ def train_unet(latents: torch.Tensor, specs: list[Spec], vae: AutoencoderKL, cfg
         x0 = latents[torch.from_numpy(idx)].float()
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.unet_batch,), generator=g)
+        n_high = round(cfg.high_noise_share * cfg.unet_batch)
+        t[:n_high] = torch.randint(cfg.high_noise_from, noise_sched.config.num_train_timesteps, (n_high,),
+                                   generator=g)
         a = alphas[t].sqrt().view(-1, 1, 1, 1)
         s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
         xt = a * x0 + s * noise
         target = a * noise - s * x0  # v-prediction
-        cond = text_encoder(ids)[0]
+        with torch.no_grad():
+            cond = text_encoder(ids)[0]
         pred = unet(xt, t, encoder_hidden_states=cond).sample
         loss = F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)

@@ -1,0 +1,38 @@
+"""The base model's training script end to end, on a tiny schedule: it must yield a stock pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+
+from steerguide.toyworld.train_base import TrainConfig, train_base
+from steerguide.toyworld.world import RARE_TOKENS
+
+
+def tiny() -> TrainConfig:
+    return TrainConfig(n_scenes=600, n_train=600, vae_steps=2, vae_batch=4, unet_steps=3, unet_batch=4,
+                       warmup=1, checkpoint_every=2, threads=1)
+
+
+def test_train_base_writes_a_stock_pipeline_and_resumes_from_its_cache(tmp_path):
+    log = train_base(tmp_path / "out", tmp_path / "work", tiny())
+    assert set(log["timings"]) == {"render_s", "vae_s", "latents_s", "unet_s"}
+    assert [step for step, _ in log["loss_curve"]] == [0, 3]
+    assert (tmp_path / "work" / "checkpoint_seed0_n600_2" / "model_index.json").exists()
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "out")
+    assert pipe.unet.config.block_out_channels == [32, 64, 128, 128]
+    # the text encoder is the frozen random one: wide word embeddings, rare tokens among them
+    words = pipe.text_encoder.get_input_embeddings().weight
+    rare = [pipe.tokenizer.convert_tokens_to_ids(t + "</w>") for t in RARE_TOKENS]
+    assert 0.8 < words.std().item() < 1.2 and 0.6 < words[rare].std().item() < 1.4
+    image = pipe("a red circle", height=32, width=32, num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (32, 32, 3) and np.isfinite(image).all()
+
+    again = train_base(tmp_path / "out2", tmp_path / "work", tiny())  # dataset, VAE and latents cached
+    assert set(again["timings"]) == {"unet_s"}
+    torch.testing.assert_close(StableDiffusionPipeline.from_pretrained(tmp_path / "out2").unet.conv_in.weight,
+                               pipe.unet.conv_in.weight)  # same seed, same weights
+    assert json.loads((tmp_path / "work" / "train_log_seed0_n600.json").read_text())["config"]["unet_steps"] == 3
