@@ -30,7 +30,7 @@ def loss_plot(log: dict, path: Path) -> None:
     ax.set_ylabel("v-prediction MSE (running mean)")
     ax.set_yscale("log")
     minutes = log["timings"].get("unet_s", 0) / 60
-    ax.set_title(f"base model UNet + text encoder: {minutes:.0f} min on a 2-core CPU", fontsize=10)
+    ax.set_title(f"base model UNet (text encoder frozen): {minutes:.0f} min on a 2-core CPU", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
