@@ -23,13 +23,17 @@ def loss_plot(log: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps, loss = zip(*log["loss_curve"], strict=True)
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
-    ax.plot(steps, loss)
+    offset, minutes = 0, 0.0
+    for phase, curve in log["loss_curves"].items():
+        steps, loss = zip(*curve, strict=True)
+        ax.plot([offset + s for s in steps], loss, label=phase)
+        offset += steps[-1]
+        minutes += log["timings"].get(f"{phase}_s", 0) / 60
     ax.set_xlabel(f"UNet step (batch {log['config']['unet_batch']})")
     ax.set_ylabel("v-prediction MSE (running mean)")
     ax.set_yscale("log")
-    minutes = log["timings"].get("unet_s", 0) / 60
+    ax.legend(fontsize=8)
     ax.set_title(f"base model UNet (text encoder frozen): {minutes:.0f} min on a 2-core CPU", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -261,8 +261,9 @@ def train_base(
     out: Annotated[Path, typer.Option(help="folder for the trained pipeline")],
     work: Annotated[Path, typer.Option(help="cache: dataset, VAE, latents, checkpoints")] = _DEFAULT_WORK,
     seed: Annotated[int, typer.Option(help="seed 0 reproduces the shipped model")] = 0,
-    unet_steps: Annotated[int | None, typer.Option(help="UNet schedule length (default: as shipped)")] = None,
-    stop_after: Annotated[int | None, typer.Option(help="stop early at this UNet step (default: run the whole schedule)")] = None,
+    unet_steps: Annotated[int | None, typer.Option(help="UNet first phase length (default: as shipped)")] = None,
+    refine_steps: Annotated[int | None, typer.Option(help="UNet refinement phase length (default: as shipped)")] = None,
+    stop_after: Annotated[int | None, typer.Option(help="stop each phase early at this step (default: run it all)")] = None,
 ) -> None:
     """Pretrain the base model on the world (never on subjects); seed 0 reproduces the shipped one."""
     from steerguide.toyworld.train_base import TrainConfig
@@ -270,6 +271,7 @@ def train_base(
 
     cfg = TrainConfig(seed=seed)
     cfg.unet_steps = unet_steps or cfg.unet_steps
+    cfg.refine_steps = cfg.refine_steps if refine_steps is None else refine_steps
     cfg.stop_after = stop_after or cfg.stop_after
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[metrics]}"))
