@@ -252,3 +252,9 @@ def test_pg_without_personalization(capsys, sd15, tmp_path):
 def test_unknown_option_is_one_line_and_exit_2(capsys, argv):
     # typer runs on a vendored click whose exceptions are not click's: they must be caught all the same
     assert "No such option: --bogus" in _bad(capsys, argv)
+
+
+@pytest.mark.parametrize("option", ["--unet-steps=0", "--refine-steps=-1", "--stop-after=0"])
+def test_train_base_rejects_out_of_range_steps(capsys, tmp_path, option):
+    line = _bad(capsys, ["toyworld", "train-base", "--out", str(tmp_path / "o"), option])
+    assert option.split("=")[0] in line and not (tmp_path / "o").exists()

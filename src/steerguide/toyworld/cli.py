@@ -261,9 +261,9 @@ def train_base(
     out: Annotated[Path, typer.Option(help="folder for the trained pipeline")],
     work: Annotated[Path, typer.Option(help="cache: dataset, VAE, latents, checkpoints")] = _DEFAULT_WORK,
     seed: Annotated[int, typer.Option(help="seed 0 reproduces the shipped model")] = 0,
-    unet_steps: Annotated[int | None, typer.Option(help="UNet first phase length (default: as shipped)")] = None,
-    refine_steps: Annotated[int | None, typer.Option(help="UNet refinement phase length (default: as shipped)")] = None,
-    stop_after: Annotated[int | None, typer.Option(help="stop each phase early at this step (default: run it all)")] = None,
+    unet_steps: Annotated[int | None, typer.Option(min=1, help="UNet first phase length (default: as shipped)")] = None,
+    refine_steps: Annotated[int | None, typer.Option(min=0, help="UNet refinement phase length (default: as shipped; 0: none)")] = None,
+    stop_after: Annotated[int | None, typer.Option(min=1, help="stop each phase early at this step (default: run it all)")] = None,
 ) -> None:
     """Pretrain the base model on the world (never on subjects); seed 0 reproduces the shipped one."""
     from steerguide.toyworld.train_base import TrainConfig
