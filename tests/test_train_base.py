@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -40,7 +41,7 @@ def test_train_base_writes_a_stock_pipeline_and_resumes_from_its_cache(tmp_path)
     first = StableDiffusionPipeline.from_pretrained(tmp_path / "work" / "unet_seed0_n600_3")
     assert not torch.equal(first.unet.conv_in.weight, pipe.unet.conv_in.weight)  # refinement trained on from it
     torch.testing.assert_close(first.text_encoder.get_input_embeddings().weight, words)  # and kept it frozen
-    for phase in ("unet_seed0_n600_3", "refine_seed0_n600_2"):
+    for phase in ("unet_seed0_n600_3", "refine_seed0_n600_3_2"):
         shutil.rmtree(tmp_path / "work" / phase)
     again = train_base(tmp_path / "out2", tmp_path / "work", tiny())  # dataset, VAE and latents cached
     assert set(again["timings"]) == {"unet_s", "refine_s"}
@@ -48,3 +49,5 @@ def test_train_base_writes_a_stock_pipeline_and_resumes_from_its_cache(tmp_path)
     torch.testing.assert_close(StableDiffusionPipeline.from_pretrained(tmp_path / "out2").unet.conv_in.weight,
                                pipe.unet.conv_in.weight)  # same seed, same weights
     assert json.loads((tmp_path / "work" / "train_log_seed0_n600.json").read_text())["config"]["unet_steps"] == 3
+    longer = dataclasses.replace(tiny(), unet_steps=4)  # another first phase: its refinement is not reused
+    assert set(train_base(tmp_path / "out3", tmp_path / "work", longer)["timings"]) == {"unet_s", "refine_s"}

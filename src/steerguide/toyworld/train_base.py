@@ -359,14 +359,18 @@ def train_base(out: Path, work: Path, cfg: TrainConfig, progress: Progress | Non
         timings["latents_s"] = time.time() - t0
 
     tokenizer = build_tokenizer()
-    unet, text_encoder = new_unet_and_text_encoder(cfg, tokenizer)
-    pipe = build_pipeline(vae, text_encoder, unet, tokenizer)
+    pipe = None
     curves = {}
-    for phase in cfg.phases():
-        done = work / f"{phase.name}_{tag}_{phase.steps}"  # each phase's result, so a rerun resumes after it
+    for i, phase in enumerate(cfg.phases()):
+        # Each phase's result, so a rerun resumes after it; named by every phase up to it, since a phase
+        # continues from the one before.
+        done = work / "_".join([phase.name, tag, *(str(q.steps) for q in cfg.phases()[:i + 1])])
         if (done / "model_index.json").exists():
             pipe = StableDiffusionPipeline.from_pretrained(done, vae=vae, tokenizer=tokenizer)
             continue
+        if pipe is None:  # the first phase starts from a new UNet
+            unet, text_encoder = new_unet_and_text_encoder(cfg, tokenizer)
+            pipe = build_pipeline(vae, text_encoder, unet, tokenizer)
 
         def checkpoint(p: StableDiffusionPipeline, step: int, phase=phase) -> None:
             p.save_pretrained(work / f"checkpoint_{tag}_{phase.name}_{step}")
