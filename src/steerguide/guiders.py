@@ -1,0 +1,341 @@
+"""PG and AG as diffusers guiders, for diffusers' modular pipelines (`pipe.update_components(guider=...)`).
+
+diffusers' modular pipelines (SDXL, SD3, ...) hand guidance to a guider component: at each step the
+guider splits the denoiser inputs into batches (`prepare_inputs`), the pipeline runs the denoiser once per
+batch between `prepare_models` and `cleanup_models`, and the guider combines the predictions
+(`forward`). `ClassifierFreeGuidance` runs [prompt; negative prompt] through the same model. Here:
+
+    PersonalizationGuidance   second batch: θ_ω = θ_pre + ω(τ)·Δ on the negative (null) prompt   (PG)
+    PersonalizedAutoGuidance  second batch: θ_ω on the prompt itself                         (AG)
+
+and `forward` is CFG's formula, so PG at ω = 1 is `ClassifierFreeGuidance`. θ_ω is steerguide's weak
+model: per-row LoRA scales (`weak.lora`) or tensor swaps (`weak.delta`), switched on by torch hooks
+around the second batch's denoiser call only, so the weights are θ_ft again afterwards even when the
+call raises. ω, its schedule and the interval are the guider's config (`save_pretrained` /
+`from_pretrained`, `guider_config.json`); the personalization is runtime state, not config.
+
+`start`/`stop` mean what they mean for diffusers' guiders: guidance runs at steps
+int(start·N) <= i < int(stop·N). (steerguide's `GuidanceConfig.interval` runs at start <= i/N < stop;
+the two agree whenever start·N and stop·N are whole numbers.) ω(τ) is evaluated at τ = i/N, as in
+steerguide's sampler.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_noise_cfg
+
+from steerguide.errors import UserError
+from steerguide.guidance import GuidanceConfig
+from steerguide.personalization import Personalization
+from steerguide.weak import RowScaledLora
+
+
+class _WeakModelGuidance(BaseGuidance):
+    """CFG's two batches and formula, with the second batch run by the weak model θ_ω."""
+
+    _input_predictions = ["pred_cond", "pred_uncond"]
+    ignore_for_config = ["personalization"]
+    _method = "pg"  # the steerguide method this guider realizes
+    _weak_branch = (
+        1  # which tuple element of each input the weak batch gets: 1 the negative prompt's, 0 the prompt's
+    )
+
+    def _setup(
+        self,
+        guidance_scale: float,
+        omega: float,
+        omega_schedule: str,
+        guidance_rescale: float,
+        allow_extrapolation: bool,
+        personalization: Personalization | None,
+    ) -> None:
+        if not isinstance(omega_schedule, str):
+            raise UserError("omega_schedule must be a string (e.g. 'linear:1.0') so that it can be saved")
+        # Validates ω over the whole schedule, the scale and φ, with the CLI's one-line messages.
+        self._guidance = GuidanceConfig(
+            method=self._method,
+            scale=guidance_scale,
+            omega=omega,
+            omega_schedule=omega_schedule,
+            guidance_rescale=guidance_rescale,
+            allow_extrapolation=allow_extrapolation,
+        )
+        self.guidance_scale = guidance_scale
+        self.guidance_rescale = guidance_rescale
+        self.personalization: Personalization | None = None
+        self._found_loras: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._hooks: list = []
+        self._weak_context: AbstractContextManager | None = None
+        if personalization is not None:
+            self.personalize(personalization)
+
+    # -- the personalization --------------------------------------------------------------------------
+    def personalize(self, personalization: Personalization | None):
+        """Use this personalization's θ_ω (from `steerguide.load_personalization` on the same denoiser).
+
+        None: the LoRA adapters loaded into the denoiser (e.g. by `pipe.load_lora_weights`) are Δ.
+        Returns the guider.
+        """
+        if personalization is not None:
+            if personalization.kind == "none":
+                raise UserError(
+                    f"{type(self).__name__} needs a personalization (θ_pre and θ_ft are the same)"
+                )
+            if personalization.weak_condition_fn is not None:
+                raise UserError(
+                    f"{personalization.source}: the personalization changes the text encoder(s), which the "
+                    "guider cannot re-run for the weak branch; use steerguide.guided / sample instead"
+                )
+        self.personalization = personalization
+        return self
+
+    def new(self, **kwargs):
+        """A copy with some config changed (as diffusers' `new`), keeping the personalization."""
+        guider = super().new(**kwargs)
+        return guider.personalize(self.personalization)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None = None,
+        subfolder: str | None = None,
+        personalization: Personalization | None = None,
+        **kwargs,
+    ):
+        guider = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        return guider.personalize(personalization)
+
+    # -- state ------------------------------------------------------------------------------------------
+    def progress(self) -> float:
+        """τ: the fraction of the steps done before the current one."""
+        if not self._num_inference_steps or self._step is None:
+            return 0.0
+        return self._step / self._num_inference_steps
+
+    def omega_now(self) -> float:
+        return self._guidance.omega_at(self.progress())
+
+    def set_state(self, step: int, num_inference_steps: int, timestep: torch.LongTensor) -> None:
+        self._release()  # a step whose cleanup never ran (an exception) leaves nothing behind
+        super().set_state(step, num_inference_steps, timestep)
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        state["omega"] = self.omega_now() if self._is_guidance_enabled() else None
+        return state
+
+    def _is_guidance_enabled(self) -> bool:
+        if not self._enabled:
+            return False
+        in_range = True
+        if self._num_inference_steps is not None:
+            first = int(self._start * self._num_inference_steps)
+            stop = int(self._stop * self._num_inference_steps)
+            in_range = first <= self._step < stop
+        return in_range and not math.isclose(self.guidance_scale, 1.0)
+
+    @property
+    def is_conditional(self) -> bool:
+        return self._count_prepared == 1
+
+    @property
+    def num_conditions(self) -> int:
+        return 2 if self._is_guidance_enabled() else 1
+
+    # -- batches ------------------------------------------------------------------------------------------
+    def _branches(self, has_negative: bool) -> list[int]:
+        if self.num_conditions == 1:
+            return [0]
+        if self._weak_branch == 1 and not has_negative:
+            raise UserError(
+                f"{type(self).__name__} needs the negative (null) prompt's embeddings, and the pipeline made "
+                "none; pass negative_prompt='' (SD3's modular pipeline skips them otherwise)"
+            )
+        return [0, self._weak_branch]
+
+    def prepare_inputs(self, data: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list:
+        has_negative = any(isinstance(v, tuple) and v[1] is not None for v in data.values())
+        return [
+            self._prepare_batch(data, branch, name)
+            for branch, name in zip(self._branches(has_negative), self._input_predictions, strict=False)
+        ]
+
+    def prepare_inputs_from_block_state(self, data, input_fields: dict[str, str | tuple[str, str]]) -> list:
+        has_negative = any(
+            isinstance(v, tuple) and getattr(data, v[1], None) is not None for v in input_fields.values()
+        )
+        return [
+            self._prepare_batch_from_block_state(input_fields, data, branch, name)
+            for branch, name in zip(self._branches(has_negative), self._input_predictions, strict=False)
+        ]
+
+    # -- θ_ω around the weak batch's denoiser call ----------------------------------------------------------
+    def _weak_model(self, denoiser: torch.nn.Module, omega: float) -> Callable[[], AbstractContextManager]:
+        personal = self.personalization
+        if personal is None:
+            lora = self._found_loras.get(denoiser)
+            if lora is None:
+                lora = RowScaledLora(denoiser)
+                if lora.num_layers == 0:
+                    lora.remove()
+                    raise UserError(
+                        f"{type(self).__name__}: the {type(denoiser).__name__} carries no LoRA; load the "
+                        "personalization (pipe.load_lora_weights) or pass personalization="
+                    )
+                self._found_loras[denoiser] = lora
+            return lambda: lora.uniform(omega)
+        if personal.lora is not None:
+            return lambda: personal.lora.uniform(omega)
+        if personal.denoiser_delta is not None:
+            return lambda: personal.denoiser_delta.at(omega)
+        raise UserError(f"{type(self).__name__}: personalization {personal.source} has no weak model")
+
+    def prepare_models(self, denoiser: torch.nn.Module) -> None:
+        self._count_prepared += 1
+        self._release()
+        if not (self._is_guidance_enabled() and self.is_unconditional):
+            return
+        omega = self.omega_now()
+        if omega == 1.0:
+            return  # θ_1 = θ_ft: nothing to switch
+        weak_model = self._weak_model(denoiser, omega)
+
+        def enter(module, args, kwargs):
+            self._weak_context = weak_model()
+            self._weak_context.__enter__()
+
+        def leave(module, args, kwargs, output):
+            self._exit_weak_model()
+
+        self._hooks = [
+            denoiser.register_forward_pre_hook(enter, with_kwargs=True),
+            denoiser.register_forward_hook(leave, with_kwargs=True, always_call=True),
+        ]
+
+    def cleanup_models(self, denoiser: torch.nn.Module) -> None:
+        self._release()
+
+    def _exit_weak_model(self) -> None:
+        context, self._weak_context = self._weak_context, None
+        if context is not None:
+            context.__exit__(None, None, None)
+
+    def _release(self) -> None:
+        self._exit_weak_model()
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    # -- the formula ------------------------------------------------------------------------------------------
+    def forward(self, pred_cond: torch.Tensor, pred_uncond: torch.Tensor | None = None) -> GuiderOutput:
+        if not self._is_guidance_enabled():
+            pred = pred_cond
+        else:
+            pred = pred_uncond + self.guidance_scale * (pred_cond - pred_uncond)
+        if self.guidance_rescale > 0.0:
+            pred = rescale_noise_cfg(pred, pred_cond, self.guidance_rescale)
+        return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
+
+
+class PersonalizationGuidance(_WeakModelGuidance):
+    """Personalization guidance (Park et al., ICCV 2025) as a diffusers guider.
+
+    D = D_ω(x, ∅) + w · (D_ft(x, c) − D_ω(x, ∅)), θ_ω = θ_pre + ω(τ)·Δ.
+
+    Args:
+        guidance_scale: w (1 = no guidance).
+        omega: ω at the start: the share of the personalization the weak model keeps (1 = CFG,
+            0 = the pretrained model's null prediction).
+        omega_schedule: "constant", "linear:END", "cosine:END" or "piecewise:T1=V1,..." (steerguide.schedules).
+        guidance_rescale: φ of Lin et al. 2023, as in `ClassifierFreeGuidance`.
+        allow_extrapolation: permit ω outside [0, 1].
+        start, stop: the fractions of the steps between which guidance runs (diffusers' meaning).
+        enabled: as for every diffusers guider.
+        personalization: a steerguide `Personalization` loaded on the same denoiser (LoRA, full or
+            partial fine-tune); None takes the LoRA adapters loaded in the denoiser as Δ. Not config.
+    """
+
+    _method = "pg"
+    _weak_branch = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        guidance_scale: float = 7.5,
+        omega: float = 0.5,
+        omega_schedule: str = "constant",
+        guidance_rescale: float = 0.0,
+        allow_extrapolation: bool = False,
+        start: float = 0.0,
+        stop: float = 1.0,
+        enabled: bool = True,
+        personalization: Personalization | None = None,
+    ):
+        super().__init__(start, stop, enabled)
+        self._setup(
+            guidance_scale, omega, omega_schedule, guidance_rescale, allow_extrapolation, personalization
+        )
+
+
+class PersonalizedAutoGuidance(_WeakModelGuidance):
+    """Autoguidance (Karras et al. 2024) with the unlearned model θ_ω as the weak model, as a diffusers guider.
+
+    D = D_ω(x, c) + w · (D_ft(x, c) − D_ω(x, c)); ω = 0 (the default) guides with the pretrained model.
+    Same arguments as `PersonalizationGuidance`. The pipeline still encodes a negative prompt, unused.
+    """
+
+    _method = "ag"
+    _weak_branch = 0
+
+    @register_to_config
+    def __init__(
+        self,
+        guidance_scale: float = 7.5,
+        omega: float = 0.0,
+        omega_schedule: str = "constant",
+        guidance_rescale: float = 0.0,
+        allow_extrapolation: bool = False,
+        start: float = 0.0,
+        stop: float = 1.0,
+        enabled: bool = True,
+        personalization: Personalization | None = None,
+    ):
+        super().__init__(start, stop, enabled)
+        self._setup(
+            guidance_scale, omega, omega_schedule, guidance_rescale, allow_extrapolation, personalization
+        )
+
+
+_MODULAR_BLOCKS = {
+    "StableDiffusionXLPipeline": "StableDiffusionXLAutoBlocks",
+    "StableDiffusion3Pipeline": "StableDiffusion3AutoBlocks",
+}
+
+
+def modular_pipeline(pipe):
+    """diffusers' modular pipeline for a loaded stock SDXL or SD3 pipeline, sharing its components.
+
+    A personalization installed on `pipe` (`steerguide.load_personalization`) is installed on the result.
+    """
+    import diffusers.modular_pipelines as modular
+
+    blocks_name = _MODULAR_BLOCKS.get(type(pipe).__name__)
+    if blocks_name is None:
+        raise UserError(
+            f"no diffusers modular pipeline for {type(pipe).__name__}; expected one of {', '.join(_MODULAR_BLOCKS)}"
+        )
+    modular_pipe = getattr(modular, blocks_name)().init_pipeline()
+    wanted = set(modular_pipe.component_names)
+    modular_pipe.update_components(
+        **{name: part for name, part in pipe.components.items() if part is not None and name in wanted}
+    )
+    return modular_pipe
