@@ -34,6 +34,7 @@ _COMMAND_MODULES: list[str] = [
     "steerguide.evaluate.cli",
     "steerguide.toyworld.cli",
     "steerguide.demo",
+    "steerguide.ui.cli",
 ]
 
 

@@ -1,0 +1,60 @@
+"""`steerguide ui`: the command; checks its options, then starts the page."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from steerguide.errors import UserError
+
+
+def ui(
+    base: str | None = typer.Option(
+        None, help="Base model: hub id, diffusers folder or single-file checkpoint. Default: the toy world's."
+    ),
+    personalization: Path | None = typer.Option(
+        None, help="LoRA, fine-tune or Custom Diffusion path to start Compare with (changeable in the page)."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to serve on (0.0.0.0: every interface)."),
+    port: int = typer.Option(7860, help="Port to serve on."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option("float32", help="float32 | float16 | bfloat16"),
+    dino: Path | None = typer.Option(
+        None, help="DINO ViT weights (a local folder): fidelity scores on real models."
+    ),
+    clip: Path | None = typer.Option(
+        None, help="CLIP weights (a local folder): CLIP-T text scores on real models."
+    ),
+    workdir: Path = typer.Option(
+        Path("steerguide-ui"), help="Where personalizations trained in the page go."
+    ),
+) -> None:
+    """Open a web page to compare CFG, AG and PG side by side, explore a sweep, and train a personalization."""
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port must be from 1 to 65535, got {port}")
+    from steerguide.ui.studio import Studio
+
+    studio = Studio(  # checks the paths and the device before anything is started
+        base,
+        str(personalization) if personalization else None,
+        device=device,
+        dtype=dtype,
+        workdir=workdir,
+        dino=str(dino) if dino else None,
+        clip=str(clip) if clip else None,
+    )
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UserError("the web UI needs gradio: pip install 'steerguide[ui]'") from None
+    from steerguide.ui.app import launch
+
+    print(f"steerguide ui: http://{host}:{port}", flush=True)
+    launch(studio, host=host, port=port)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ui")(ui)

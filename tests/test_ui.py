@@ -1,0 +1,226 @@
+"""`steerguide ui` without a browser: the command, and the studio behind the page (compare, sweeps, training).
+
+The page itself is driven in a real browser by tests/test_ui_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from steerguide.cli import run
+from steerguide.errors import UserError
+from steerguide.guidance import GuidanceConfig
+from steerguide.loading import load_personalization, load_pipeline
+from steerguide.sampling import sample
+from steerguide.testing import save_random_lora
+from steerguide.ui.studio import Studio, open_sweep, setting_images
+
+PROMPTS = ["a sks star on a teal background", "a sks star in the top left"]
+
+
+@pytest.fixture(scope="module")
+def toy_lora(tmp_path_factory):
+    """A random LoRA on the toy world's base model (a stand-in for a trained one: fast, and Δ is real)."""
+    from steerguide.toyworld import base_model_path
+
+    return save_random_lora(
+        load_pipeline(base_model_path()), tmp_path_factory.mktemp("toy-lora"), seed=2, std=0.1
+    )
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    return Studio(workdir=tmp_path_factory.mktemp("ui-work"))
+
+
+def arrays(images):
+    return np.stack([np.asarray(im, dtype=np.int16) for im in images])
+
+
+# -- the command ----------------------------------------------------------------------------------------------
+
+
+def test_ui_help(capsys):
+    assert run(["ui", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--personalization" in out and "--port" in out and "toy world" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--port", "70000"], "--port must be from 1 to 65535, got 70000"),
+        (["--personalization", "/nonexistent/lora"], "personalization not found: /nonexistent/lora"),
+        (["--base", "/nonexistent/base"], "base model not found: /nonexistent/base"),
+        (["--device", "cuda:7"], "device 'cuda:7' asked for"),
+    ],
+)
+def test_ui_bad_options_are_one_line(capsys, args, message):
+    assert run(["ui", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("steerguide: error: ") and message in err and "\n" not in err
+
+
+# -- compare ---------------------------------------------------------------------------------------------------
+
+
+def test_compare_gives_the_library_samples_and_scores(studio, toy_lora):
+    rows = studio.compare(
+        PROMPTS,
+        methods=["cfg", "pg"],
+        scale=5.0,
+        omega=0.3,
+        steps=6,
+        num_images=2,
+        seed=3,
+        personalization=str(toy_lora),
+    )
+    cfg, pg = rows
+    assert (cfg.method, pg.method) == ("cfg", "pg") and len(cfg.images) == len(pg.images) == 4
+    assert cfg.seeds == [3, 4, 3, 4] and cfg.prompts == [PROMPTS[0]] * 2 + [PROMPTS[1]] * 2
+    # The same images as the library's sample() at these settings (the page adds nothing of its own).
+    pipe = load_pipeline(studio.base)
+    personal = load_personalization(pipe, toy_lora)
+    want = sample(
+        pipe,
+        personal,
+        GuidanceConfig("pg", scale=5.0, omega=0.3),
+        PROMPTS,
+        num_images=2,
+        seed=3,
+        steps=6,
+        progress=False,
+    )
+    assert np.array_equal(arrays(pg.images), arrays([im for row in want.images for im in row]))
+    assert np.abs(arrays(pg.images) - arrays(cfg.images)).max() > 10  # ω matters
+    # Text scores from the toy judge; no fidelity: a random LoRA has no subject photos.
+    assert all(set(s) == {"text"} and 0.0 <= s["text"] <= 1.0 for s in pg.scores)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(omega_schedule="linear:2"), "omega 2 is outside [0, 1]; pass --allow-extrapolation"),
+        (dict(omega_schedule="wiggle"), "unknown omega schedule 'wiggle'"),
+        (dict(steps=0), "steps must be a whole number from 1 to 500, got 0"),
+        (dict(num_images=17), "number of images must be a whole number from 1 to 16"),
+        (dict(seed=-1), "seed must be a whole number >= 0"),
+        (dict(personalization="/nonexistent/lora"), "personalization not found: /nonexistent/lora"),
+        (dict(personalization=""), "AG and PG need a personalization"),
+        (dict(methods=[]), "no method chosen"),
+    ],
+)
+def test_compare_bad_input_is_the_libraries_one_line(studio, toy_lora, kwargs, message):
+    settings = dict(
+        methods=["cfg", "pg"], scale=5.0, omega=0.5, steps=2, num_images=1, personalization=str(toy_lora)
+    )
+    settings.update(kwargs)
+    with pytest.raises(UserError) as caught:
+        studio.compare(PROMPTS, **settings)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_page_and_the_cli_say_the_same_line(studio, capsys, tmp_path):
+    with pytest.raises(UserError) as caught:
+        studio.compare(
+            PROMPTS, methods=["pg"], scale=5.0, omega=0.5, omega_schedule="linear:2", personalization="x"
+        )
+    assert (
+        run(["generate", "--omega-schedule", "linear:2", "--prompt", "a star", "--out", str(tmp_path / "o")])
+        == 2
+    )
+    assert capsys.readouterr().err.strip() == f"steerguide: error: {caught.value}"
+
+
+def test_concurrent_users_do_not_mix_samples(studio, toy_lora):
+    """Two users at once (PG at ω = 0 and CFG) get what each gets alone."""
+    settings = dict(scale=5.0, omega=0.0, steps=8, num_images=2, seed=1, personalization=str(toy_lora))
+    alone = {m: arrays(studio.compare(PROMPTS, methods=[m], **settings)[0].images) for m in ("pg", "cfg")}
+    together: dict = {}
+    start = threading.Barrier(2)
+
+    def user(method):
+        start.wait()
+        together[method] = arrays(studio.compare(PROMPTS, methods=[method], **settings)[0].images)
+
+    threads = [threading.Thread(target=user, args=(m,)) for m in ("pg", "cfg")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for method in ("pg", "cfg"):
+        assert np.array_equal(together[method], alone[method]), method
+
+
+# -- explore a sweep ------------------------------------------------------------------------------------------------
+
+
+def _sweep(folder):
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for method, scale, omega, shade in [
+        ("cfg", 3.0, None, 40),
+        ("cfg", 7.5, None, 80),
+        ("pg", 7.0, 0.5, 160),
+    ]:
+        for seed in (0, 1):
+            key = f"{method}-{scale}-{seed}"
+            Image.new("RGB", (32, 32), (shade, seed * 50, 0)).save(folder / "images" / f"{key}.png")
+            rows.append(
+                {
+                    "key": key, "method": method, "scale": scale, "omega": omega,
+                    "omega_schedule": None if omega is None else "constant", "interval": [0.0, 1.0],
+                    "subject": "sks_star", "prompt": "a sks star", "prompt_index": 0, "seed": seed,
+                    "image": str(folder / "images" / f"{key}.png"),
+                    "metrics": {"toy_fidelity": shade / 255, "toy_text": 1 - shade / 255},
+                }
+            )  # fmt: skip
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_sweep_point_shows_its_images_beside_cfg_at_the_same_seeds(tmp_path):
+    view = open_sweep(_sweep(tmp_path / "sweep"), tmp_path / "plots")
+    assert view.plot.is_file() and (view.x_metric, view.y_metric) == ("toy_fidelity", "toy_text")
+    assert list(view.settings) == ["CFG w=3", "CFG w=7.5", "PG w=7 ω=0.5"]
+    chosen, cfg = setting_images(view, "PG w=7 ω=0.5")
+    assert [np.asarray(im)[0, 0].tolist() for im, _ in chosen] == [[160, 0, 0], [160, 50, 0]]
+    # CFG at the nearest scale (7.5), seed for seed.
+    assert [np.asarray(im)[0, 0].tolist() for im, _ in cfg] == [[80, 0, 0], [80, 50, 0]]
+    assert "seed 1" in cfg[1][1] and "CFG w=7.5" in cfg[1][1]
+
+
+def test_sweep_bad_folder_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="sweep folder not found"):
+        open_sweep(tmp_path / "nope", tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no results.jsonl"):
+        open_sweep(tmp_path / "empty", tmp_path)
+
+
+# -- personalize ------------------------------------------------------------------------------------------------
+
+
+def test_train_a_toy_lora_with_progress_then_compare_with_it(studio):
+    seen = []
+    folder = studio.train(toy_subject="sks_star", steps=4, on_progress=lambda d, t, w: seen.append((d, t)))
+    assert (folder / "pytorch_lora_weights.safetensors").is_file() and (folder / "train.json").is_file()
+    assert seen[-1] == (4, 4) and all(t == 4 for _, t in seen)
+    rows = studio.compare(
+        PROMPTS[:1], methods=["pg"], scale=5.0, omega=0.5, steps=2, num_images=1, personalization=str(folder)
+    )
+    assert set(rows[0].scores[0]) == {"fidelity", "text"}  # the toy subject's photos are known: fidelity too
+
+
+def test_train_bad_photo_folder_is_one_line(studio, tmp_path):
+    with pytest.raises(UserError, match="image folder .* does not exist"):
+        studio.train(photos=str(tmp_path / "none"))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    with pytest.raises(UserError, match="no usable image"):
+        studio.train(photos=str(tmp_path / "notes"))
