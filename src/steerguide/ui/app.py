@@ -33,11 +33,9 @@ def _shown(image: Image.Image) -> Image.Image:
 
 
 def _caption(row: MethodImages, i: int) -> str:
-    parts = [f"seed {row.seeds[i]}"]
-    for name in ("fidelity", "text"):
-        if name in row.scores[i]:
-            parts.append(f"{name} {row.scores[i][name]:.2f}")
-    return " · ".join(parts)
+    shown = {"fidelity": "fid", "text": "text"}
+    parts = [f"{short} {row.scores[i][name]:.2f}" for name, short in shown.items() if name in row.scores[i]]
+    return " · ".join(parts) or f"seed {row.seeds[i]}"
 
 
 def _row_label(row: MethodImages) -> str:
@@ -99,7 +97,14 @@ def build_app(studio: Studio):
             generate = gr.Button("Generate", variant="primary", elem_id="generate")
             status = gr.Markdown("", elem_id="compare-status")
             galleries = {
-                m: gr.Gallery(label=name, columns=8, height="auto", elem_id=f"gallery-{m}", format="png")
+                m: gr.Gallery(
+                    label=name,
+                    columns=8,
+                    height=200,
+                    object_fit="contain",
+                    elem_id=f"gallery-{m}",
+                    format="png",
+                )
                 for m, name in METHOD_NAMES.items()
             }
 
@@ -171,7 +176,11 @@ def build_app(studio: Studio):
                     label=_row_label(row),
                 )
             done = ", ".join(_row_label(r) for r in rows)
-            return [f"Done: {done}"] + [out[m] for m in METHOD_NAMES]
+            seeds = sorted(set(rows[0].seeds))
+            seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
+            return [f"Done: {done}. Each prompt: {seed_text}, left to right, the same in every row."] + [
+                out[m] for m in METHOD_NAMES
+            ]
 
         generate.click(
             run_compare,
