@@ -7,6 +7,7 @@ all users, and the studio's lock backs it up, so concurrent users never mix thei
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def _row_label(row: MethodImages) -> str:
 
 
 def build_app(studio: Studio):
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
     import gradio as gr
 
     plot_dir = Path(tempfile.mkdtemp(prefix="steerguide-ui-"))
