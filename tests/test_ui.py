@@ -224,3 +224,19 @@ def test_train_bad_photo_folder_is_one_line(studio, tmp_path):
     (tmp_path / "notes" / "a.txt").write_text("x")
     with pytest.raises(UserError, match="no usable image"):
         studio.train(photos=str(tmp_path / "notes"))
+
+
+def test_real_model_judges_dino_and_clip_t(tmp_path):
+    """On a real base model the scores come from DINO and CLIP-T weights given by path (tiny random ones here)."""
+    from steerguide.evaluate.testing import save_tiny_clip, save_tiny_vit
+    from steerguide.ui.studio import Judges
+
+    judges = Judges(
+        toy=False, dino=str(save_tiny_vit(tmp_path / "vit")), clip=str(save_tiny_clip(tmp_path / "clip"))
+    )
+    images = [Image.new("RGB", (32, 32), (200, 30 * i, 0)) for i in range(3)]
+    references = [Image.new("RGB", (32, 32), (200, 0, 0))]
+    scores = judges.score(images, ["a photo of sks dog"] * 3, references, token="sks")
+    assert all(set(s) == {"fidelity", "text"} for s in scores)
+    assert len({round(s["fidelity"], 6) for s in scores}) == 3  # the images differ, so do their scores
+    assert Judges(toy=False).score(images, ["x"] * 3, references, token=None) == [{}, {}, {}]

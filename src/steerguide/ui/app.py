@@ -273,12 +273,10 @@ def build_app(studio: Studio):
 
 
 def launch(studio: Studio, host: str = "127.0.0.1", port: int = 7860, warm: bool = True, block: bool = True):
-    """Start the page; the default pipeline loads in the background (the page answers at once)."""
+    """Start the page; the default pipeline then loads in the background (the page answers at once)."""
     import threading
 
     demo = build_app(studio)
-    if warm:
-        threading.Thread(target=_warm, args=(studio,), daemon=True).start()
     try:
         demo.launch(
             server_name=host,
@@ -286,11 +284,15 @@ def launch(studio: Studio, host: str = "127.0.0.1", port: int = 7860, warm: bool
             ssr_mode=False,
             show_error=False,
             quiet=True,
-            prevent_thread_lock=not block,
+            prevent_thread_lock=True,
             footer_links=[],
         )
     except OSError as e:
         raise UserError(f"cannot serve on {host}:{port}: {e}") from None
+    if warm:  # after the server is up, so that loading does not delay the first page
+        threading.Thread(target=_warm, args=(studio,), daemon=True).start()
+    if block:
+        demo.block_thread()
     return demo
 
 
