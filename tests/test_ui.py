@@ -240,3 +240,18 @@ def test_real_model_judges_dino_and_clip_t(tmp_path):
     assert all(set(s) == {"fidelity", "text"} for s in scores)
     assert len({round(s["fidelity"], 6) for s in scores}) == 3  # the images differ, so do their scores
     assert Judges(toy=False).score(images, ["x"] * 3, references, token=None) == [{}, {}, {}]
+
+
+def test_ui_port_in_use_is_one_line(capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert run(["ui", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"steerguide: error: cannot serve on 127.0.0.1:{port}: the port is in use (choose another with --port)"
+    )

@@ -8,6 +8,7 @@ all users, and the studio's lock backs it up, so concurrent users never mix thei
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -288,10 +289,12 @@ def launch(studio: Studio, host: str = "127.0.0.1", port: int = 7860, warm: bool
             footer_links=[],
         )
     except OSError as e:
-        raise UserError(f"cannot serve on {host}:{port}: {e}") from None
+        reason = "the port is in use (choose another with --port)" if "empty port" in str(e) else str(e)
+        raise UserError(f"cannot serve on {host}:{port}: {reason}") from None
     if warm:  # after the server is up, so that loading does not delay the first page
         threading.Thread(target=_warm, args=(studio,), daemon=True).start()
     if block:
+        print(f"steerguide ui: serving on http://{host}:{port} (Ctrl+C stops)", file=sys.stderr, flush=True)
         demo.block_thread()
     return demo
 

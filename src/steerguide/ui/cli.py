@@ -52,7 +52,6 @@ def ui(
         raise UserError("the web UI needs gradio: pip install 'steerguide[ui]'") from None
     from steerguide.ui.app import launch
 
-    print(f"steerguide ui: http://{host}:{port}", flush=True)
     launch(studio, host=host, port=port)
 
 
