@@ -1,23 +1,27 @@
 """The `steerguide` command line: one typer app, each command a thin shell over a library function.
 
-Every user-facing failure is one line on stderr and exit status 2 (`UserError`, or a usage error from
-click); a traceback means a bug in steerguide.
+Every user-facing failure is one line on stderr: exit status 2 for bad input (`UserError`, or a usage
+error from the parser), 130 for Ctrl-C (`Interrupted` says what was kept and how to continue), and 1 for
+anything else, which is a bug in steerguide (`STEERGUIDE_DEBUG=1` shows its traceback). The contract,
+command by command, is in docs/cli.md.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
 import typer
 
-try:  # typer >= 0.2x runs on its own vendored click: catch the exceptions that its parser raises
-    from typer import _click as click
-except ImportError:  # older typer uses click itself
-    import click
+from steerguide.errors import Interrupted, UserError
 
-from steerguide.errors import UserError
+# The parser's exceptions live in click (typer < 0.25) or in typer's vendored copy of it (typer._click):
+# take them from the module that defines the class typer itself exports, so both layouts work.
+_parser_errors = sys.modules[typer.BadParameter.__module__]
+ClickException = _parser_errors.ClickException
+NoArgsIsHelpError = getattr(_parser_errors, "NoArgsIsHelpError", None)
 
 app = typer.Typer(
     name="steerguide",
@@ -187,29 +191,54 @@ def _quiet_libraries() -> None:
         lib.disable_progress_bar()
 
 
+def _say(message: str) -> None:
+    print(f"steerguide: {message}", file=sys.stderr, flush=True)
+
+
 def run(argv: list[str] | None = None) -> int:
-    """Run the CLI on `argv` and return its exit status (what `main` exits with)."""
+    """Run the CLI on `argv` and return its exit status (what `main` exits with).
+
+    The command is parsed and invoked here rather than through typer's `main`, which would turn Ctrl-C
+    into a silent exit 130 before a command could say what it kept."""
     global _registered
     _quiet_libraries()
     if not _registered:
         _register_commands()
         _registered = True
+    args = sys.argv[1:] if argv is None else list(argv)
+    command = typer.main.get_command(app)
     try:
-        result = app(args=argv, prog_name="steerguide", standalone_mode=False)
+        with command.make_context("steerguide", args) as ctx:
+            result = command.invoke(ctx)
     except UserError as e:
-        print(f"steerguide: error: {e}", file=sys.stderr)
+        _say(f"error: {e}")
         return 2
-    except click.exceptions.NoArgsIsHelpError as e:  # help text was requested implicitly
-        print(e.format_message() if hasattr(e, "format_message") else str(e), file=sys.stderr)
-        return 0
-    except click.exceptions.UsageError as e:
-        print(f"steerguide: error: {e.format_message()}", file=sys.stderr)
-        return 2
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        print("steerguide: interrupted", file=sys.stderr)
+    except Interrupted as e:
+        _say(f"interrupted: {e}")
         return 130
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except ClickException as e:
+        if NoArgsIsHelpError is not None and isinstance(e, NoArgsIsHelpError):  # bare `steerguide`: help
+            print(e.format_message(), file=sys.stderr)
+            return 0
+        _say(f"error: {e.format_message()}")
+        return 2
+    except typer.Exit as e:  # --version, --help
+        return e.exit_code
+    except typer.Abort:
+        _say("aborted")
+        return 1
+    except Exception as e:  # noqa: BLE001 (last resort: a bug, still one line)
+        if os.environ.get("STEERGUIDE_DEBUG"):
+            raise
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        _say(
+            f"error: internal error: {type(e).__name__}: {detail} "
+            "(a bug in steerguide; STEERGUIDE_DEBUG=1 shows the traceback)"
+        )
+        return 1
     return result if isinstance(result, int) else 0
 
 
