@@ -95,3 +95,169 @@ def test_installed_entry_point_prints_no_traceback(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+# -- generate: numbers, files and the output folder, checked before any model loads ------------------
+
+GEN = ["generate", "--method", "cfg", "-p", "a red circle"]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--height", "7"], "--height must be a multiple of 8"),
+        (["--width", "-16"], "--width must be a multiple of 8"),
+        (["--height", "0", "--width", "0"], "--height must be a multiple of 8"),
+        (["--height", "100000", "--width", "100000"], "from 8 to 4096, got 100000"),
+        (["--scale", "nan"], "--scale must be a finite number, got nan"),
+        (["--scale", "inf"], "--scale must be a finite number"),
+        (["--omega", "nan", "--method", "pg"], "--omega must be a finite number"),
+        (["--guidance-rescale", "nan"], "--guidance-rescale must be a finite number"),
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--num-images", "-1"], "--num-images must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--threads", "0"], "--threads must be at least 1"),
+        (["--height", "abc"], "Invalid value for '--height'"),
+    ],
+)
+def test_generate_bad_numbers(capsys, tmp_path, args, needle):
+    line = bad(capsys, [*GEN, "--out", tmp_path / "o", *args])
+    assert needle in line, line
+    assert not (tmp_path / "o").exists()  # nothing made, not even the folder
+
+
+def test_generate_python_api_says_the_same(tmp_path):
+    from steerguide.errors import UserError
+    from steerguide.guidance import GuidanceConfig
+    from steerguide.sampling import generate
+
+    with pytest.raises(UserError, match="--height must be a multiple of 8 from 8 to 4096, got 7"):
+        generate("toy", None, GuidanceConfig("cfg"), ["x"], tmp_path / "o", height=7)
+    with pytest.raises(UserError, match="--scale must be a finite number, got nan"):
+        GuidanceConfig("cfg", scale=float("nan"))
+    with pytest.raises(UserError, match="omega must be a finite number"):
+        GuidanceConfig("pg", omega=0.2, omega_schedule="linear:nan", allow_extrapolation=True)
+
+
+def test_generate_binary_prompts_file(capsys, tmp_path):
+    binary = tmp_path / "prompts.txt"
+    binary.write_bytes(bytes(range(256)) * 4)
+    line = bad(capsys, ["generate", "--prompts-file", binary, "--out", tmp_path / "o"])
+    assert "not UTF-8 text" in line and str(binary) in line
+
+
+@pytest.mark.parametrize("where", ["/proc/steerguide-x", "file", "file/below"])
+def test_generate_unwritable_out(capsys, tmp_path, where):
+    (tmp_path / "file").write_text("x")
+    out = where if where.startswith("/") else tmp_path / where
+    assert "not writable" in bad(capsys, [*GEN, "--out", out])
+
+
+def test_generate_refuses_a_folder_of_other_files(capsys, tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "holiday.jpg").write_bytes(b"x")
+    assert "holds no run.json" in bad(capsys, [*GEN, "--out", tmp_path / "o"])
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["holiday.jpg"]
+
+
+def _record(out):
+    import json
+
+    return json.loads((out / "run.json").read_text())
+
+
+def test_generate_same_run_continues_another_is_refused_or_replaced(capsys, tmp_path):
+    """The documented rule for an existing --out (docs/cli.md)."""
+    out = tmp_path / "o"
+    argv = [*GEN, "-p", "a blue square", "--steps", "2", "--num-images", "2", "--out", out]
+    assert run([str(a) for a in argv]) == 0
+    first = _record(out)
+    assert first["complete"] and len(first["images"]) == 4
+    (out / first["images"][1]["file"]).unlink()  # as if interrupted before it was made
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    assert run([str(a) for a in argv]) == 0
+    again = _record(out)
+    assert [e["file"] for e in again["images"]] == [e["file"] for e in first["images"]]
+    assert again["denoiser_rows"] == first["denoiser_rows"] + 2 * 2 * 1  # one image more, 2 steps, cond+uncond
+    assert all((out / n).stat().st_mtime_ns == t for n, t in stamps.items())  # kept, not remade
+    capsys.readouterr()
+    line = bad(capsys, [*argv[:-2], "--scale", "3", "--out", out])
+    assert "holds another run (different guidance)" in line and "--overwrite" in line
+    assert run([str(a) for a in [*argv[:-2], "--scale", "3", "--num-images", "1", "--out", out, "--overwrite"]]) == 0
+    replaced = _record(out)
+    assert replaced["guidance"]["scale"] == 3 and sorted(p.name for p in out.glob("*.png")) == sorted(
+        e["file"] for e in replaced["images"]
+    ) and len(replaced["images"]) == 2
+
+
+def test_generate_one_side_and_long_prompt(capsys, tmp_path):
+    out = tmp_path / "o"
+    long_prompt = "a red circle " * 40
+    assert run(["generate", "--method", "cfg", "-p", long_prompt, "--height", "16", "--steps", "1",
+                "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("steerguide: warning:") == 1 and "cut there" in err, err
+    record = _record(out)
+    assert (record["height_made"], record["width_made"]) == (16, 32)
+    from PIL import Image
+
+    assert Image.open(out / record["images"][0]["file"]).size == (32, 16)
+
+
+# -- Ctrl-C: a real SIGINT to a real process ----------------------------------------------------------
+
+
+def _interrupt_when(argv: list[str], ready, timeout: float = 240):
+    """Start `steerguide argv`, send SIGINT once `ready()` holds; returns (exit status, stderr)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "steerguide", *map(str, argv)], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=env)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, f"ended before the interrupt: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "never became ready"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err
+
+
+def test_sigint_to_generate_keeps_each_image_and_the_rerun_finishes(capsys, tmp_path):
+    out, straight = tmp_path / "o", tmp_path / "straight"
+    argv = ["generate", "--method", "cfg", "-p", "a red circle", "-p", "a blue square", "--num-images", "2",
+            "--batch-size", "1", "--steps", "12"]
+
+    def one_image_made() -> bool:
+        try:
+            return len(_record(out)["images"]) >= 1
+        except (FileNotFoundError, ValueError):
+            return False
+
+    code, err = _interrupt_when([*argv, "--out", out], one_image_made)
+    lines = [line for line in err.splitlines() if line.startswith("steerguide:")]
+    assert code == 130, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    kept = sorted(p.name for p in out.glob("*.png"))
+    assert lines[0] == (f"steerguide: interrupted: {len(kept)} of 4 images are in {out} (run.json lists "
+                        "them); run the same command again to make the rest")
+    assert 1 <= len(kept) < 4
+    assert kept == sorted(e["file"] for e in _record(out)["images"]) and not _record(out)["complete"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no half-written file
+    assert run([*argv, "--out", str(out)]) == 0
+    assert run([*argv, "--out", str(straight)]) == 0
+    finished, reference = _record(out), _record(straight)
+    assert finished["complete"] and [e["file"] for e in finished["images"]] == [
+        e["file"] for e in reference["images"]
+    ]
+    for e in reference["images"]:  # the same pixels as an uninterrupted run: nothing lost or remade wrong
+        assert (out / e["file"]).read_bytes() == (straight / e["file"]).read_bytes(), e["file"]

@@ -11,11 +11,12 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import typer
 
-from steerguide.errors import Interrupted, UserError
+from steerguide.errors import Interrupted, SteerguideWarning, UserError
 
 # The parser's exceptions live in click (typer < 0.25) or in typer's vendored copy of it (typer._click):
 # take them from the module that defines the class typer itself exports, so both layouts work.
@@ -69,9 +70,13 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
     found = list(prompts)
     if prompts_file is not None:
         try:
-            lines = prompts_file.read_text().splitlines()
+            lines = prompts_file.read_text(encoding="utf-8").splitlines()
         except OSError as e:
             raise UserError(f"cannot read prompts file {prompts_file}: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"prompts file {prompts_file} is not UTF-8 text (byte {e.start}); give one prompt per line"
+            ) from None
         found += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not found:
         raise UserError("no prompt given: use --prompt TEXT (repeatable) or --prompts-file FILE")
@@ -118,7 +123,15 @@ def generate_command(
     batch_size: int = typer.Option(16, help="Images per pipeline call."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("float32", help="float32 | float16 | bfloat16"),
-    out: Path = typer.Option(Path("steerguide-out"), help="Output folder for the PNGs and run.json."),
+    threads: int | None = typer.Option(
+        None, help="CPU threads for torch (default on the CPU: half the cores, at most 4)."
+    ),
+    out: Path = typer.Option(
+        Path("steerguide-out"),
+        help="Output folder for the PNGs and run.json. Rerunning the same command into it makes only the "
+        "missing images; another run into it is refused unless --overwrite.",
+    ),
+    overwrite: bool = typer.Option(False, help="Replace the images and run.json of another run in --out."),
 ) -> None:
     """Generate images with CFG, autoguidance or personalization guidance."""
     from rich.console import Console
@@ -126,12 +139,6 @@ def generate_command(
     from steerguide.guidance import GuidanceConfig
     from steerguide.sampling import generate
 
-    if steps < 1:
-        raise UserError(f"--steps must be >= 1, got {steps}")
-    if num_images < 1:
-        raise UserError(f"--num-images must be >= 1, got {num_images}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     config = GuidanceConfig(
         method=method,
         scale=scale,
@@ -158,11 +165,14 @@ def generate_command(
         dtype=dtype,
         scheduler=scheduler,
         batch_size=batch_size,
+        threads=threads,
+        overwrite=overwrite,
     )
     Console(stderr=True).print(
-        f"wrote {len(record['images'])} images and run.json to {out} "
+        f"{len(record['images'])} images and run.json in {out} "
         f"({record['denoiser_calls']} denoiser calls, {record['denoiser_rows']} rows, "
-        f"{record['seconds_denoising']:.2f} s denoising)"
+        f"{record['seconds_denoising']:.2f} s denoising)",
+        markup=False,
     )
 
 
@@ -195,6 +205,11 @@ def _say(message: str) -> None:
     print(f"steerguide: {message}", file=sys.stderr, flush=True)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, SteerguideWarning):
+        _say(f"warning: {message}")
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on `argv` and return its exit status (what `main` exits with).
 
@@ -208,8 +223,11 @@ def run(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     command = typer.main.get_command(app)
     try:
-        with command.make_context("steerguide", args) as ctx:
-            result = command.invoke(ctx)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", SteerguideWarning)  # each distinct message once
+            warnings.showwarning = _show_warning
+            with command.make_context("steerguide", args) as ctx:
+                result = command.invoke(ctx)
     except UserError as e:
         _say(f"error: {e}")
         return 2

@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class Interrupted(Exception):
     """Work stopped by Ctrl-C; the message says what was kept and how to continue. The CLI exits 130."""
+
+
+class SteerguideWarning(UserWarning):
+    """Something the user should know (the work goes on): the CLI prints `warning: <message>` once."""

@@ -28,7 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from steerguide.errors import UserError
+from steerguide.errors import SteerguideWarning, UserError
 from steerguide.files import versions
 from steerguide.train import custom_diffusion, dreambooth, lora
 from steerguide.train.base import Base, encode, load_base, time_ids, token_pieces, tokenize
@@ -46,7 +46,7 @@ CHECKPOINTS = "checkpoints"
 CLASS_IMAGES = "class_images"
 
 
-class TrainWarning(UserWarning):
+class TrainWarning(SteerguideWarning):
     """Something the user should know that does not stop training (the CLI prints it on one line)."""
 
 
