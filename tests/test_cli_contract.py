@@ -261,3 +261,83 @@ def test_sigint_to_generate_keeps_each_image_and_the_rerun_finishes(capsys, tmp_
     ]
     for e in reference["images"]:  # the same pixels as an uninterrupted run: nothing lost or remade wrong
         assert (out / e["file"]).read_bytes() == (straight / e["file"]).read_bytes(), e["file"]
+
+
+# -- train ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def photos(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{k}.png")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--out", "/proc/steerguide-x"], "output folder /proc/steerguide-x is not writable"),
+        (["--out", "{tmp}/file"], "exists and is not a folder"),
+        (["--resolution", "100000"], "--resolution must be a multiple of 8 from 8 to 4096, got 100000"),
+        (["--resolution", "12"], "--resolution must be a multiple of 8"),
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
+        (["--learning-rate", "nan"], "--learning-rate must be a finite number"),
+        (["--lora-alpha", "nan"], "--lora-alpha must be a finite number"),
+        (["--noise-offset", "inf"], "--noise-offset must be a finite number"),
+    ],
+)
+def test_train_bad_input_before_any_work(capsys, tmp_path, photos, args, needle):
+    (tmp_path / "file").write_text("x")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    argv = ["train", "--base", "toy", "--images", photos, "--class-noun", "dog", "--out", tmp_path / "o", *args]
+    line = bad(capsys, argv)
+    assert needle in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_resolution_beyond_the_base(capsys, tmp_path, photos):
+    argv = ["train", "--base", "toy", "--images", photos, "--class-noun", "dog", "--out", tmp_path / "o",
+            "--resolution", "1024"]
+    assert "more than 4× this model's native 32 pixels" in bad(capsys, argv)
+
+
+def test_train_toy_base_on_photos_says_what_it_knows(capsys, tmp_path, photos):
+    """`--base toy` is accepted; on photos of anything else the output says the toy base knows only toys,
+    and without --class-noun, which prompt it trains on."""
+    argv = ["train", "--base", "toy", "--images", photos, "--out", tmp_path / "o", "--steps", "1",
+            "--validation-images", "0", "--quiet", "--threads", "1"]
+    assert run([str(a) for a in argv]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("steerguide: warning:")]
+    assert any("toy base model knows only the toy world" in w and "stable-diffusion" in w for w in warnings)
+    assert any("no --class-noun: training on 'a photo of sks'" in w for w in warnings), err
+
+
+def test_sigint_to_train_keeps_the_checkpoint_and_resume_continues(tmp_path, photos):
+    import json
+
+    from steerguide.train.trainer import checkpoints
+
+    out, steps = tmp_path / "run", 30
+    argv = ["train", "--base", "toy", "--images", photos, "--class-noun", "dog", "--out", out, "--steps",
+            steps, "--checkpoint-every", "2", "--checkpoints-total-limit", "1", "--validation-images", "0",
+            "--threads", "1", "--quiet"]
+    code, err = _interrupt_when(argv, lambda: bool(checkpoints(out)))
+    lines = [line for line in err.splitlines() if line.startswith("steerguide:") and "warning" not in line]
+    assert code == 130 and "Traceback" not in err, err
+    kept = checkpoints(out)
+    assert len(lines) == 1 and lines[0] == (
+        f"steerguide: interrupted: the checkpoint at step {kept[-1].name[5:]} is kept in {kept[-1]}; "
+        "run the same command with --resume to continue from it"
+    ), err
+    assert not (out / "train.json").exists() and not list((out / "checkpoints").glob("*.tmp"))
+    step = int(kept[-1].name[5:])
+    assert run([str(a) for a in [*argv, "--resume"]]) == 0
+    record = json.loads((out / "train.json").read_text())
+    assert record["steps"] == steps and record["resumed_from"] == [step] and len(record["losses"]) == steps

@@ -150,7 +150,7 @@ def generate_command(
     )
     prompts = _read_prompts(prompt, prompts_file)
     record = generate(
-        base or _default_base(),
+        _default_base() if base in (None, "toy") else base,
         str(personalization) if personalization else None,
         config,
         prompts,
