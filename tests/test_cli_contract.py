@@ -341,3 +341,124 @@ def test_sigint_to_train_keeps_the_checkpoint_and_resume_continues(tmp_path, pho
     assert run([str(a) for a in [*argv, "--resume"]]) == 0
     record = json.loads((out / "train.json").read_text())
     assert record["steps"] == steps and record["resumed_from"] == [step] and len(record["losses"]) == steps
+
+
+# -- report and evaluate -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sweep_folder(tmp_path):
+    """A sweep output by hand: 14 settings × 3 prompts, one image missing, one corrupt."""
+    from PIL import Image
+
+    from steerguide.evaluate.results import ResultsStore
+
+    folder = tmp_path / "sweep"
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for s in range(14):
+        for p in range(3):
+            image = f"images/{s}-{p}.png"
+            Image.new("RGB", (8, 8), (s * 10, p * 50, 0)).save(folder / image)
+            rows.append({"key": f"{s}-{p}", "method": "pg", "scale": 1.0 + s, "omega": 0.5,
+                         "omega_schedule": "constant", "interval": [0.0, 1.0], "subject": "dog", "seed": 0,
+                         "prompt": f"prompt {p}", "prompt_index": p, "image": image,
+                         "metrics": {"dino": 0.1 * s, "clip_t": 0.2}})
+    ResultsStore(folder / "results.jsonl").append(rows)
+    (folder / "images" / "0-0.png").unlink()
+    (folder / "images" / "1-1.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    return folder
+
+
+def test_report_splits_grids_and_names_blank_cells(capsys, sweep_folder):
+    assert run(["report", str(sweep_folder), "--max-columns", "12", "--max-prompts", "2"]) == 0
+    err = capsys.readouterr().err
+    grids = sorted(p.name for p in (sweep_folder / "report").glob("grid_*.png"))
+    assert grids == ["grid_dog_1.png", "grid_dog_2.png", "grid_dog_3.png", "grid_dog_4.png"]  # 2×2 parts
+    assert "dog: 4 grids (at most 2 prompts × 12 settings each" in err
+    assert "2 grid cell(s) left blank" in err and "0-0.png" in err and "1-1.png" in err
+    assert "left blank" in (sweep_folder / "report" / "index.html").read_text()
+
+
+@pytest.mark.parametrize("where", ["/proc/steerguide-x", "file"])
+def test_report_out_checked_first(capsys, sweep_folder, tmp_path, where):
+    (tmp_path / "file").write_text("x")
+    out = where if where.startswith("/") else tmp_path / where
+    assert "report folder" in bad(capsys, ["report", sweep_folder, "--out", out])
+    assert not (sweep_folder / "report").exists()
+
+
+def _generated(tmp_path):
+    """A folder as `generate` leaves it (run.json with each file's prompt), without running a model."""
+    import json
+
+    from PIL import Image
+
+    folder = tmp_path / "gen"
+    folder.mkdir()
+    images = []
+    for k, prompt in enumerate(["a red circle", "a blue square"]):
+        Image.new("RGB", (32, 32), (200, 0, 0) if k == 0 else (0, 0, 200)).save(folder / f"{k}.png")
+        images.append({"file": f"{k}.png", "prompt": prompt})
+    (folder / "run.json").write_text(json.dumps({"images": images}))
+    return folder
+
+
+def test_evaluate_reads_prompts_from_run_json(capsys, tmp_path):
+    import json
+
+    folder = _generated(tmp_path)
+    assert run(["evaluate", "--images", str(folder), "--metrics", "toy_text", "--out", str(tmp_path / "s.json")]) == 0
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert [d["prompt"] for d in data["images"]] == ["a red circle", "a blue square"]
+    # an earlier evaluate output is replaced; any other file or a folder is refused before scoring
+    assert run(["evaluate", "--images", str(folder), "--metrics", "toy_text", "--out", str(tmp_path / "s.json")]) == 0
+
+
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("out-proc", "is not writable"),
+        ("out-folder", "is a folder; give a file name"),
+        ("out-other-file", "exists and is not an earlier evaluate output"),
+        ("corrupt-image", "cannot read image"),
+        ("corrupt-reference", "cannot read image"),
+        ("device-cuda", "no CUDA GPU"),
+        ("offline-dino", "give local weights with --model dino=FOLDER"),
+    ],
+)
+def test_evaluate_bad_input(capsys, tmp_path, monkeypatch, case, needle):
+    import torch
+    from PIL import Image
+
+    if case == "device-cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    folder = _generated(tmp_path)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.new("RGB", (32, 32)).save(refs / "r.png")
+    (tmp_path / "other.txt").write_text("my notes")
+    argv = ["evaluate", "--images", folder, "--metrics", "toy_text"]
+    extra = {
+        "out-proc": ["--out", "/proc/steerguide-x/s.json"],
+        "out-folder": ["--out", refs],
+        "out-other-file": ["--out", tmp_path / "other.txt"],
+        "corrupt-image": [],
+        "corrupt-reference": ["--metrics", "toy_fidelity", "--references", refs],
+        "device-cuda": ["--device", "cuda"],
+        "offline-dino": ["--metrics", "dino", "--references", refs],
+    }[case]
+    if case == "corrupt-image":
+        (folder / "1.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    if case == "corrupt-reference":
+        (refs / "z.png").write_bytes(b"not an image")
+    if case == "offline-dino":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    line = bad(capsys, [*argv, *extra])
+    assert needle in line, line
+    if case.startswith("corrupt"):
+        assert ("1.png" if case == "corrupt-image" else "z.png") in line
+    assert (tmp_path / "other.txt").read_text() == "my notes"
