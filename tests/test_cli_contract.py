@@ -5,6 +5,8 @@ Most cases never load a model: the checks come first, which is the point."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import typer
 
@@ -462,3 +464,67 @@ def test_evaluate_bad_input(capsys, tmp_path, monkeypatch, case, needle):
     if case.startswith("corrupt"):
         assert ("1.png" if case == "corrupt-image" else "z.png") in line
     assert (tmp_path / "other.txt").read_text() == "my notes"
+
+
+# -- toyworld ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["toyworld", "render", "{tmp}/r", "--n", "0"], "Invalid value for '--n'"),
+        (["toyworld", "render", "{tmp}/r", "--n", "-5"], "Invalid value for '--n'"),
+        (["toyworld", "render", "{tmp}/r", "--n", "100000000"], "Invalid value for '--n'"),
+        (["toyworld", "render", "/proc/steerguide-x"], "is not writable"),
+        (["toyworld", "render", "{tmp}/file"], "is not writable: it is a file"),
+        (["toyworld", "check-judges", "--n", "0"], "Invalid value for '--n'"),
+        (["toyworld", "check-base", "--n", "-3"], "Invalid value for '--n'"),
+        (["toyworld", "check-base", "--guidance-scale", "-5"], "--guidance-scale must be at least 0"),
+        (["toyworld", "check-base", "--guidance-scale", "nan"], "--guidance-scale must be a finite number"),
+        (["toyworld", "check-base", "--grid", "/proc/steerguide-x.png"], "--grid"),
+        (["toyworld", "check-base", "--json", "{tmp}"], "--json {tmp} is a folder"),
+        (["toyworld", "check-base", "--model", "{tmp}/truncated"], "cannot load the pipeline at"),
+        (["toyworld", "judge", "{tmp}/imgs", "--prompt", "a red circle", "--out", "{tmp}"], "is a folder"),
+        (["toyworld", "judge", "{tmp}/imgs", "--prompt", "a red circle", "--out", "/proc/x/j"], "not writable"),
+        (["toyworld", "train-base", "--out", "/proc/steerguide-x"], "--out /proc/steerguide-x is not writable"),
+        (["toyworld", "train-base", "--out", "{tmp}/file"], "--out {tmp}/file is not writable: it is a file"),
+        (["toyworld", "train-base", "--out", "{tmp}/o", "--work", "{tmp}/file"], "--work {tmp}/file is not"),
+        (["toyworld", "train-base", "--out", "{tmp}/imgs"], "holds no pipeline"),
+        (["toyworld", "train-judge", "--out", "/proc/steerguide-x"], "not writable"),
+        (["toyworld", "train-judge", "--out", "{tmp}"], "is a folder"),
+        (["toyworld", "train-judge", "--out", "{tmp}/file"], "exists and is not fidelity judge weights"),
+    ],
+)
+def test_toyworld_bad_input_before_any_work(capsys, tmp_path, argv, needle):
+    import shutil
+
+    from PIL import Image
+
+    from steerguide.toyworld import base_model_path
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "imgs" / "a.png")
+    if "{tmp}/truncated" in argv:  # the shipped pipeline with its UNet weights cut short
+        truncated = tmp_path / "truncated"
+        shutil.copytree(base_model_path(), truncated)
+        weights = truncated / "unet" / "diffusion_pytorch_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    line = bad(capsys, argv)
+    assert needle.replace("{tmp}", str(tmp_path)) in line, line
+    assert (tmp_path / "file").read_text() == "x" and not (tmp_path / "r").exists()
+    assert not (tmp_path / "o").exists() and not Path("toyworld_build").exists()
+
+
+def test_sigint_to_render_leaves_a_manifest_of_what_was_made(tmp_path):
+    import json
+
+    out = tmp_path / "r"
+    code, err = _interrupt_when(["toyworld", "render", out, "--n", "100000"],
+                                lambda: len(list(out.glob("*.png"))) >= 3)
+    assert code == 130 and "Traceback" not in err, err
+    assert "steerguide: interrupted: the first " in err and f"are in {out}, listed in prompts.jsonl" in err
+    listed = [json.loads(line)["image"] for line in (out / "prompts.jsonl").read_text().splitlines()]
+    assert listed and all((out / name).is_file() for name in listed)
+    assert len(list(out.glob("*.png"))) - len(listed) in (0, 1)  # the image whose line was next
