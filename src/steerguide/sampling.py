@@ -82,6 +82,10 @@ def sample(
         raise UserError(f"num_images must be >= 1, got {num_images}")
     if not prompts:
         raise UserError("no prompts given")
+    from steerguide import limits
+
+    limits.image_side("--height", height)  # the messages of `generate` and the CLI
+    limits.image_side("--width", width)
     call_params = inspect.signature(pipe.__call__).parameters
     if config.guidance_rescale > 0:
         if "guidance_rescale" not in call_params:
