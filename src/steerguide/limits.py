@@ -65,7 +65,7 @@ def cpu_cores() -> int:
 
 def default_threads() -> int:
     """torch CPU threads when none are asked for: half the cores, at most 4. torch's own default (every
-    core) slowed denoising 25-fold on a busy 2-core machine (29.7 s against 1.2 s with one thread)."""
+    core) made toy denoising 20 times slower on a busy 2-core machine (docs/cli.md, "Threads")."""
     return max(1, min(4, cpu_cores() // 2))
 
 
