@@ -218,8 +218,11 @@ def _interrupt_when(argv: list[str], ready, timeout: float = 240):
     import time
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # A shell that runs the tests in the background ignores SIGINT, and children inherit that: restore it,
+    # as in a terminal, or Python never raises KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-m", "steerguide", *map(str, argv)], stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True, env=env)
+                            stdout=subprocess.DEVNULL, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout
     try:
         while not ready():
@@ -376,7 +379,7 @@ def test_report_splits_grids_and_names_blank_cells(capsys, sweep_folder):
     assert run(["report", str(sweep_folder), "--max-columns", "12", "--max-prompts", "2"]) == 0
     err = capsys.readouterr().err
     grids = sorted(p.name for p in (sweep_folder / "report").glob("grid_*.png"))
-    assert grids == ["grid_dog_1.png", "grid_dog_2.png", "grid_dog_3.png", "grid_dog_4.png"]  # 2×2 parts
+    assert grids == ["grid_dog.png", "grid_dog_2.png", "grid_dog_3.png", "grid_dog_4.png"]  # 2×2 parts
     assert "dog: 4 grids (at most 2 prompts × 12 settings each" in err
     assert "2 grid cell(s) left blank" in err and "0-0.png" in err and "1-1.png" in err
     assert "left blank" in (sweep_folder / "report" / "index.html").read_text()
@@ -524,7 +527,19 @@ def test_sigint_to_render_leaves_a_manifest_of_what_was_made(tmp_path):
     code, err = _interrupt_when(["toyworld", "render", out, "--n", "100000"],
                                 lambda: len(list(out.glob("*.png"))) >= 3)
     assert code == 130 and "Traceback" not in err, err
-    assert "steerguide: interrupted: the first " in err and f"are in {out}, listed in prompts.jsonl" in err
     listed = [json.loads(line)["image"] for line in (out / "prompts.jsonl").read_text().splitlines()]
+    assert f"steerguide: interrupted: the first {len(listed)} images are in {out}, listed in" in err, err
     assert listed and all((out / name).is_file() for name in listed)
     assert len(list(out.glob("*.png"))) - len(listed) in (0, 1)  # the image whose line was next
+
+
+@pytest.mark.parametrize("option", ["--max-prompts", "--max-columns"])
+def test_report_grid_sizes_same_message_in_cli_and_api(capsys, sweep_folder, option):
+    from steerguide.errors import UserError
+    from steerguide.evaluate.report import write_report
+
+    line = bad(capsys, ["report", sweep_folder, option, "0"])
+    assert line == f"steerguide: error: {option} must be at least 1, got 0"
+    with pytest.raises(UserError) as raised:
+        write_report(sweep_folder, **{option[2:].replace("-", "_"): 0})
+    assert str(raised.value) == line.removeprefix("steerguide: error: ")

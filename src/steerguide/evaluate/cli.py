@@ -70,10 +70,10 @@ def report(
     folder: Annotated[Path, typer.Argument(help="A sweep output folder (holds results.jsonl).")],
     out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: FOLDER/report).")] = None,
     max_prompts: Annotated[
-        int, typer.Option("--max-prompts", min=1, help="Prompts (rows) per image grid.")
+        int, typer.Option("--max-prompts", help="Prompts (rows) per image grid.")
     ] = 8,
     max_columns: Annotated[
-        int, typer.Option("--max-columns", min=1, help="Settings (columns) per image grid.")
+        int, typer.Option("--max-columns", help="Settings (columns) per image grid.")
     ] = 12,
 ) -> int:
     """Trade-off plots, image grids, a summary table and one self-contained HTML file."""

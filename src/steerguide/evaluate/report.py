@@ -346,6 +346,10 @@ def write_report(
     folder: str | Path, out: str | Path | None = None, max_prompts: int = 8, max_columns: int = 12
 ) -> Report:
     """Write DIR/report/: trade-off plots, grids, summary.json and index.html (self-contained)."""
+    from steerguide import limits
+
+    limits.at_least("--max-prompts", max_prompts, 1)
+    limits.at_least("--max-columns", max_columns, 1)
     folder = Path(folder)
     rows = load_results(folder)
     axes = metric_axes(folder, rows)
@@ -366,7 +370,7 @@ def write_report(
         seed = min(r["seed"] for r in rows if r["subject"] == subject)
         parts, missing = subject_grids(folder, rows, subject, seed, max_prompts, max_columns)
         for k, grid in enumerate(parts):
-            path = out_dir / (f"grid_{subject}.png" if len(parts) == 1 else f"grid_{subject}_{k + 1}.png")
+            path = out_dir / (f"grid_{subject}.png" if k == 0 else f"grid_{subject}_{k + 1}.png")
             grid.save(path)
             grids.append(path)
         if len(parts) > 1:

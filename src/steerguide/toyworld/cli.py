@@ -122,8 +122,9 @@ def render(
     rng = np.random.default_rng(seed)
     # prompts.jsonl grows with the images (each line after its image): stopped at any point, it lists
     # exactly the images made
+    made = [0]
     with _progress("render", n) as tick, (out / "prompts.jsonl").open("w") as manifest, _interrupted(
-        lambda: f"the first {len(list(out.glob('*.png')))} images are in {out}, listed in prompts.jsonl; "
+        lambda: f"the first {made[0]} images are in {out}, listed in prompts.jsonl; "
         "the same command renders them all again"
     ):
         for i in range(n):
@@ -133,6 +134,7 @@ def render(
             save_image_atomic(img, out / name)
             manifest.write(json.dumps({"image": name, "prompt": caption or caption_of(spec)}) + "\n")
             manifest.flush()
+            made[0] += 1
             tick()
     print(f"wrote {n} images and prompts.jsonl to {out}")
 
@@ -260,7 +262,7 @@ def check_base(
         check_writable_file(json_out, "--json")
     pipe = _load_pipeline(load_base_pipeline, model)
     t0 = time.time()
-    with _progress("sample and judge", (n + 63) // 64) as tick:
+    with _progress("sample and judge", checks.check_base_ticks(n, fidelity)) as tick:
         r, _, images = checks.check_base(pipe, n, seed, guidance_scale, tick, fidelity)
     _table(f"base model, {n} prompts, CFG {guidance_scale}", r["accuracy"])
     if fidelity:
