@@ -185,6 +185,9 @@ def test_generate_same_run_continues_another_is_refused_or_replaced(capsys, tmp_
     capsys.readouterr()
     line = bad(capsys, [*argv[:-2], "--scale", "3", "--out", out])
     assert "holds another run (different guidance)" in line and "--overwrite" in line
+    before = sorted(p.name for p in out.iterdir())
+    line = bad(capsys, [*argv[:-2], "--base", out / "no-such-model", "--out", out, "--overwrite"])
+    assert "not found" in line and sorted(p.name for p in out.iterdir()) == before  # removed only once sure
     assert run([str(a) for a in [*argv[:-2], "--scale", "3", "--num-images", "1", "--out", out, "--overwrite"]]) == 0
     replaced = _record(out)
     assert replaced["guidance"]["scale"] == 3 and sorted(p.name for p in out.glob("*.png")) == sorted(

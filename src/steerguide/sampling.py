@@ -185,11 +185,12 @@ def _batches(todo: list[tuple[int, int]], batch_size: int) -> list[list[tuple[in
     return calls
 
 
-def check_generate_out(out: Path, identity: dict, overwrite: bool) -> dict | None:
-    """Check `out` before any work; returns the earlier record to continue, if the folder holds this run.
+def check_generate_out(out: Path, identity: dict, overwrite: bool) -> tuple[dict | None, list[Path]]:
+    """Check `out` before any work. Returns the earlier record to continue (if the folder holds this run)
+    and the files of another run to remove once the model has loaded (with `overwrite`).
 
-    Refused: a file; a folder of another run (unless `overwrite`: its images and run.json are removed);
-    a non-empty folder without run.json (not ours to add to)."""
+    Refused: a file; a folder of another run (unless `overwrite`); a non-empty folder without run.json
+    (not ours to add to)."""
     import json
 
     if out.exists() and not out.is_dir():
@@ -198,7 +199,7 @@ def check_generate_out(out: Path, identity: dict, overwrite: bool) -> dict | Non
     visible = [p for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
     if not visible:
         check_writable(out)
-        return None
+        return None, []
     if not record_path.is_file():
         raise UserError(
             f"output folder {out} is not empty and holds no {RUN_JSON} of steerguide generate; "
@@ -211,19 +212,19 @@ def check_generate_out(out: Path, identity: dict, overwrite: bool) -> dict | Non
         earlier, different = {}, ["(unreadable run.json)"]
     if not different:
         check_writable(out)
-        return earlier
+        return earlier, []
     if not overwrite:
         raise UserError(
             f"output folder {out} holds another run (different {', '.join(different)}); give a new "
             "folder, or --overwrite to replace it"
         )
+    replaced = [record_path]
     for entry in earlier.get("images", []) if isinstance(earlier, dict) else []:
         name = Path(str(entry.get("file", ""))).name if isinstance(entry, dict) else ""
         if name.endswith(".png"):
-            (out / name).unlink(missing_ok=True)
-    record_path.unlink()
+            replaced.append(out / name)
     check_writable(out)
-    return None
+    return None, replaced
 
 
 def _remove_dead_temporaries(out: Path) -> None:
@@ -293,7 +294,6 @@ def generate(
     `threads`: torch CPU threads (None: `limits.default_threads()` on the CPU)."""
     from steerguide import limits
     from steerguide.errors import Interrupted
-    from steerguide.loading import load_personalization, load_pipeline
 
     # Every number and path before any work.
     limits.at_least("--steps", steps, 1)
@@ -321,11 +321,11 @@ def generate(
         "scheduler_asked": scheduler,
     }
     created = not out.exists()
-    earlier = check_generate_out(out, identity, overwrite)
+    earlier, replaced = check_generate_out(out, identity, overwrite)
     try:
-        return _generate(base, personalization, config, prompts, out, identity, earlier, num_images, seed,
-                         steps, height, width, negative_prompt, device, dtype, scheduler, batch_size, threads,
-                         progress, load_pipeline, load_personalization, limits)
+        return _generate(base, personalization, config, prompts, out, identity, earlier, replaced, num_images,
+                         seed, steps, height, width, negative_prompt, device, dtype, scheduler, batch_size,
+                         threads, progress)
     except KeyboardInterrupt:
         kept = len(list(out.glob("*.png")))
         raise Interrupted(
@@ -338,9 +338,13 @@ def generate(
         raise
 
 
-def _generate(base, personalization, config, prompts, out, identity, earlier, num_images, seed, steps,
-              height, width, negative_prompt, device, dtype, scheduler, batch_size, threads, progress,
-              load_pipeline, load_personalization, limits) -> dict:
+def _generate(base, personalization, config, prompts, out, identity, earlier, replaced, num_images, seed,
+               steps, height, width, negative_prompt, device, dtype, scheduler, batch_size, threads,
+               progress) -> dict:
+    """`generate` once its arguments and `out` are checked (the same arguments, in order)."""
+    from steerguide import limits
+    from steerguide.loading import load_personalization, load_pipeline
+
     if threads is None and device.startswith("cpu"):
         threads = limits.default_threads()
     if threads is not None:
@@ -359,6 +363,8 @@ def _generate(base, personalization, config, prompts, out, identity, earlier, nu
         if (height is None) != (width is None):  # diffusers ignores one side given alone: fill the other
             height, width = height or native, width or native
     _warn_truncated(pipe, prompts, negative_prompt)
+    for path in replaced:  # --overwrite: the other run goes once this one is sure to start
+        path.unlink(missing_ok=True)
     seconds_loading = time.perf_counter() - t0
 
     files = {(e["prompt_index"], e["image_index"]): e for e in (earlier or {}).get("images", [])
