@@ -546,3 +546,15 @@ def test_report_grid_sizes_same_message_in_cli_and_api(capsys, sweep_folder, opt
     with pytest.raises(UserError) as raised:
         write_report(sweep_folder, **{option[2:].replace("-", "_"): 0})
     assert str(raised.value) == line.removeprefix("steerguide: error: ")
+
+
+def test_closed_pipe_is_quiet(capsys, monkeypatch):
+    """`steerguide ... | head`: the reader leaving is no error to report."""
+    import steerguide.toyworld.subjects as subjects
+
+    def closed(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(subjects, "get_subject", closed)
+    assert run(["toyworld", "prompts", "sks"]) == 1
+    assert capsys.readouterr().err == ""

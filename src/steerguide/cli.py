@@ -248,12 +248,18 @@ def run(argv: list[str] | None = None) -> int:
     except typer.Abort:
         _say("aborted")
         return 1
+    except BrokenPipeError:  # `steerguide ... | head`: the reader left; say nothing, as click does
+        try:  # no second error when the interpreter flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is no file (captured)
+            pass
+        return 1
     except Exception as e:  # noqa: BLE001 (last resort: a bug, still one line)
         if os.environ.get("STEERGUIDE_DEBUG"):
             raise
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        detail = f": {str(e).strip().splitlines()[0]}" if str(e).strip() else ""
         _say(
-            f"error: internal error: {type(e).__name__}: {detail} "
+            f"error: internal error: {type(e).__name__}{detail} "
             "(a bug in steerguide; STEERGUIDE_DEBUG=1 shows the traceback)"
         )
         return 1
