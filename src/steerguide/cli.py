@@ -1,23 +1,28 @@
 """The `steerguide` command line: one typer app, each command a thin shell over a library function.
 
-Every user-facing failure is one line on stderr and exit status 2 (`UserError`, or a usage error from
-click); a traceback means a bug in steerguide.
+Every user-facing failure is one line on stderr: exit status 2 for bad input (`UserError`, or a usage
+error from the parser), 130 for Ctrl-C (`Interrupted` says what was kept and how to continue), and 1 for
+anything else, which is a bug in steerguide (`STEERGUIDE_DEBUG=1` shows its traceback). The contract,
+command by command, is in docs/cli.md.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import typer
 
-try:  # typer >= 0.2x runs on its own vendored click: catch the exceptions that its parser raises
-    from typer import _click as click
-except ImportError:  # older typer uses click itself
-    import click
+from steerguide.errors import Interrupted, SteerguideWarning, UserError
 
-from steerguide.errors import UserError
+# The parser's exceptions live in click (typer < 0.25) or in typer's vendored copy of it (typer._click):
+# take them from the module that defines the class typer itself exports, so both layouts work.
+_parser_errors = sys.modules[typer.BadParameter.__module__]
+ClickException = _parser_errors.ClickException
+NoArgsIsHelpError = getattr(_parser_errors, "NoArgsIsHelpError", None)
 
 app = typer.Typer(
     name="steerguide",
@@ -66,9 +71,13 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
     found = list(prompts)
     if prompts_file is not None:
         try:
-            lines = prompts_file.read_text().splitlines()
+            lines = prompts_file.read_text(encoding="utf-8").splitlines()
         except OSError as e:
             raise UserError(f"cannot read prompts file {prompts_file}: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"prompts file {prompts_file} is not UTF-8 text (byte {e.start}); give one prompt per line"
+            ) from None
         found += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not found:
         raise UserError("no prompt given: use --prompt TEXT (repeatable) or --prompts-file FILE")
@@ -115,7 +124,15 @@ def generate_command(
     batch_size: int = typer.Option(16, help="Images per pipeline call."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("float32", help="float32 | float16 | bfloat16"),
-    out: Path = typer.Option(Path("steerguide-out"), help="Output folder for the PNGs and run.json."),
+    threads: int | None = typer.Option(
+        None, help="CPU threads for torch (default on the CPU: half the cores, at most 4)."
+    ),
+    out: Path = typer.Option(
+        Path("steerguide-out"),
+        help="Output folder for the PNGs and run.json. Rerunning the same command into it makes only the "
+        "missing images; another run into it is refused unless --overwrite.",
+    ),
+    overwrite: bool = typer.Option(False, help="Replace the images and run.json of another run in --out."),
 ) -> None:
     """Generate images with CFG, autoguidance or personalization guidance."""
     from rich.console import Console
@@ -123,12 +140,6 @@ def generate_command(
     from steerguide.guidance import GuidanceConfig
     from steerguide.sampling import generate
 
-    if steps < 1:
-        raise UserError(f"--steps must be >= 1, got {steps}")
-    if num_images < 1:
-        raise UserError(f"--num-images must be >= 1, got {num_images}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     config = GuidanceConfig(
         method=method,
         scale=scale,
@@ -140,7 +151,7 @@ def generate_command(
     )
     prompts = _read_prompts(prompt, prompts_file)
     record = generate(
-        base or _default_base(),
+        _default_base() if base in (None, "toy") else base,
         str(personalization) if personalization else None,
         config,
         prompts,
@@ -155,11 +166,14 @@ def generate_command(
         dtype=dtype,
         scheduler=scheduler,
         batch_size=batch_size,
+        threads=threads,
+        overwrite=overwrite,
     )
     Console(stderr=True).print(
-        f"wrote {len(record['images'])} images and run.json to {out} "
+        f"{len(record['images'])} images and run.json in {out} "
         f"({record['denoiser_calls']} denoiser calls, {record['denoiser_rows']} rows, "
-        f"{record['seconds_denoising']:.2f} s denoising)"
+        f"{record['seconds_denoising']:.2f} s denoising)",
+        markup=False,
     )
 
 
@@ -188,29 +202,68 @@ def _quiet_libraries() -> None:
         lib.disable_progress_bar()
 
 
+def _say(message: str) -> None:
+    print(f"steerguide: {message}", file=sys.stderr, flush=True)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, SteerguideWarning):
+        _say(f"warning: {message}")
+
+
 def run(argv: list[str] | None = None) -> int:
-    """Run the CLI on `argv` and return its exit status (what `main` exits with)."""
+    """Run the CLI on `argv` and return its exit status (what `main` exits with).
+
+    The command is parsed and invoked here rather than through typer's `main`, which would turn Ctrl-C
+    into a silent exit 130 before a command could say what it kept."""
     global _registered
     _quiet_libraries()
     if not _registered:
         _register_commands()
         _registered = True
+    args = sys.argv[1:] if argv is None else list(argv)
+    command = typer.main.get_command(app)
     try:
-        result = app(args=argv, prog_name="steerguide", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", SteerguideWarning)  # each distinct message once
+            warnings.showwarning = _show_warning
+            with command.make_context("steerguide", args) as ctx:
+                result = command.invoke(ctx)
     except UserError as e:
-        print(f"steerguide: error: {e}", file=sys.stderr)
+        _say(f"error: {e}")
         return 2
-    except click.exceptions.NoArgsIsHelpError as e:  # help text was requested implicitly
-        print(e.format_message() if hasattr(e, "format_message") else str(e), file=sys.stderr)
-        return 0
-    except click.exceptions.UsageError as e:
-        print(f"steerguide: error: {e.format_message()}", file=sys.stderr)
-        return 2
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        print("steerguide: interrupted", file=sys.stderr)
+    except Interrupted as e:
+        _say(f"interrupted: {e}")
         return 130
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except ClickException as e:
+        if NoArgsIsHelpError is not None and isinstance(e, NoArgsIsHelpError):  # bare `steerguide`: help
+            print(e.format_message(), file=sys.stderr)
+            return 0
+        _say(f"error: {e.format_message()}")
+        return 2
+    except typer.Exit as e:  # --version, --help
+        return e.exit_code
+    except typer.Abort:
+        _say("aborted")
+        return 1
+    except BrokenPipeError:  # `steerguide ... | head`: the reader left; say nothing, as click does
+        try:  # no second error when the interpreter flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is no file (captured)
+            pass
+        return 1
+    except Exception as e:  # noqa: BLE001 (last resort: a bug, still one line)
+        if os.environ.get("STEERGUIDE_DEBUG"):
+            raise
+        detail = f": {str(e).strip().splitlines()[0]}" if str(e).strip() else ""
+        _say(
+            f"error: internal error: {type(e).__name__}{detail} "
+            "(a bug in steerguide; STEERGUIDE_DEBUG=1 shows the traceback)"
+        )
+        return 1
     return result if isinstance(result, int) else 0
 
 

@@ -1,5 +1,13 @@
-"""The one exception type that reaches users as a single line and exit status 2."""
+"""The exceptions that reach users as a single line: bad input (exit 2) and an interrupt (exit 130)."""
 
 
 class UserError(Exception):
     """Bad input from the user: a wrong path, value or file. The CLI prints `error: <message>` and exits 2."""
+
+
+class Interrupted(Exception):
+    """Work stopped by Ctrl-C; the message says what was kept and how to continue. The CLI exits 130."""
+
+
+class SteerguideWarning(UserWarning):
+    """Something the user should know (the work goes on): the CLI prints `warning: <message>` once."""

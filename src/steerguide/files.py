@@ -40,17 +40,38 @@ def save_image_atomic(image, path: str | Path) -> Path:
     return path
 
 
-def check_writable(out: str | Path) -> Path:
-    """Create the folder `out` if needed and check that files can be written there (one clear line if not)."""
+def check_writable(out: str | Path, what: str = "output folder") -> Path:
+    """Check, before any work, that the folder `out` can be written (created if absent) and leave no trace:
+    the nearest existing folder on the way gets a probe file, then loses it. One line if not."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{what} {out} is not writable: it is a file")
+    probe_in = out
+    while not probe_in.exists():
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise UserError(f"{what} {out} is not writable: {probe_in} is a file")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
+        fd, probe = tempfile.mkstemp(dir=probe_in, prefix=".write-test.")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise UserError(f"output folder {out} is not writable ({e.strerror or e})") from None
+        raise UserError(f"{what} {out} is not writable ({e.strerror or e})") from None
     return out
+
+
+def check_writable_file(path: str | Path, what: str = "output file", replace: bool = True) -> Path:
+    """Check that the file `path` can be written (its folder via `check_writable`): not a folder, and not
+    an existing file unless `replace`."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file name")
+    if path.exists() and not replace:
+        raise UserError(f"{what} {path} exists; give a new name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{what} {path} is not writable")
+    check_writable(path.parent, f"folder of the {what}")
+    return path
 
 
 def versions() -> dict[str, str]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from steerguide.errors import UserError
+from steerguide.limits import finite
 from steerguide.schedules import Schedule, parse_schedule, schedule_values
 
 METHODS = ("cfg", "ag", "pg")
@@ -62,6 +63,12 @@ class GuidanceConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
+        # NaN passes every comparison below and ends as invalid JSON in run.json: refuse it first
+        for name, value in (("--scale", self.scale), ("--guidance-rescale", self.guidance_rescale),
+                            ("--omega", self.omega), ("--guidance-start", self.interval[0]),
+                            ("--guidance-stop", self.interval[1])):
+            if value is not None:
+                finite(name, value)
         if not isinstance(self.scale, (int, float)) or self.scale < 0:
             raise UserError(f"guidance scale must be a number >= 0, got {self.scale!r}")
         if self.guidance_rescale < 0 or self.guidance_rescale > 1:
@@ -82,6 +89,7 @@ class GuidanceConfig:
             self.check_omega(value)
 
     def check_omega(self, value: float) -> float:
+        finite("omega", value)
         if not self.allow_extrapolation and not 0.0 <= value <= 1.0:
             raise UserError(
                 f"omega {value:g} is outside [0, 1]; pass --allow-extrapolation (allow_extrapolation=True) "

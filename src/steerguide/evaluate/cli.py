@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -69,10 +70,10 @@ def report(
     folder: Annotated[Path, typer.Argument(help="A sweep output folder (holds results.jsonl).")],
     out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: FOLDER/report).")] = None,
     max_prompts: Annotated[
-        int, typer.Option("--max-prompts", min=1, help="Prompts (rows) per image grid.")
+        int, typer.Option("--max-prompts", help="Prompts (rows) per image grid.")
     ] = 8,
     max_columns: Annotated[
-        int, typer.Option("--max-columns", min=1, help="Settings (columns) per image grid.")
+        int, typer.Option("--max-columns", help="Settings (columns) per image grid.")
     ] = 12,
 ) -> int:
     """Trade-off plots, image grids, a summary table and one self-contained HTML file."""
@@ -91,6 +92,8 @@ def report(
         table.add_row(s.label, str(s.n), *(_fmt(*s.stats[m]) for m in rep.metrics))
     console = Console()
     console.print(table)
+    for note in rep.notes:
+        print(f"steerguide: note: {note}", file=sys.stderr)
     console.print(f"report: {rep.html}", markup=False)
     return 0
 
@@ -118,15 +121,22 @@ def evaluate(
     ] = None,
 ) -> int:
     """Score a folder of already generated images (DINO, CLIP-I, CLIP-T, toy judges)."""
-    import json
 
     from rich.console import Console
     from rich.table import Table
 
     from steerguide.evaluate.folder import score_folder
-    from steerguide.evaluate.metrics import build_metrics, canonical_metric_name, normalize_metric_spec
+    from steerguide.evaluate.metrics import (
+        build_metrics,
+        canonical_metric_name,
+        normalize_metric_spec,
+    )
     from steerguide.evaluate.report import _fmt
+    from steerguide.loading import resolve_device
 
+    resolve_device(device)  # e.g. cuda on a machine without one: say so, do not fall back
+    if out is not None:
+        _check_evaluate_out(out)
     spec = normalize_metric_spec(metrics, "--metrics")
     for item in model or []:
         name, sep, value = item.partition("=")
@@ -136,9 +146,7 @@ def evaluate(
         if key not in spec:
             raise UserError(f"--model {item!r}: metric {key} is not in --metrics")
         spec[key]["model"] = value
-    scores = score_folder(
-        images, build_metrics(spec, device=device), references, prompt, token, progress=True
-    )
+    scores = score_folder(images, build_metrics(spec, device=device), references, prompt, token, progress=True)
     summary = scores.summary()
     table = Table(title=f"{images}: {len(scores.files)} images, mean ± 95% CI")
     table.add_column("metric")
@@ -147,20 +155,38 @@ def evaluate(
         table.add_row(name, _fmt(mean, ci))
     Console().print(table)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(
-            json.dumps(
+        from steerguide.files import write_json_atomic
+
+        write_json_atomic(
+            out,
+            (
                 {
                     "images": [
                         {"file": f, "prompt": p, **{m: v[i] for m, v in scores.scores.items()}}
                         for i, (f, p) in enumerate(zip(scores.files, scores.prompts, strict=True))
                     ],
                     "summary": {m: {"mean": mean, "ci95": ci} for m, (mean, ci) in summary.items()},
-                },
-                indent=2,
-            )
+                }
+            ),
         )
     return 0
+
+
+def _check_evaluate_out(out: Path) -> None:
+    """--out: a new file, or an earlier `evaluate` output (replaced); never a folder or another file."""
+    import json
+
+    from steerguide.files import check_writable_file
+
+    check_writable_file(out, "--out")
+    if out.exists():
+        try:
+            earlier = json.loads(out.read_text())
+            ours = isinstance(earlier, dict) and set(earlier) == {"images", "summary"}
+        except (ValueError, UnicodeDecodeError, OSError):
+            ours = False
+        if not ours:
+            raise UserError(f"--out {out} exists and is not an earlier evaluate output; give a new file name")
 
 
 def register(app: typer.Typer) -> None:

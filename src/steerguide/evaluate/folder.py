@@ -1,6 +1,7 @@
 """Scoring a folder of images generated elsewhere (`steerguide evaluate --images DIR`).
 
 Each image needs its prompt, taken from the first of:
+- `DIR/run.json`, as `steerguide generate` writes it (its "images": file and prompt of each);
 - `DIR/metadata.jsonl`: lines {"file_name": "x.png", "prompt": "..."} (or "text", as in HF imagefolder);
 - a sidecar `x.txt` next to `x.png`;
 - `--prompt`, one prompt for every image.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import IMAGE_SUFFIXES
-from steerguide.evaluate.metrics import Metric
+from steerguide.evaluate.metrics import Metric, check_available
 from steerguide.evaluate.report import mean_ci
 
 
@@ -37,8 +38,31 @@ def _image_files(folder: Path) -> list[Path]:
     )
 
 
+def _run_json_prompts(folder: Path) -> dict[str, str]:
+    """file -> prompt from the run.json that `steerguide generate` writes."""
+    path = folder / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        images = json.loads(path.read_text())["images"]
+        return {str(e["file"]): str(e["prompt"]) for e in images}
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path}: not a run.json of steerguide generate (no images with file and prompt)") from None
+
+
+def open_image(path: Path):
+    """An RGB image, or one line naming the file that is not one."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UserError(f"cannot read image {path}: {e.__class__.__name__}: not a readable image") from None
+
+
 def folder_prompts(folder: Path, files: list[Path], prompt: str | None) -> list[str | None]:
-    meta: dict[str, str] = {}
+    meta: dict[str, str] = _run_json_prompts(folder)
     metadata = folder / "metadata.jsonl"
     if metadata.is_file():
         for n, line in enumerate(metadata.read_text().splitlines(), 1):
@@ -72,8 +96,14 @@ def score_folder(
 ) -> FolderScores:
     """Score every image in `images` with `metrics`. `token` (e.g. "sks") is removed from the prompts that
     CLIP-T reads, as the sweep does."""
-    from PIL import Image
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     folder = Path(images)
     if not folder.is_dir():
@@ -86,8 +116,8 @@ def score_folder(
     if needs_text and any(p is None for p in prompts):
         missing = files[prompts.index(None)].name
         raise UserError(
-            f"metric {needs_text[0].name} needs a prompt for {missing}: give --prompt, a "
-            "metadata.jsonl or a .txt sidecar"
+            f"metric {needs_text[0].name} needs a prompt for {missing}: give --prompt, a run.json "
+            "(from steerguide generate), a metadata.jsonl or a .txt sidecar"
         )
     refs = []
     if any(m.axis == "fidelity" for m in metrics):
@@ -96,14 +126,21 @@ def score_folder(
         ref_dir = Path(references)
         if not ref_dir.is_dir() or not _image_files(ref_dir):
             raise UserError(f"references folder {str(ref_dir)!r} does not exist or holds no images")
-        refs = [Image.open(p).convert("RGB") for p in _image_files(ref_dir)]
+        refs = [open_image(p) for p in _image_files(ref_dir)]
+    for p in files:  # every file readable before any scoring (a corrupt one fails the run, named)
+        open_image(p)
+    for m in metrics:  # a hub model offline and not cached: one line now, not after a minute of retries
+        if getattr(m, "model_id", None):
+            check_available("DINO" if m.name == "dino" else "CLIP", m.model_id, m.name)
     prepared = [m.prepare(refs) for m in metrics]
     scores: dict[str, list[float]] = {m.name: [] for m in metrics}
-    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), disable=not progress) as bar:
+    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+               TimeRemainingColumn())
+    with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("scoring", total=len(files))
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
-            ims = [Image.open(p).convert("RGB") for p in chunk]
+            ims = [open_image(p) for p in chunk]
             ps = prompts[start : start + batch_size]
             for m, prep in zip(metrics, prepared, strict=True):
                 texts = [p if (m.raw_prompts or not token or p is None) else _strip(p, token) for p in ps]

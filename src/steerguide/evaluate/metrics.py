@@ -28,9 +28,61 @@ DEFAULT_MODELS = {
 FIDELITY, TEXT = "fidelity", "text"
 
 
-def _load(kind: str, model: str, loader):
+@functools.cache
+def _hub_reachable() -> bool:
+    """One quick connection to the hub (3 s at most): offline, transformers would retry each file for about
+    100 s before failing."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
-        return loader()
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
+    except OSError:
+        return False
+    return True
+
+
+def _offline() -> bool:
+    import huggingface_hub.constants as hub
+
+    return bool(hub.HF_HUB_OFFLINE) or not _hub_reachable()
+
+
+def check_available(kind: str, model: str, metric: str) -> None:
+    """A hub id must be in the local cache when the hub cannot be reached: say so at once, and how to
+    give local weights, instead of a long series of retries."""
+    from pathlib import Path
+
+    if Path(model).exists():
+        return
+    if model.startswith(("/", ".", "~")) or model.count("/") > 1:
+        raise UserError(f"cannot load the {kind} model {model!r}: no such folder")
+    if not _offline():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(model, "config.json"), str):
+            return  # cached: transformers loads it offline
+    except ValueError:  # not a valid repo id
+        pass
+    raise UserError(
+        f"cannot load the {kind} model {model!r}: the hub is unreachable (or HF_HUB_OFFLINE=1) and it is not "
+        f"in the local cache; give local weights with --model {metric}=FOLDER (a folder written by "
+        "save_pretrained, or a snapshot copied from a machine online), or leave the metric out of --metrics"
+    )
+
+
+def _load(kind: str, model: str, cls, metric: str):
+    """`cls.from_pretrained(model)`, from the local cache alone when the hub is out of reach."""
+    from pathlib import Path
+
+    check_available(kind, model, metric)
+    local = not Path(model).exists() and _offline()  # cached: no lookups, each would wait for the network
+    try:
+        return cls.from_pretrained(model, **({"local_files_only": True} if local else {}))
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load the {kind} model {model!r}: {first}") from None
@@ -106,10 +158,10 @@ class DinoMetric(_ImageEmbeddingMetric):
             from transformers import AutoImageProcessor, AutoModel
 
             self._processor = _load(
-                "DINO", self.model_id, lambda: AutoImageProcessor.from_pretrained(self.model_id)
+                "DINO", self.model_id, AutoImageProcessor, "dino"
             )
             self._model = (
-                _load("DINO", self.model_id, lambda: AutoModel.from_pretrained(self.model_id))
+                _load("DINO", self.model_id, AutoModel, "dino")
                 .to(self.device)
                 .eval()
             )
@@ -122,9 +174,9 @@ class DinoMetric(_ImageEmbeddingMetric):
 def _load_clip(model_id: str, device: str):
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-    processor = _load("CLIP", model_id, lambda: CLIPImageProcessor.from_pretrained(model_id))
-    tokenizer = _load("CLIP", model_id, lambda: CLIPTokenizer.from_pretrained(model_id))
-    model = _load("CLIP", model_id, lambda: CLIPModel.from_pretrained(model_id)).to(device).eval()
+    processor = _load("CLIP", model_id, CLIPImageProcessor, "clip_i")
+    tokenizer = _load("CLIP", model_id, CLIPTokenizer, "clip_t")
+    model = _load("CLIP", model_id, CLIPModel, "clip_i").to(device).eval()
     return model, processor, tokenizer
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from steerguide.errors import UserError
 from steerguide.evaluate.metrics import AXES, FIDELITY, TEXT
 from steerguide.evaluate.results import ResultsStore
+from steerguide.files import check_writable
 
 # Two-sided 95% quantiles of Student's t, df = 1..30.
 _T975 = (
@@ -261,26 +262,46 @@ def image_grid(cells: list[list], row_labels: list[str], col_labels: list[str], 
     return grid
 
 
-def subject_grid(
+def subject_grids(
     folder: Path, rows: list[dict], subject: str, seed: int, max_prompts: int = 8, max_columns: int = 12
-):
-    """Prompts × settings for one subject at one seed."""
-    from PIL import Image
+) -> tuple[list, list[str]]:
+    """Prompts × settings for one subject at one seed, split into grids of at most `max_prompts` rows and
+    `max_columns` columns (every setting and prompt appears in one of them). Returns the grids and the
+    cells that have no readable image, named."""
+    from PIL import Image, UnidentifiedImageError
 
     chosen = [r for r in rows if r["subject"] == subject and r["seed"] == seed]
-    settings = list(dict.fromkeys(setting_key(r) for r in sorted(chosen, key=_setting_order)))[:max_columns]
-    prompts = sorted({(r["prompt_index"], r["prompt"]) for r in chosen})[:max_prompts]
+    settings = list(dict.fromkeys(setting_key(r) for r in sorted(chosen, key=_setting_order)))
+    prompts = sorted({(r["prompt_index"], r["prompt"]) for r in chosen})
     by_cell = {(r["prompt"], setting_key(r)): r for r in chosen}
     labels = {setting_key(r): setting_label(r) for r in chosen}
-    cells = []
+    missing: list[str] = []
+    images: dict[tuple, object] = {}
     for _, prompt in prompts:
-        line = []
         for s in settings:
             r = by_cell.get((prompt, s))
             path = folder / r["image"] if r else None
-            line.append(Image.open(path).convert("RGB") if path and path.is_file() else None)
-        cells.append(line)
-    return image_grid(cells, [p for _, p in prompts], [labels[s] for s in settings])
+            try:
+                with Image.open(path) as im:
+                    images[(prompt, s)] = im.convert("RGB")
+            except (TypeError, OSError, UnidentifiedImageError, ValueError):
+                missing.append(str(path) if path else f"{labels[s]} × {prompt!r} (no row)")
+                images[(prompt, s)] = None
+    grids = []
+    for p0 in range(0, len(prompts), max_prompts):
+        part = prompts[p0 : p0 + max_prompts]
+        for c0 in range(0, len(settings), max_columns):
+            cols = settings[c0 : c0 + max_columns]
+            cells = [[images[(prompt, s)] for s in cols] for _, prompt in part]
+            grids.append(image_grid(cells, [p for _, p in part], [labels[s] for s in cols]))
+    return grids, missing
+
+
+def subject_grid(
+    folder: Path, rows: list[dict], subject: str, seed: int, max_prompts: int = 8, max_columns: int = 12
+):
+    """The first grid of `subject_grids` (the first prompts × the first settings)."""
+    return subject_grids(folder, rows, subject, seed, max_prompts, max_columns)[0][0]
 
 
 def _setting_order(row: dict):
@@ -318,18 +339,24 @@ class Report:
     grids: list[Path]
     summary: list[SummaryRow]
     metrics: list[str]
+    notes: list[str] = field(default_factory=list)  # what the reader should know: split grids, blank cells
 
 
 def write_report(
     folder: str | Path, out: str | Path | None = None, max_prompts: int = 8, max_columns: int = 12
 ) -> Report:
     """Write DIR/report/: trade-off plots, grids, summary.json and index.html (self-contained)."""
+    from steerguide import limits
+
+    limits.at_least("--max-prompts", max_prompts, 1)
+    limits.at_least("--max-columns", max_columns, 1)
     folder = Path(folder)
     rows = load_results(folder)
     axes = metric_axes(folder, rows)
     metrics = list(axes)
     summary = summarize(rows, metrics)
     out_dir = Path(out) if out else folder / "report"
+    check_writable(out_dir, "report folder")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     fidelity = [m for m in metrics if axes[m] == FIDELITY]
@@ -338,13 +365,24 @@ def write_report(
         tradeoff_plot(summary, x, y, out_dir / f"tradeoff_{x}_vs_{y}.png") for y in text for x in fidelity
     ]
 
-    grids = []
+    grids, notes = [], []
     for subject in dict.fromkeys(r["subject"] for r in rows):
         seed = min(r["seed"] for r in rows if r["subject"] == subject)
-        grid = subject_grid(folder, rows, subject, seed, max_prompts, max_columns)
-        path = out_dir / f"grid_{subject}.png"
-        grid.save(path)
-        grids.append(path)
+        parts, missing = subject_grids(folder, rows, subject, seed, max_prompts, max_columns)
+        for k, grid in enumerate(parts):
+            path = out_dir / (f"grid_{subject}.png" if k == 0 else f"grid_{subject}_{k + 1}.png")
+            grid.save(path)
+            grids.append(path)
+        if len(parts) > 1:
+            notes.append(
+                f"{subject}: {len(parts)} grids (at most {max_prompts} prompts × {max_columns} settings each; "
+                "--max-prompts and --max-columns change that)"
+            )
+        if missing:
+            notes.append(
+                f"{subject}: {len(missing)} grid cell(s) left blank, no readable image: "
+                + ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+            )
 
     (out_dir / "summary.json").write_text(
         json.dumps(
@@ -367,11 +405,11 @@ def write_report(
     )
 
     html_path = out_dir / "index.html"
-    html_path.write_text(_html(folder, rows, summary, metrics, axes, plots, grids))
-    return Report(html_path, plots, grids, summary, metrics)
+    html_path.write_text(_html(folder, rows, summary, metrics, axes, plots, grids, notes))
+    return Report(html_path, plots, grids, summary, metrics, notes)
 
 
-def _html(folder: Path, rows, summary, metrics, axes, plots, grids) -> str:
+def _html(folder: Path, rows, summary, metrics, axes, plots, grids, notes=()) -> str:
     esc = html.escape
     subjects = list(dict.fromkeys(r["subject"] for r in rows))
     head = "".join(f"<th>{esc(m)} <small>({axes[m]})</small></th>" for m in metrics)
@@ -394,6 +432,7 @@ def _html(folder: Path, rows, summary, metrics, axes, plots, grids) -> str:
     grid_html = "".join(
         f'<h3>{esc(p.stem[5:])}</h3><img class="grid" src="{_b64_png(p)}" alt="{esc(p.name)}">' for p in grids
     )
+    notes_html = "".join(f"<p><em>{esc(n)}</em></p>" for n in notes)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>steerguide report: {esc(folder.name)}</title>
 <style>
@@ -407,6 +446,6 @@ td:first-child{{text-align:left}} img.grid{{max-width:100%}} figure{{display:inl
 Means over images with 95% confidence intervals (Student t).</p>
 <h2>Trade-off</h2>{plot_html}
 <h2>Summary</h2><table><tr><th>setting</th><th>n</th>{head}</tr>{body}</table>
-<h2>Images (prompts × settings, first seed)</h2>{grid_html}
+<h2>Images (prompts × settings, first seed)</h2>{notes_html}{grid_html}
 </body></html>
 """

@@ -108,6 +108,11 @@ def sample(pipe, prompts: list[str], seed: int, guidance_scale: float = 5.0, ste
     return images
 
 
+def check_base_ticks(n: int, fidelity: bool = True) -> int:
+    """How many times `check_base` ticks: each batch of 64 prompts, and each class's samples."""
+    return (n + 63) // 64 + (len({s.class_noun for s in SUBJECTS.values()}) if fidelity else 0)
+
+
 def check_base(pipe, n: int = 128, seed: int = 0, guidance_scale: float = 5.0, tick: Tick | None = None,
                fidelity: bool = True):
     """Attribute accuracy of the base model's CFG samples, and their fidelity to every subject.
@@ -132,7 +137,8 @@ def check_base(pipe, n: int = 128, seed: int = 0, guidance_scale: float = 5.0, t
     class_samples: dict[str, list[Image.Image]] = {}
     for s in SUBJECTS.values():
         if s.class_noun not in class_samples:
-            class_samples[s.class_noun] = sample(pipe, [f"a {s.class_noun}"] * 32, seed + 7, guidance_scale)
+            class_samples[s.class_noun] = sample(pipe, [f"a {s.class_noun}"] * 32, seed + 7, guidance_scale,
+                                                 tick=tick)
         refs = s.reference_images()
         cls = fj.fidelity(class_samples[s.class_noun], refs)
         own = fj.fidelity(s.heldout_images(32, seed=seed + 1), refs)

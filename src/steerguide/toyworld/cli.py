@@ -11,9 +11,17 @@ from typing import Annotated
 import typer
 from PIL import Image, UnidentifiedImageError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from steerguide.errors import UserError
+from steerguide.errors import Interrupted, UserError
+from steerguide.files import check_writable, check_writable_file, save_image_atomic
 
 toyworld = typer.Typer(help="The embedded toy world: base model, subjects, judges.", no_args_is_help=True,
                        rich_markup_mode=None)
@@ -27,10 +35,20 @@ def register(app: typer.Typer) -> None:
 
 @contextmanager
 def _progress(description: str, total: int | None):
-    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn())
     with Progress(*cols, transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
+
+
+@contextmanager
+def _interrupted(what_was_kept):
+    """Ctrl-C inside the block says what was kept (`what_was_kept()`) and how to continue."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(what_was_kept()) from None
 
 
 def _dir_size(folder: Path) -> int:
@@ -82,7 +100,7 @@ def export_subjects(
 @toyworld.command()
 def render(
     out: Annotated[Path, typer.Argument(help="folder for NNNNN.png and prompts.jsonl")],
-    n: Annotated[int, typer.Option(help="number of random scenes")] = 64,
+    n: Annotated[int, typer.Option(min=1, max=1_000_000, help="number of random scenes")] = 64,
     seed: Annotated[int, typer.Option()] = 0,
     caption: Annotated[str | None, typer.Option(help="render this caption (the rest at random)")] = None,
     subject: Annotated[str | None, typer.Option(help="render this subject in random contexts")] = None,
@@ -99,18 +117,25 @@ def render(
     stated = parse_caption(caption) if caption else Spec()
     if subj is not None:
         stated = stated.replace(shape=subj.class_noun, token=subj.token)
+    check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    lines = []
-    with _progress("render", n) as tick:
+    # prompts.jsonl grows with the images (each line after its image): stopped at any point, it lists
+    # exactly the images made
+    made = [0]
+    with _progress("render", n) as tick, (out / "prompts.jsonl").open("w") as manifest, _interrupted(
+        lambda: f"the first {made[0]} images are in {out}, listed in prompts.jsonl; "
+        "the same command renders them all again"
+    ):
         for i in range(n):
             spec = complete(stated.replace(pattern=stated.pattern or ("plain" if subj else None)), rng)
             img = subj.render(spec, seed + i) if subj else render_image(spec, seed + i)
             name = f"{i:05d}.png"
-            img.save(out / name)
-            lines.append(json.dumps({"image": name, "prompt": caption or caption_of(spec)}))
+            save_image_atomic(img, out / name)
+            manifest.write(json.dumps({"image": name, "prompt": caption or caption_of(spec)}) + "\n")
+            manifest.flush()
+            made[0] += 1
             tick()
-    (out / "prompts.jsonl").write_text("\n".join(lines) + "\n")
     print(f"wrote {n} images and prompts.jsonl to {out}")
 
 
@@ -143,6 +168,8 @@ def judge(
     from steerguide.toyworld.subjects import get_subject
     from steerguide.toyworld.world import parse_caption
 
+    if out is not None:
+        check_writable_file(out, "--out")
     subj = get_subject(subject) if subject else None
     loaded = _load_images(images)
     if prompt is not None:
@@ -190,7 +217,7 @@ def _table(title: str, values: dict[str, float]) -> None:
 
 @toyworld.command("check-judges")
 def check_judges(
-    n: Annotated[int, typer.Option(help="fresh held-out renders for the text judge")] = 500,
+    n: Annotated[int, typer.Option(min=1, help="fresh held-out renders for the text judge")] = 500,
     vae: Annotated[bool, typer.Option(help="also measure on round trips through the base VAE")] = True,
 ) -> None:
     """Accuracy of the text judge per attribute and ROC-AUC of the fidelity judge, on fresh renders."""
@@ -215,7 +242,7 @@ def check_judges(
 
 @toyworld.command("check-base")
 def check_base(
-    n: Annotated[int, typer.Option(help="number of grammar prompts")] = 128,
+    n: Annotated[int, typer.Option(min=1, help="number of grammar prompts")] = 128,
     guidance_scale: Annotated[float, typer.Option(help="CFG scale")] = 5.0,
     seed: Annotated[int, typer.Option()] = 0,
     model: Annotated[Path | None, typer.Option(help="pipeline folder (default: the shipped one)")] = None,
@@ -224,12 +251,18 @@ def check_base(
     fidelity: Annotated[bool, typer.Option(help="also score class-only prompts against the subjects")] = True,
 ) -> None:
     """Attribute accuracy of the base model's CFG samples; fidelity of class-only prompts to subjects."""
+    from steerguide import limits
     from steerguide.toyworld import checks
     from steerguide.toyworld.assets import load_base_pipeline
 
-    pipe = load_base_pipeline(model)
+    limits.at_least("--guidance-scale", guidance_scale, 0)
+    if grid is not None:
+        check_writable_file(grid, "--grid")
+    if json_out is not None:
+        check_writable_file(json_out, "--json")
+    pipe = _load_pipeline(load_base_pipeline, model)
     t0 = time.time()
-    with _progress("sample and judge", (n + 63) // 64) as tick:
+    with _progress("sample and judge", checks.check_base_ticks(n, fidelity)) as tick:
         r, _, images = checks.check_base(pipe, n, seed, guidance_scale, tick, fidelity)
     _table(f"base model, {n} prompts, CFG {guidance_scale}", r["accuracy"])
     if fidelity:
@@ -244,6 +277,17 @@ def check_base(
         print(f"grid: {grid}")
     if json_out is not None:
         json_out.write_text(json.dumps(r, indent=1))
+
+
+def _load_pipeline(load, model: Path | None):
+    """The pipeline at `model` (default: the shipped one); a broken folder is one line, not a traceback."""
+    try:
+        return load(model)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 (e.g. a truncated safetensors file: SafetensorError)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"cannot load the pipeline at {model}: {type(e).__name__}: {first}") from None
 
 
 def save_grid(images: list[Image.Image], path: Path, cols: int = 8, scale: int = 4) -> None:
@@ -273,17 +317,9 @@ def train_base(
     cfg.unet_steps = unet_steps or cfg.unet_steps
     cfg.refine_steps = cfg.refine_steps if refine_steps is None else refine_steps
     cfg.stop_after = stop_after or cfg.stop_after
-    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[metrics]}"))
-    with Progress(*cols, console=Console(stderr=True)) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int, metrics: dict) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total, metrics="")
-            text = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-            bar.update(tasks[stage], completed=done, metrics=text)
-
+    kept = (f"the finished stages are cached in {work} (the dataset, the VAE, latents, each UNet phase); "
+            "the same command continues after the last of them")
+    with _stages() as progress, _interrupted(lambda: kept):
         log = run(out, work, cfg, progress)
     print(f"saved {out}; timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in log["timings"].items()))
 
@@ -294,9 +330,41 @@ def train_judge(
     seed: Annotated[int, typer.Option(help="seed 0 reproduces the shipped fidelity judge")] = 0,
 ) -> None:
     """Train the fidelity judge's instance embedding (never on subjects)."""
-    from steerguide.toyworld.fidelity import save_embedder, train_embedder
+    from steerguide.toyworld.fidelity import Embedder, save_embedder, train_embedder
 
-    with _progress("render + train", None) as tick:
-        model = train_embedder(seed=seed, progress=lambda *a: tick())
+    check_writable_file(out, "--out")
+    if out.exists() and not _holds_weights_of(out, Embedder()):
+        raise UserError(f"--out {out} exists and is not fidelity judge weights; give a new file name")
+    with _stages() as progress, _interrupted(lambda: f"nothing was saved to {out}; the same command starts again"):
+        model = train_embedder(seed=seed, progress=progress)
     save_embedder(model, out)
     print(f"saved {out}")
+
+
+@contextmanager
+def _stages():
+    """One bar per stage of a training run (elapsed, remaining, latest metrics); yields the
+    `progress(stage, done, total, metrics)` callback that the training functions take."""
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"))
+    with Progress(*cols, console=Console(stderr=True)) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int, metrics: dict) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total, metrics="")
+            text = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            bar.update(tasks[stage], completed=done, metrics=text)
+
+        yield progress
+
+
+def _holds_weights_of(path: Path, model) -> bool:
+    """Whether `path` is a safetensors file with exactly `model`'s parameters (ours to replace)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return set(f.keys()) == set(model.state_dict())
+    except Exception:  # noqa: BLE001 (not safetensors at all)
+        return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -151,7 +152,8 @@ def render_dataset(n: int, seed: int, workers: int = 2, progress: Progress | Non
     chunk = 2000
     jobs = [(seed, s, min(s + chunk, n)) for s in range(0, n, chunk)]
     images, specs = [], []
-    with Pool(workers) as pool:
+    # Workers ignore Ctrl-C: the main process stops them; else each would print its own traceback.
+    with Pool(workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
         for imgs, sp in pool.imap(_render_chunk, jobs):
             images.append(imgs)
             specs += sp
@@ -322,8 +324,20 @@ def drop_local_paths(folder: Path) -> None:
             config.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
 
 
+def check_outputs(out: Path, work: Path) -> None:
+    """Both folders writable, `out` new, empty or a pipeline folder (replaced): before minutes of work."""
+    from steerguide.errors import UserError
+    from steerguide.files import check_writable
+
+    check_writable(out, "--out")
+    check_writable(work, "--work")
+    if out.is_dir() and any(out.iterdir()) and not (out / "model_index.json").exists():
+        raise UserError(f"--out {out} is not empty and holds no pipeline; give a new or empty folder")
+
+
 def train_base(out: Path, work: Path, cfg: TrainConfig, progress: Progress | None = None) -> dict:
     """Run every stage (resuming cached ones from `work`) and save the pipeline to `out`."""
+    check_outputs(Path(out), Path(work))
     torch.set_num_threads(cfg.threads)
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

@@ -41,12 +41,38 @@ class Base:
         return int(self.unet.config.sample_size) * self.pipe.vae_scale_factor
 
 
+TOY_BASE_NOTE = (
+    "the toy base model knows only the toy world (32×32 shapes on plain backgrounds): trained on other "
+    "photos it makes coloured blobs; for real photos give a real base, a hub id such as "
+    "stable-diffusion-v1-5/stable-diffusion-v1-5 or a local diffusers folder"
+)
+
+
+def resolve_base_path(base: str | Path) -> Path:
+    """`toy` names the embedded toy world's base model (as in `generate` and sweep configs)."""
+    if str(base) == "toy":
+        from steerguide.toyworld import base_model_path
+
+        return Path(base_model_path())
+    return Path(base)
+
+
+def is_toy_base(base: str | Path) -> bool:
+    from steerguide.toyworld import base_model_path
+
+    try:
+        return resolve_base_path(base).resolve() == Path(base_model_path()).resolve()
+    except OSError:
+        return False
+
+
 def load_base(path: str | Path) -> Base:
-    """Load a diffusers pipeline folder for training (SD 1.x/2.x or SDXL; SD3 is not supported yet)."""
+    """Load a diffusers pipeline folder for training (SD 1.x/2.x or SDXL; SD3 is not supported yet).
+    `toy` is the toy world's base model."""
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as dlogging
 
-    path = Path(path)
+    path = resolve_base_path(path)
     if not path.exists():
         raise UserError(f"base model {path} does not exist")
     if not (path / "model_index.json").is_file():

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from steerguide.errors import UserError
+from steerguide.errors import Interrupted, UserError
 
 
 def _modules(text: str) -> tuple[str, ...]:
@@ -23,7 +23,12 @@ def train_command(
         typer.Option("--out", help="Output folder (must be empty or absent, unless --overwrite/--resume)."),
     ],
     base: Annotated[
-        str | None, typer.Option("--base", help="Base model: a diffusers pipeline folder (SD 1.x/2.x, SDXL).")
+        str | None,
+        typer.Option(
+            "--base",
+            help="Base model: a diffusers pipeline folder (SD 1.x/2.x, SDXL), or 'toy' (the toy world's, "
+            "which knows only toy shapes: for real photos use a real base).",
+        ),
     ] = None,
     images: Annotated[
         Path | None, typer.Option("--images", help="Folder of photos of the subject (jpg, png, webp, ...).")
@@ -193,8 +198,24 @@ def train_command(
         warnings.simplefilter("always", TrainWarning)
         warnings.simplefilter("ignore", FutureWarning)
         warnings.showwarning = show
-        folder = train(config, progress=not quiet)
+        try:
+            folder = train(config, progress=not quiet)
+        except KeyboardInterrupt:
+            raise Interrupted(_what_was_kept(Path(config.out), config.checkpoint_every)) from None
     print(folder)
+
+
+def _what_was_kept(out: Path, every: int) -> str:
+    from steerguide.train.trainer import checkpoints
+
+    found = checkpoints(out)
+    if found:
+        return (
+            f"the checkpoint at step {found[-1].name[5:]} is kept in {found[-1]}; "
+            "run the same command with --resume to continue from it"
+        )
+    when = f"one is made every {every} steps" if every else "--checkpoint-every 0 makes none"
+    return f"no checkpoint was made yet ({when}); run the same command with --resume to start again"
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steerguide import limits
 from steerguide.errors import UserError
 
 METHODS = ("lora", "dreambooth", "custom-diffusion")
@@ -111,6 +112,10 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored in train.json
 
     def __post_init__(self) -> None:
+        if str(self.base) == "toy":  # the toy world's base model, as `generate` and sweep configs name it
+            from steerguide.train.base import resolve_base_path
+
+            self.base = resolve_base_path("toy")
         self.target_modules = tuple(self.target_modules)
         self.text_encoder_target_modules = tuple(self.text_encoder_target_modules)
 
@@ -144,6 +149,14 @@ class TrainConfig:
         """Raise `UserError` for options that cannot work, before anything is loaded."""
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}; expected one of: {', '.join(METHODS)}")
+        for name in ("learning_rate", "max_grad_norm", "adam_weight_decay", "snr_gamma", "noise_offset",
+                     "lora_alpha", "prior_loss_weight", "validation_guidance_scale"):
+            if getattr(self, name) is not None:  # NaN passes every comparison below
+                limits.finite(f"--{name.replace('_', '-')}", getattr(self, name))
+        if self.threads is not None:
+            limits.threads(self.threads)
+        if self.resolution is not None:
+            limits.image_side("--resolution", self.resolution)
         if self.rank < 1:
             raise UserError(f"--rank must be at least 1 (got {self.rank})")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
@@ -175,8 +188,6 @@ class TrainConfig:
             raise UserError(f"--steps must be at least 1 (got {self.steps})")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise UserError(f"--learning-rate must be positive (got {self.learning_rate})")
-        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
-            raise UserError(f"--resolution must be a multiple of 8 (got {self.resolution})")
         if self.checkpoints_total_limit < 1:
             raise UserError(
                 f"--checkpoints-total-limit must be at least 1 (got {self.checkpoints_total_limit})"

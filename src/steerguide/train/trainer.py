@@ -28,10 +28,20 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from steerguide.errors import UserError
-from steerguide.files import versions
+from steerguide import limits
+from steerguide.errors import SteerguideWarning, UserError
+from steerguide.files import check_writable, versions
 from steerguide.train import custom_diffusion, dreambooth, lora
-from steerguide.train.base import Base, encode, load_base, time_ids, token_pieces, tokenize
+from steerguide.train.base import (
+    TOY_BASE_NOTE,
+    Base,
+    encode,
+    is_toy_base,
+    load_base,
+    time_ids,
+    token_pieces,
+    tokenize,
+)
 from steerguide.train.config import IDENTITY_FIELDS, TrainConfig
 from steerguide.train.data import PersonalizationDataset, ensure_class_images, load_images
 from steerguide.train.methods import Trainable
@@ -46,7 +56,7 @@ CHECKPOINTS = "checkpoints"
 CLASS_IMAGES = "class_images"
 
 
-class TrainWarning(UserWarning):
+class TrainWarning(SteerguideWarning):
     """Something the user should know that does not stop training (the CLI prints it on one line)."""
 
 
@@ -99,14 +109,17 @@ def _check_out(out: Path, config: TrainConfig, notes: _Notes) -> tuple[Path | No
         raise UserError(f"--out {out} exists and is not a folder")
     found = checkpoints(out)
     if config.resume and found:
+        check_writable(out)
         return found[-1], False
     entries = list(out.iterdir()) if out.exists() else []
     ours = {CHECKPOINTS, CLASS_IMAGES}
     if config.resume and all(p.name in ours for p in entries):  # e.g. killed before the first checkpoint
+        check_writable(out)
         if entries or out.exists():
             notes.warn(f"--resume: no checkpoint in {out / CHECKPOINTS} yet; starting from step 0")
         return None, False
     if entries:
+        check_writable(out)
         if not config.overwrite:
             hint = "pass --overwrite to replace it" + (
                 "" if config.resume else ", or --resume to continue it"
@@ -116,6 +129,7 @@ def _check_out(out: Path, config: TrainConfig, notes: _Notes) -> tuple[Path | No
             raise UserError(
                 f"--overwrite: refusing to delete {out}: it does not look like a steerguide training output"
             )
+    check_writable(out)  # e.g. /proc/x, or a folder of someone else's: one line before any work
     return None, bool(entries)
 
 
@@ -235,6 +249,14 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     base = load_base(config.base)
     method = METHOD_MODULES[config.method]
     resolution = config.resolution or base.native_resolution
+    limits.image_side_for_model("--resolution", resolution, base.native_resolution)
+    if is_toy_base(config.base) and not (config.extra or {}).get("toy_subject"):
+        notes.warn(TOY_BASE_NOTE)
+    if not config.class_noun and config.instance_prompt is None:
+        notes.warn(
+            f"no --class-noun: training on {config.prompt()!r}; name what the subject is "
+            "(--class-noun dog) so that the prompt ties the token to a kind of thing"
+        )
     identity = _identity(config, images, base)
     if resume_from is not None:
         _check_identity(out, identity)
