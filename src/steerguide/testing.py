@@ -204,21 +204,28 @@ def random_lora_state_dict(
     seed: int = 1,
     std: float = 0.05,
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
+    lora_bias: bool = False,
+    component: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """A random LoRA on the denoiser's attention projections, as `save_lora_weights` writes it.
 
     Both A and B are random (a freshly initialised LoRA has B = 0 and would change nothing), so the tests
-    see a real personalization delta.
+    see a real personalization delta. `lora_bias` gives B a bias (peft's `lora_bias=True`); `component`
+    names another module of the pipeline than its denoiser (e.g. "text_encoder", with targets such as
+    "q_proj").
     """
     import copy
 
     from peft import LoraConfig, get_peft_model_state_dict
 
-    denoiser = (
-        pipe.transformer if hasattr(pipe, "transformer") and pipe.transformer is not None else pipe.unet
-    )
+    if component is not None:
+        denoiser = getattr(pipe, component)
+    else:
+        denoiser = (
+            pipe.transformer if hasattr(pipe, "transformer") and pipe.transformer is not None else pipe.unet
+        )
     denoiser = copy.deepcopy(denoiser)  # leave the caller's model untouched
-    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(target_modules))
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(target_modules), lora_bias=lora_bias)
     denoiser.add_adapter(config, adapter_name="random")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -228,8 +235,19 @@ def random_lora_state_dict(
     return get_peft_model_state_dict(denoiser, adapter_name="random")
 
 
-def save_random_lora(pipe, folder: str | Path, rank: int = 4, seed: int = 1, **lora_kwargs) -> Path:
-    """Save a random denoiser LoRA for `pipe` in the diffusers format; returns the folder."""
+def save_random_lora(
+    pipe,
+    folder: str | Path,
+    rank: int = 4,
+    seed: int = 1,
+    text_encoders: tuple[str, ...] = (),
+    text_encoder_std: float = 0.3,
+    **lora_kwargs,
+) -> Path:
+    """Save a random denoiser LoRA for `pipe` in the diffusers format; returns the folder.
+
+    `text_encoders` (e.g. ("text_encoder",)) adds a random LoRA on those text encoders' attention too.
+    """
     folder = Path(folder)
     state = random_lora_state_dict(pipe, rank=rank, seed=seed, **lora_kwargs)
     key = (
@@ -237,5 +255,15 @@ def save_random_lora(pipe, folder: str | Path, rank: int = 4, seed: int = 1, **l
         if hasattr(pipe, "transformer") and pipe.transformer is not None
         else ("unet_lora_layers")
     )
-    type(pipe).save_lora_weights(folder, **{key: state}, safe_serialization=True)
+    layers = {key: state}
+    for n, name in enumerate(text_encoders):
+        layers[name + "_lora_layers"] = random_lora_state_dict(
+            pipe,
+            rank=rank,
+            seed=seed + 100 + n,
+            std=text_encoder_std,
+            target_modules=("q_proj", "k_proj", "v_proj"),
+            component=name,
+        )
+    type(pipe).save_lora_weights(folder, **layers, safe_serialization=True)
     return folder
