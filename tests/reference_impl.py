@@ -93,6 +93,8 @@ def reference_latents(
 
     def forward(*args, **kwargs):
         kwargs.update(dict(zip(names, args, strict=False)))
+        if kwargs.get("skip_layers") is not None:  # SD3 skip-layer guidance: θ_ft on the prompt rows
+            return original(**kwargs)
         rows = kwargs[names[0]].shape[0]
         step = step_of_call(calls["n"])
         calls["n"] += 1

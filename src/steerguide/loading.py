@@ -446,6 +446,8 @@ def _swap_in(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: s
     and `encoder.embed_tokens.weight`); θ_pre is keyed by the parameter's own name, once.
     """
     own = module.state_dict(keep_vars=True)
+    for name, tensor in list(own.items()):  # a layer wrapped by peft (other adapters) keeps its own name
+        own.setdefault(name.replace(".base_layer.", "."), tensor)
     canonical = {id(t): n for n, t in [*module.named_parameters(), *module.named_buffers()]}
     unknown = [k for k in state if k not in own]
     if unknown:

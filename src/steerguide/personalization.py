@@ -113,6 +113,10 @@ class Personalization:
             else:
                 self.text_realizations[name] = realization
 
+    @staticmethod
+    def _modules(pipe) -> list:
+        return [_denoiser(pipe)] + [getattr(pipe, n) for n in TEXT_ENCODERS if getattr(pipe, n, None) is not None]
+
     def release(self) -> None:
         """Drop every cached θ_ω and re-encoded condition (sampling is over)."""
         if self.denoiser_delta is not None:
@@ -132,13 +136,15 @@ class Personalization:
             for realization in self.text_realizations.values():
                 if isinstance(realization, RowScaledLora):
                     realization.remove()
-            for module in [_denoiser(pipe)] + [getattr(pipe, n) for n in TEXT_ENCODERS if getattr(pipe, n, None)]:
+            for module in self._modules(pipe):
                 unmerge_adapter(module, self.adapter)
                 for layer in tuner_layers(module, self.adapter):
                     layer.delete_adapter(self.adapter)
                 config = getattr(module, "peft_config", None)
                 if isinstance(config, dict):
                     config.pop(self.adapter, None)
+            if not any(tuner_layers(m) for m in self._modules(pipe)) and hasattr(pipe, "unload_lora_weights"):
+                pipe.unload_lora_weights()  # no adapter left: take peft's wrappers off too
         else:
             if self.denoiser_delta is not None:
                 self.denoiser_delta.restore()
