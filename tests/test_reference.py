@@ -24,7 +24,11 @@ TARGETS = {
     "sdxl": ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"),
     "sd3": ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj"),
 }
-TEXT_ENCODERS = {"sd15": ("text_encoder",), "sdxl": ("text_encoder", "text_encoder_2"), "sd3": ("text_encoder",)}
+TEXT_ENCODERS = {
+    "sd15": ("text_encoder",),
+    "sdxl": ("text_encoder", "text_encoder_2"),
+    "sd3": ("text_encoder",),
+}
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +161,9 @@ def test_scheduled_omega_and_interval_follow_the_step_index(loras):
     # int(0.25·6) = 1 ≤ step < int(0.75·6) = 4: steps 1, 2, 3 guided, at ω = cosine(step / 6)
     expected = [None] + [cosine(0.0, 1.0)(s / 6) for s in (1, 2, 3)] + [None, None]
     assert [o is None for o in result.omegas] == [e is None for e in expected]
-    assert [o for o in result.omegas if o is not None] == pytest.approx([e for e in expected if e is not None])
+    assert [o for o in result.omegas if o is not None] == pytest.approx(
+        [e for e in expected if e is not None]
+    )
 
 
 @pytest.mark.parametrize("scheduler", ["HeunDiscrete", "KDPM2Discrete"])

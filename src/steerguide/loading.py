@@ -306,7 +306,13 @@ def _activate_alongside(pipe, name: str, before: dict[int, list[str]]) -> None:
 
 def _adapter_names(pipe) -> set[str]:
     modules = [denoiser_of_pipe(pipe)] + [m for _, m in _text_encoders(pipe)]
-    return {k for m in modules for layer in tuner_layers(m) for n in layer.adapter_layer_names for k in getattr(layer, n, {})}
+    return {
+        k
+        for m in modules
+        for layer in tuner_layers(m)
+        for n in layer.adapter_layer_names
+        for k in getattr(layer, n, {})
+    }
 
 
 def _install_peft_adapter(pipe, path: Path, state: dict, config: dict, name: str) -> None:
@@ -322,7 +328,9 @@ def _install_peft_adapter(pipe, path: Path, state: dict, config: dict, name: str
         raise
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"adapter {path} does not fit this base model ({type(pipe).__name__}): {first[:300]}") from None
+        raise UserError(
+            f"adapter {path} does not fit this base model ({type(pipe).__name__}): {first[:300]}"
+        ) from None
     unexpected = [k for k in getattr(result, "unexpected_keys", []) or [] if name in k or "." in k]
     if unexpected:
         raise UserError(
@@ -439,7 +447,9 @@ def _weight_files(folder: Path) -> list[Path] | None:
     return None
 
 
-def _swap_in(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+def _swap_in(
+    module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str
+) -> dict[str, torch.Tensor]:
     """Put `state`'s tensors into `module` in place; return θ_pre of the tensors that changed.
 
     Names follow the module's state dict, which lists tied tensors under every name (T5's `shared.weight`
@@ -638,7 +648,9 @@ def _load_personalization(pipe, path, adapter_name: str | None) -> Personalizati
             return Personalization(kind="none")
         if adapter_name not in _adapter_names(pipe) or not tuner_layers(denoiser_of(pipe), adapter_name):
             known = ", ".join(sorted(_adapter_names(pipe))) or "none"
-            raise UserError(f"the pipeline's denoiser has no adapter named {adapter_name!r} (adapters: {known})")
+            raise UserError(
+                f"the pipeline's denoiser has no adapter named {adapter_name!r} (adapters: {known})"
+            )
         return _adapter_personalization(pipe, adapter_name, None, info={"format": "adapter on the pipeline"})
     name = adapter_name or ADAPTER
     path = Path(path)

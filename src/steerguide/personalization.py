@@ -67,7 +67,9 @@ class Personalization:
         """Names of the pipeline components carrying the personalization adapter ("denoiser" first)."""
         names = ["denoiser"] if tuner_layers(_denoiser(pipe), self.adapter) else []
         return names + [
-            n for n in TEXT_ENCODERS if getattr(pipe, n, None) is not None and tuner_layers(getattr(pipe, n), self.adapter)
+            n
+            for n in TEXT_ENCODERS
+            if getattr(pipe, n, None) is not None and tuner_layers(getattr(pipe, n), self.adapter)
         ]
 
     def prepare(self, pipe) -> None:
@@ -115,7 +117,9 @@ class Personalization:
 
     @staticmethod
     def _modules(pipe) -> list:
-        return [_denoiser(pipe)] + [getattr(pipe, n) for n in TEXT_ENCODERS if getattr(pipe, n, None) is not None]
+        return [_denoiser(pipe)] + [
+            getattr(pipe, n) for n in TEXT_ENCODERS if getattr(pipe, n, None) is not None
+        ]
 
     def release(self) -> None:
         """Drop every cached θ_ω and re-encoded condition (sampling is over)."""

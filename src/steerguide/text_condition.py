@@ -52,6 +52,7 @@ def text_encoder_weak_condition(pipe, realizations: dict) -> WeakCondition:
             pipe.encode_prompt = original
         else:
             vars(pipe).pop("encode_prompt", None)
+
     is_sdxl = "prompt_2" in signature.parameters and "prompt_3" not in signature.parameters
 
     def encode(omega: float, prompt_side: bool) -> tuple | None:
