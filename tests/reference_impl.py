@@ -40,10 +40,11 @@ def _half(value, rows, which):
     return value
 
 
-def encode(pipe, prompts: list[str], negative: str | None) -> tuple:
+def encode(pipe, prompts: list[str], negative: str | None, **extra) -> tuple:
     """(prompt_embeds, negative_embeds, pooled, negative_pooled) as the stock pipeline computes them."""
     params = inspect.signature(pipe.encode_prompt).parameters
     kwargs = dict(prompt=prompts, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
+    kwargs.update({k: v for k, v in extra.items() if k in params})
     kwargs["negative_prompt"] = None if negative is None else [negative] * len(prompts)
     for key in ("prompt_2", "prompt_3"):
         if key in params:
@@ -110,7 +111,7 @@ def reference_latents(
             weak.set_adapters([adapter, *others], [w, *others.values()])
         key = (w, method)
         if key not in cache:
-            pe, npe, pooled, npooled = encode(weak, rows_prompts, negative)
+            pe, npe, pooled, npooled = encode(weak, rows_prompts, negative, **call_kwargs)
             cache[key] = (pe, pooled) if method == "ag" else (npe, npooled)
         embeds, pooled = cache[key]
         first = {k: _half(v, rows, 0) for k, v in kwargs.items()}

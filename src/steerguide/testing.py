@@ -73,11 +73,35 @@ def _vae(scaling_factor: float = 0.18215, **kwargs):
     )
 
 
-def build_pipeline(arch: str = "sd15", seed: int = 0, unet_channels: tuple[int, ...] = (32, 64)):
+SD15_UNET_CONFIG = dict(  # runwayml/stable-diffusion-v1-5 unet/config.json (860 M parameters)
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
+
+
+def build_pipeline(
+    arch: str = "sd15",
+    seed: int = 0,
+    unet_channels: tuple[int, ...] = (32, 64),
+    full_size_unet: bool = False,
+    t5: bool = False,
+):
     """A tiny random diffusers text-to-image pipeline of the given architecture (32×32 images).
 
     `unet_channels` sets the SD 1.5 UNet's widths (one down block per entry, cross-attention in all but
-    the last): (64, 128, 128) gives a UNet of about 6 M parameters, for benchmarks.
+    the last): (64, 128, 128) gives a UNet of about 6 M parameters, for benchmarks. `full_size_unet`
+    (SD 1.5 only) puts the real SD 1.5 UNet configuration in, with random weights, beside a one-layer
+    768-wide text encoder and the tiny VAE: what the denoiser costs at real size. `t5` (SD3 only) adds a
+    one-layer T5 encoder as `text_encoder_3` (its embedding tied, as in T5-XXL), with the character
+    tokenizer.
     """
     import tempfile
 
@@ -100,6 +124,21 @@ def build_pipeline(arch: str = "sd15", seed: int = 0, unet_channels: tuple[int, 
         tokenizer = CLIPTokenizer.from_pretrained(tmp)
     scheduler_kwargs = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
+    if arch == "sd15" and full_size_unet:
+        config = _clip_config(vocab_size, hidden=768, projection_dim=768)
+        config.num_hidden_layers, config.num_attention_heads = 1, 12
+        return StableDiffusionPipeline(
+            vae=_vae(),
+            text_encoder=CLIPTextModel(config),
+            tokenizer=tokenizer,
+            unet=UNet2DConditionModel(**SD15_UNET_CONFIG),
+            scheduler=DDIMScheduler(
+                **scheduler_kwargs, clip_sample=False, set_alpha_to_one=False, steps_offset=1
+            ),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     if arch == "sd15":
         n = len(unet_channels)
         unet = UNet2DConditionModel(
@@ -177,8 +216,16 @@ def build_pipeline(arch: str = "sd15", seed: int = 0, unet_channels: tuple[int, 
         tokenizer=tokenizer,
         text_encoder_2=CLIPTextModelWithProjection(_clip_config(vocab_size)),
         tokenizer_2=tokenizer,
-        text_encoder_3=None,
-        tokenizer_3=None,
+        text_encoder_3=_t5(vocab_size) if t5 else None,
+        tokenizer_3=tokenizer if t5 else None,
+    )
+
+
+def _t5(vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(
+        T5Config(vocab_size=vocab_size, d_model=64, d_ff=37, d_kv=16, num_layers=1, num_heads=4)
     )
 
 
