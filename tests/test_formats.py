@@ -332,3 +332,64 @@ def test_sd3_dreambooth_folder_with_t5(tmp_path, monkeypatch):
         max_sequence_length=16,
     )
     torch.testing.assert_close(ours, ref[:, 0], atol=2e-4, rtol=1e-4)
+
+
+def test_custom_diffusion_weak_model_does_not_keep_the_learned_token(sd15, tmp_path):
+    """AG's weak model θ_ω includes the token embedding: lerp(absent, learned, ω), the absent token being
+    the mean pretrained embedding (as transformers initializes a new token). Reference: diffusers'
+    `load_textual_inversion` on two pipelines, the weak one with the row and the k/v tensors interpolated."""
+    from reference_impl import load, reference_latents
+
+    state = _custom_diffusion_state(sd15, seed=4)
+    folder = tmp_path / "cd"
+    folder.mkdir()
+    save_file(state, str(folder / "custom_diffusion.safetensors"))
+    width = load_pipeline(sd15).text_encoder.get_input_embeddings().weight.shape[1]
+    learned = torch.randn(width, generator=torch.Generator().manual_seed(8))
+    save_file({"<sks>": learned}, str(folder / "learned_embeds.safetensors"))
+    prompts = ["a <sks> dog", "a <sks> on the beach"]
+    pipe = load_pipeline(sd15)
+    personal = load_personalization(pipe, folder)
+    result = sample(
+        pipe,
+        personal,
+        GuidanceConfig("ag", scale=4.0, omega=0.3),
+        prompts,
+        seed=3,
+        steps=3,
+        height=32,
+        width=32,
+        progress=False,
+        output_type="latent",
+    )
+    ours = torch.stack([row[0] for row in result.images])
+
+    ft, weak = load(sd15), load(sd15)
+    mean = weak.text_encoder.get_input_embeddings().weight.detach().mean(dim=0)
+    for p in (ft, weak):
+        p.load_textual_inversion(str(folder / "learned_embeds.safetensors"))
+    ft.unet.load_state_dict(state, strict=False)
+    pre = {k: weak.unet.state_dict()[k].clone() for k in state}
+    token = weak.tokenizer.convert_tokens_to_ids("<sks>")
+
+    def set_weak(omega):
+        with torch.no_grad():
+            own = weak.unet.state_dict(keep_vars=True)
+            for k, v in state.items():
+                own[k].data.copy_(torch.lerp(pre[k], v, omega))
+            weak.text_encoder.get_input_embeddings().weight[token] = torch.lerp(mean, learned, omega)
+
+    ref = reference_latents(
+        ft,
+        weak,
+        method="ag",
+        scale=4.0,
+        omega=0.3,
+        prompts=prompts,
+        num_images=1,
+        seed=3,
+        steps=3,
+        adapter=None,
+        full_weak=set_weak,
+    )
+    torch.testing.assert_close(ours, ref[:, 0], atol=2e-4, rtol=1e-4)

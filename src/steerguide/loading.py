@@ -491,6 +491,7 @@ def _install_tensors(
     kind: str,
     source: Path,
     text_encoder_states: dict[str, dict[str, torch.Tensor]] | None = None,
+    text_deltas: dict[str, ParameterDelta] | None = None,
     info: dict | None = None,
 ) -> Personalization:
     from steerguide.denoiser import denoiser_of
@@ -509,6 +510,7 @@ def _install_tensors(
         te_pre = _swap_in(getattr(pipe, name), state, f"{source} ({name})")
         if te_pre:
             encoder_deltas[name] = ParameterDelta(getattr(pipe, name), te_pre)
+    encoder_deltas.update(text_deltas or {})
     personal.text_realizations = encoder_deltas
     if encoder_deltas:
         from steerguide.text_condition import text_encoder_weak_condition
@@ -548,11 +550,17 @@ def _from_custom_diffusion_layout(state: dict[str, torch.Tensor]) -> dict[str, t
     return out
 
 
-def _load_learned_embeds(pipe, folder: Path) -> list[str]:
+def _load_learned_embeds(pipe, folder: Path) -> tuple[list[str], dict[str, ParameterDelta]]:
     """Learned token embeddings beside a Custom Diffusion / textual-inversion personalization:
     `learned_embeds.safetensors` for the (first) text encoder, `learned_embeds_2.safetensors` for SDXL's
-    second one."""
+    second one.
+
+    The learned embedding is part of Δ: the pretrained model has no such token, and its absence is
+    represented, as transformers initializes a new token (`mean_resizing`), by the mean of the pretrained
+    vocabulary's embeddings. Returns the tokens and, per text encoder, θ_pre of its embedding matrix.
+    """
     tokens: list[str] = []
+    deltas: dict[str, ParameterDelta] = {}
     targets = [
         (LEARNED_EMBEDS_FILE, "text_encoder", "tokenizer"),
         (LEARNED_EMBEDS_FILE.replace(".safetensors", "_2.safetensors"), "text_encoder_2", "tokenizer_2"),
@@ -563,6 +571,8 @@ def _load_learned_embeds(pipe, folder: Path) -> list[str]:
             continue
         state = _read_state_dict(path)
         names = [k for k in state if k not in ("emb_params", "string_to_param")]
+        text_encoder = getattr(pipe, encoder)
+        pretrained_rows = text_encoder.get_input_embeddings().weight.shape[0]
         try:
             pipe.load_textual_inversion(
                 str(path), text_encoder=getattr(pipe, encoder), tokenizer=getattr(pipe, tokenizer)
@@ -571,7 +581,13 @@ def _load_learned_embeds(pipe, folder: Path) -> list[str]:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"cannot load the learned token embedding {path}: {first[:300]}") from None
         tokens += [n for n in names if n not in tokens]
-    return tokens
+        embeddings = text_encoder.get_input_embeddings().weight
+        ids = getattr(pipe, tokenizer).convert_tokens_to_ids(names)
+        pre = embeddings.data.clone()
+        pre[ids] = embeddings.data[:pretrained_rows].mean(dim=0)
+        name = next(n for n, p in text_encoder.named_parameters() if p is embeddings)
+        deltas[encoder] = ParameterDelta(text_encoder, {name: pre})
+    return tokens, deltas
 
 
 def _load_finetuned_folder(pipe, folder: Path) -> Personalization:
@@ -674,7 +690,7 @@ def _load_personalization(pipe, path, adapter_name: str | None) -> Personalizati
             )
             state = _from_custom_diffusion_layout(_read_state_dict(path / file_name))
             _check_denoiser_keys(denoiser, state, path / file_name)
-            tokens = _load_learned_embeds(pipe, path)
+            tokens, token_deltas = _load_learned_embeds(pipe, path)
             try:
                 personal = _install_tensors(
                     pipe,
@@ -682,6 +698,7 @@ def _load_personalization(pipe, path, adapter_name: str | None) -> Personalizati
                     kind="partial",
                     source=path,
                     info={"format": "custom-diffusion", "tokens_added": tokens},
+                    text_deltas=token_deltas,
                 )
             except UserError:
                 if tokens:
