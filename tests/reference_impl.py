@@ -55,8 +55,9 @@ def encode(pipe, prompts: list[str], negative: str | None, **extra) -> tuple:
 
 
 def second_order_step(call: int) -> int:
-    """Heun/KDPM2: call 0 is step 0's only first evaluation; calls 2i−1 and 2i belong to step i."""
-    return (call + 1) // 2
+    """Heun/KDPM2 list 2N−1 timesteps: calls 2i (predictor) and 2i + 1 (corrector) belong to step i, the
+    last step has its predictor only."""
+    return call // 2
 
 
 def reference_latents(

@@ -194,3 +194,32 @@ def test_drop_in_on_the_stock_call_keeps_pipeline_features(tiny_model_dir, tmp_p
     assert (pg0 - stock).abs().max() > 1e-4
     assert steps_seen == [0, 1, 2, 0, 1, 2]
     assert "forward" not in vars(pipe.unet)  # uninstalled after the block
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,expected",
+    [
+        ("HeunDiscreteScheduler", {}, [(0, 4), (0, 4), (1, 4), (1, 4), (2, 4), (2, 4), (3, 4)]),
+        ("KDPM2DiscreteScheduler", {}, [(0, 4), (0, 4), (1, 4), (1, 4), (2, 4), (2, 4), (3, 4)]),
+        ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, [(i, 8) for i in range(8)]),
+        ("UniPCMultistepScheduler", {"use_karras_sigmas": True}, [(i, 8) for i in range(8)]),
+        ("PNDMScheduler", {"skip_prk_steps": True}, [(i, 5) for i in range(5)]),
+        ("DDIMScheduler", {}, [(i, 4) for i in range(4)]),
+    ],
+)
+def test_step_index_from_the_scheduler(name, kwargs, expected):
+    """Stepping a real scheduler by hand: the step under way at every denoiser call, even where integer
+    timesteps repeat (Karras sigmas near the end, Heun's pairs, PNDM's first step)."""
+    import diffusers
+
+    from steerguide.denoiser import step_of
+
+    scheduler = getattr(diffusers, name)(**kwargs)
+    steps = 8 if "Multistep" in name else 4
+    scheduler.set_timesteps(steps)
+    sample = torch.zeros(1, 4, 4, 4)
+    seen = []
+    for t in scheduler.timesteps:
+        seen.append(step_of(scheduler, t))
+        sample = scheduler.step(torch.zeros_like(sample), t, sample).prev_sample
+    assert seen == expected

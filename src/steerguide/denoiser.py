@@ -96,23 +96,29 @@ def step_of(scheduler, timestep: Any) -> tuple[int, int]:
     Schedulers with a step counter (Euler, Heun, KDPM2, DPM++, UniPC, flow matching, ...) give it exactly,
     even where integer timesteps repeat (Karras or exponential sigmas). Second-order schedulers (order 2:
     Heun, KDPM2) list 2N−1 timesteps: a step's predictor and corrector are two calls of the same step.
-    Schedulers without a counter (DDIM, DDPM, PNDM, ...) have distinct timesteps: the step is found by value.
+    PNDM counts its steps itself; schedulers without a counter (DDIM, DDPM, ...) have distinct timesteps:
+    the step is found by value.
     """
     timesteps = getattr(scheduler, "timesteps", None)
     if timesteps is None or len(timesteps) == 0:
         return 0, 1
     begin = getattr(scheduler, "begin_index", None) or 0
     count = len(timesteps) - begin
-    index = getattr(scheduler, "step_index", None) if hasattr(scheduler, "_step_index") else None
-    if index is None and hasattr(scheduler, "_step_index"):
-        index = begin  # before the first `scheduler.step`
+    if hasattr(scheduler, "_step_index"):
+        index = scheduler.step_index
+        if index is None:
+            index = begin  # before the first `scheduler.step`
+    elif isinstance(getattr(scheduler, "counter", None), int):
+        index = scheduler.counter  # PNDM counts its steps (its timesteps repeat one entry)
+    else:
+        index = None
     if index is None:
         t = timestep.flatten()[0] if isinstance(timestep, torch.Tensor) else torch.tensor(timestep)
         index = int(torch.argmin((timesteps.float().cpu() - float(t)).abs()))
         return index, len(timesteps)
     call = max(0, min(int(index) - begin, count - 1))
     if getattr(scheduler, "order", 1) == 2:
-        return (call + 1) // 2, (count + 1) // 2
+        return call // 2, (count + 1) // 2  # calls 2i (predictor) and 2i + 1 (corrector): step i
     return call, count
 
 
@@ -223,8 +229,9 @@ def guided(pipe, personalization: Personalization, config: GuidanceConfig) -> It
     gates = [enter_gate(wrapper.denoiser)]
     try:
         gates += [enter_gate(m) for m in personalization.text_modules(pipe)]
-        with gates[0].lock:
-            personalization.prepare(pipe)
+        if config.method != "cfg":  # CFG runs the pipeline as it stands
+            with gates[0].lock:
+                personalization.prepare(pipe)
         wrapper._original = gates[0].original
         wrapper._signature = inspect.signature(gates[0].original)
         stack = gates[0].stack()
