@@ -132,6 +132,21 @@ def make_runner(method: str, models: dict[str, Path], args, loaded: dict | None 
     prompts = PROMPTS[: args.prompts]
 
     peak_held = [0]
+    build_seconds = [0.0, 0]  # time spent materializing θ_ω, and sampling runs timed
+
+    def timed_weights(delta, clock):
+        """`delta.weights` that adds the time of every θ_ω it builds (not cached hits) to build_seconds."""
+        weights = type(delta).weights
+
+        def timed(omega):
+            fresh = delta._cache is None or delta._cache[0] != omega
+            start = clock()
+            out = weights(delta, omega)
+            if fresh and omega not in (0.0, 1.0):
+                build_seconds[0] += clock() - start
+            return out
+
+        return timed
 
     def held_mib() -> float:
         """Peak of the tensors held to realize θ_ω during sampling: θ_pre of the differing tensors and the
@@ -148,6 +163,10 @@ def make_runner(method: str, models: dict[str, Path], args, loaded: dict | None 
             pipe.unet.forward = NaiveThreePass(pipe, 0.5)
         clock = _clock(args)
         hook = pipe.unet.register_forward_hook(poll_held)
+        delta = personal.denoiser_delta
+        if delta is not None:
+            delta.weights = timed_weights(delta, clock)
+        build_seconds[1] += 1
         try:
             start = clock()
             sample(
@@ -168,10 +187,13 @@ def make_runner(method: str, models: dict[str, Path], args, loaded: dict | None 
             return clock() - start
         finally:
             hook.remove()
+            if delta is not None:
+                del delta.weights
             if method == "naive-3pass":
                 del pipe.unet.forward
 
     once.held_mib = held_mib
+    once.build_ms_per_step = lambda: 1e3 * build_seconds[0] / max(1, build_seconds[1]) / args.steps
     return once
 
 
@@ -287,6 +309,7 @@ def main() -> None:
             for m in order:
                 times[m].append(runners[m]() / args.steps)
         held = {m: runners[m].held_mib() for m in methods}
+        builds = {m: runners[m].build_ms_per_step() for m in methods}
         peaks = {m: float("nan") for m in methods}
         for m in [] if args.skip_memory else methods:
             out = subprocess.run(
@@ -305,15 +328,22 @@ def main() -> None:
             )
             peaks[m] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
-    print(f"{'method':<16}{'ms/step':>10}{'× CFG':>9}{'θ_ω MiB':>10}{'RSS MiB':>10}{'Δ vs CFG':>11}")
+    print(
+        f"{'method':<16}{'ms/step':>10}{'× CFG':>9}{'θ_ω build':>11}{'θ_ω MiB':>10}{'RSS MiB':>10}{'Δ vs CFG':>11}"
+    )
     for m in methods:
         ref = "cfg-full" if "full" in m else "cfg-lora"
         step = statistics.median(times[m])
         ratio = step / statistics.median(times[ref]) if ref in times else float("nan")
         delta = peaks[m] - peaks[ref] if ref in peaks else float("nan")
-        print(f"{m:<16}{step * 1e3:>10.2f}{ratio:>9.3f}{held[m]:>10.1f}{peaks[m]:>10.1f}{delta:>+11.1f}")
+        build = builds[m]
+        print(
+            f"{m:<16}{step * 1e3:>10.2f}{ratio:>9.3f}{build:>11.2f}{held[m]:>10.1f}{peaks[m]:>10.1f}{delta:>+11.1f}"
+        )
     print(
         "(× CFG: ratio of medians to CFG on the same personalization, cfg-full for *-full, else cfg-lora;\n"
+        " θ_ω build: ms per step spent materializing θ_ω = lerp(θ_pre, θ_ft, ω), part of ms/step, once per\n"
+        " sampling run for a constant ω, every step for a scheduled one;\n"
         " θ_ω MiB: tensors held to realize θ_ω, counted exactly; RSS MiB: peak resident memory above the\n"
         " pre-loading level in a fresh process, polled every ms, and its difference to CFG)"
     )
