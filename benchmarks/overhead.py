@@ -292,7 +292,7 @@ def main() -> None:
             from steerguide.loading import load_pipeline
 
             pipe = load_pipeline(models["base"])
-        unet_params = sum(p.numel() for p in pipe.unet.parameters())
+        unet_params = sum(p.numel() for n, p in pipe.unet.named_parameters() if "lora_" not in n)
         del pipe
         print(
             f"{'SD 1.5 UNet configuration' if full_size else 'SD 1.5 architecture'}, "
