@@ -273,6 +273,9 @@ def test_threads_on_pipelines_sharing_components(sd15):
     torch.testing.assert_close(got["pg"], want_pg, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got["cfg"], want_cfg, atol=1e-5, rtol=1e-5)
     assert "forward" not in vars(pipe.unet)
+    # The twin's prompts are not recorded for re-encoding with the text encoder at θ_ω: refused, not wrong.
+    with pytest.raises(UserError, match="guide the pipeline it was loaded on"):
+        run(twin, pers)
 
 
 # -- SD3 skip-layer guidance ---------------------------------------------------------------------------

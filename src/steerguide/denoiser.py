@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from steerguide.errors import UserError
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
 from steerguide.weak.gate import enter_gate, exit_gate
@@ -134,6 +135,14 @@ class GuidedDenoiser:
         self.steps: dict[int, dict] = {}  # per sampling step: τ, ω and whether it was guided (run.json)
         self._original: Any = None  # the denoiser's own forward, set by `guided`
         self._signature: inspect.Signature | None = None
+        recorded = getattr(getattr(personalization, "weak_condition_fn", None), "pipe", None)
+        if config.method != "cfg" and recorded is not None and recorded() is not pipe:
+            # The weak half's prompt is re-encoded from the `encode_prompt` call of the pipeline the
+            # personalization was loaded on; another pipeline sharing its components is not recorded.
+            raise UserError(
+                "this personalization reaches into the text encoders: guide the pipeline it was loaded on "
+                "(load it again on this one with load_personalization)"
+            )
         if personalization.kind == "none" and config.method != "cfg":
             # Without a personalization θ_pre = θ_ft: PG is CFG and AG guides the model with itself.
             raise ValueError(

@@ -11,6 +11,7 @@ that to the denoiser's first half. Where the pipeline zeroes the empty negative 
 from __future__ import annotations
 
 import inspect
+import weakref
 from contextlib import ExitStack
 
 import torch
@@ -22,8 +23,9 @@ class WeakCondition:
     """`fn(inputs, omega, prompt_side) -> inputs`, with `clear()` (drop the cached embeddings) and
     `uninstall()` (give the pipeline its own `encode_prompt` back)."""
 
-    def __init__(self, fn, clear, uninstall) -> None:
+    def __init__(self, pipe, fn, clear, uninstall) -> None:
         self._fn, self.clear, self.uninstall = fn, clear, uninstall
+        self.pipe = weakref.ref(pipe)  # the pipeline whose `encode_prompt` calls are recorded
 
     def __call__(self, inputs: dict, omega: float, prompt_side: bool) -> dict:
         return self._fn(inputs, omega, prompt_side)
@@ -109,4 +111,4 @@ def text_encoder_weak_condition(pipe, realizations: dict) -> WeakCondition:
                 out["added_cond_kwargs"] = {**out["added_cond_kwargs"], "text_embeds": pooled}
         return out
 
-    return WeakCondition(weak_condition, cache.clear, uninstall)
+    return WeakCondition(pipe, weak_condition, cache.clear, uninstall)
