@@ -1,7 +1,8 @@
 """What PG costs next to CFG: per-step time and peak memory, measured in one run on the same model.
 
     python benchmarks/overhead.py                       # CPU, SD 1.5 architecture, 5.8 M-parameter UNet
-    python benchmarks/overhead.py --device cuda --resolution 512 --channels 320,640,1280,1280
+    python benchmarks/overhead.py --model sd15-full     # the real SD 1.5 UNet (860 M, random weights)
+    python benchmarks/overhead.py --model sd15-full --device cuda --resolution 1024 --steps 10
 
 Methods (all at w = 5, same prompts, seeds and scheduler):
   cfg-lora / cfg-full   CFG on the LoRA personalization / on a full fine-tune (the LoRA fused, then every
@@ -57,11 +58,13 @@ PROMPTS = [
 ]
 
 
-def build_models(folder: Path, channels: tuple[int, ...], rank: int) -> dict[str, Path]:
+def build_models(
+    folder: Path, channels: tuple[int, ...], rank: int, full_size: bool = False
+) -> dict[str, Path]:
     from steerguide.loading import load_pipeline
     from steerguide.testing import save_pipeline, save_random_lora
 
-    base = save_pipeline("sd15", folder / "base", unet_channels=channels)
+    base = save_pipeline("sd15", folder / "base", unet_channels=channels, full_size_unet=full_size)
     pipe = load_pipeline(base)
     lora = save_random_lora(pipe, folder / "lora", rank=rank, seed=1)
     pipe.load_lora_weights(str(lora))
@@ -72,6 +75,7 @@ def build_models(folder: Path, channels: tuple[int, ...], rank: int) -> dict[str
         for p in pipe.unet.parameters():
             p.add_(1e-3 * torch.randn(p.shape, generator=generator))
     pipe.save_pretrained(folder / "full", safe_serialization=True)
+    del pipe
     return {"base": base, "lora": lora, "full": folder / "full"}
 
 
@@ -98,15 +102,22 @@ def _clock(args):
     return time.process_time if args.clock == "cpu" else time.perf_counter
 
 
-def make_runner(method: str, models: dict[str, Path], args):
-    """Load what `method` needs; return a function that samples once and returns the seconds taken."""
+def make_runner(method: str, models: dict[str, Path], args, loaded: dict | None = None):
+    """Load what `method` needs; return a function that samples once and returns the seconds taken.
+
+    `loaded` shares one pipeline per personalization kind between methods (the methods leave it as
+    they found it); without it each method loads its own.
+    """
     from steerguide.guidance import GuidanceConfig
     from steerguide.loading import load_personalization, load_pipeline
     from steerguide.sampling import sample
 
     kind = "full" if "full" in method else "lora"
-    pipe = load_pipeline(models["base"], device=args.device)
-    personal = load_personalization(pipe, models[kind])
+    loaded = {} if loaded is None else loaded
+    if kind not in loaded:
+        pipe = load_pipeline(models["base"], device=args.device)
+        loaded[kind] = (pipe, load_personalization(pipe, models[kind]))
+    pipe, personal = loaded[kind]
     configs = {
         "cfg-lora": GuidanceConfig("cfg", args.scale),
         "cfg-full": GuidanceConfig("cfg", args.scale),
@@ -120,20 +131,42 @@ def make_runner(method: str, models: dict[str, Path], args):
     config = configs[method]
     prompts = PROMPTS[: args.prompts]
 
+    peak_held = [0]
+    build_seconds = [0.0, 0]  # time spent materializing θ_ω, and sampling runs timed
+
+    def timed_weights(delta, clock):
+        """`delta.weights` that adds the time of every θ_ω it builds (not cached hits) to build_seconds."""
+        weights = type(delta).weights
+
+        def timed(omega):
+            fresh = delta._cache is None or delta._cache[0] != omega
+            start = clock()
+            out = weights(delta, omega)
+            if fresh and omega not in (0.0, 1.0):
+                build_seconds[0] += clock() - start
+            return out
+
+        return timed
+
     def held_mib() -> float:
-        """Tensors held to realize θ_ω: θ_pre of the differing tensors and the materialized θ_ω (0 for LoRA)."""
+        """Peak of the tensors held to realize θ_ω during sampling: θ_pre of the differing tensors and the
+        materialized θ_ω (0 for LoRA), polled at every denoiser call."""
+        return peak_held[0] / 2**20
+
+    def poll_held(*_):
         delta = personal.denoiser_delta
-        if delta is None:
-            return 0.0
-        tensors = {id(t): t for t in delta._pre.values()}
-        if delta._cache is not None and delta._cache[0] not in (0.0, 1.0):
-            tensors.update({id(t): t for t in delta._cache[1].values()})
-        return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+        if delta is not None:
+            peak_held[0] = max(peak_held[0], delta.held_bytes)
 
     def once() -> float:
         if method == "naive-3pass":
             pipe.unet.forward = NaiveThreePass(pipe, 0.5)
         clock = _clock(args)
+        hook = pipe.unet.register_forward_hook(poll_held)
+        delta = personal.denoiser_delta
+        if delta is not None:
+            delta.weights = timed_weights(delta, clock)
+        build_seconds[1] += 1
         try:
             start = clock()
             sample(
@@ -153,10 +186,14 @@ def make_runner(method: str, models: dict[str, Path], args):
                 torch.cuda.synchronize()
             return clock() - start
         finally:
+            hook.remove()
+            if delta is not None:
+                del delta.weights
             if method == "naive-3pass":
                 del pipe.unet.forward
 
     once.held_mib = held_mib
+    once.build_ms_per_step = lambda: 1e3 * build_seconds[0] / max(1, build_seconds[1]) / args.steps
     return once
 
 
@@ -196,9 +233,19 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--prompts", type=int, default=4, help="prompts per batch (CFG rows = 2×)")
-    parser.add_argument("--resolution", type=int, default=64, help="image size; latents are half of it here")
+    parser.add_argument(
+        "--model",
+        choices=["toy", "sd15-full"],
+        default="toy",
+        help="toy: the SD 1.5 architecture at --channels widths; sd15-full: the real SD 1.5 UNet "
+        "configuration (860 M parameters, random weights), methods sharing one pipeline per kind, "
+        "memory from the exact tensor count only",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="default 10 (toy), 2 (sd15-full)")
+    parser.add_argument("--prompts", type=int, default=None, help="prompts per batch (CFG rows = 2×); 4 / 2")
+    parser.add_argument(
+        "--resolution", type=int, default=None, help="image size; latents are half of it here; 64 / 16"
+    )
     parser.add_argument("--channels", default="64,128,128", help="UNet block widths")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--scale", type=float, default=5.0)
@@ -215,6 +262,13 @@ def main() -> None:
     parser.add_argument("--models", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    full_size = args.model == "sd15-full"
+    defaults = {"steps": (10, 2), "prompts": (4, 2), "resolution": (64, 16)}
+    for name, (toy, full) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, full if full_size else toy)
+    if full_size:
+        args.skip_memory = True  # a fresh process per method would load 3.4 GB each time
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -230,16 +284,23 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as tmp:
-        models = build_models(Path(tmp), channels, args.rank)
-        from steerguide.loading import load_pipeline
+        models = build_models(Path(tmp), channels, args.rank, full_size=full_size)
+        loaded: dict = {} if full_size else None
+        runners = {m: make_runner(m, models, args, loaded) for m in methods}
+        pipe = next(iter(loaded.values()))[0] if loaded else None
+        if pipe is None:
+            from steerguide.loading import load_pipeline
 
-        unet_params = sum(p.numel() for p in load_pipeline(models["base"]).unet.parameters())
+            pipe = load_pipeline(models["base"])
+        unet_params = sum(p.numel() for n, p in pipe.unet.named_parameters() if "lora_" not in n)
+        del pipe
         print(
-            f"SD 1.5 architecture, UNet {unet_params / 1e6:.1f} M parameters, LoRA rank {args.rank}, "
+            f"{'SD 1.5 UNet configuration' if full_size else 'SD 1.5 architecture'}, "
+            f"UNet {unet_params / 1e6:.1f} M parameters, LoRA rank {args.rank}, "
             f"{args.prompts} prompts ({2 * args.prompts} CFG rows), {args.resolution}px, {args.steps} steps, "
-            f"device {args.device}, torch threads {torch.get_num_threads()}, {args.clock} clock"
+            f"device {args.device}, torch threads {torch.get_num_threads()}, {args.clock} clock",
+            flush=True,
         )
-        runners = {m: make_runner(m, models, args) for m in methods}
         for once in runners.values():
             once()  # warm-up: first calls pay for kernel selection and allocator growth
         times: dict[str, list[float]] = {m: [] for m in methods}
@@ -248,6 +309,7 @@ def main() -> None:
             for m in order:
                 times[m].append(runners[m]() / args.steps)
         held = {m: runners[m].held_mib() for m in methods}
+        builds = {m: runners[m].build_ms_per_step() for m in methods}
         peaks = {m: float("nan") for m in methods}
         for m in [] if args.skip_memory else methods:
             out = subprocess.run(
@@ -266,15 +328,22 @@ def main() -> None:
             )
             peaks[m] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
-    print(f"{'method':<16}{'ms/step':>10}{'× CFG':>9}{'θ_ω MiB':>10}{'RSS MiB':>10}{'Δ vs CFG':>11}")
+    print(
+        f"{'method':<16}{'ms/step':>10}{'× CFG':>9}{'θ_ω build':>11}{'θ_ω MiB':>10}{'RSS MiB':>10}{'Δ vs CFG':>11}"
+    )
     for m in methods:
         ref = "cfg-full" if "full" in m else "cfg-lora"
         step = statistics.median(times[m])
         ratio = step / statistics.median(times[ref]) if ref in times else float("nan")
         delta = peaks[m] - peaks[ref] if ref in peaks else float("nan")
-        print(f"{m:<16}{step * 1e3:>10.2f}{ratio:>9.3f}{held[m]:>10.1f}{peaks[m]:>10.1f}{delta:>+11.1f}")
+        build = builds[m]
+        print(
+            f"{m:<16}{step * 1e3:>10.2f}{ratio:>9.3f}{build:>11.2f}{held[m]:>10.1f}{peaks[m]:>10.1f}{delta:>+11.1f}"
+        )
     print(
         "(× CFG: ratio of medians to CFG on the same personalization, cfg-full for *-full, else cfg-lora;\n"
+        " θ_ω build: ms per step spent materializing θ_ω = lerp(θ_pre, θ_ft, ω), part of ms/step, once per\n"
+        " sampling run for a constant ω, every step for a scheduled one;\n"
         " θ_ω MiB: tensors held to realize θ_ω, counted exactly; RSS MiB: peak resident memory above the\n"
         " pre-loading level in a fresh process, polled every ms, and its difference to CFG)"
     )

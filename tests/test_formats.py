@@ -251,3 +251,145 @@ def test_dreambooth_folder_with_text_encoder(sd15, tmp_path):
     torch.testing.assert_close(pg1, cfg, atol=0, rtol=0)
     assert (pg0 - cfg).abs().max() > 1e-4
     assert load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_sd3_dreambooth_folder_with_t5(tmp_path, monkeypatch):
+    """An SD3 DreamBooth folder that includes T5 (whose state dict lists the tied embedding twice) loads;
+    an unchanged T5 is compared tensor by tensor from its files, never instantiated; PG at ω = 0.3 equals
+    a reference whose weak pipeline holds lerp(θ_pre, θ_ft, 0.3) in the transformer and in T5."""
+    import transformers
+    from reference_impl import load, reference_latents
+
+    from steerguide.testing import save_pipeline
+
+    base = save_pipeline("sd3", tmp_path / "base", t5=True)
+    pipe = load(base)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in list(pipe.transformer.parameters())[:8]:
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    unchanged_t5 = tmp_path / "db-transformer-only"
+    pipe.save_pretrained(unchanged_t5, safe_serialization=True)
+    with torch.no_grad():
+        pipe.text_encoder_3.shared.weight.add_(
+            0.3 * torch.randn(pipe.text_encoder_3.shared.weight.shape, generator=g)
+        )
+    folder = tmp_path / "db"
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+    def no_from_pretrained(*args, **kwargs):
+        raise AssertionError("a T5 model was instantiated only to be compared")
+
+    first_pipe, ours_pipe = load_pipeline(base), load_pipeline(base)
+    with monkeypatch.context() as m:
+        m.setattr(transformers.T5EncoderModel, "from_pretrained", no_from_pretrained)
+        personal = load_personalization(first_pipe, unchanged_t5)
+        assert "text_encoder_3" not in personal.info.get("text_encoder_finetuned", [])
+        personal = load_personalization(ours_pipe, folder)
+    assert personal.info["text_encoder_finetuned"] == ["text_encoder_3"]
+    result = sample(
+        ours_pipe,
+        personal,
+        GuidanceConfig("ag", scale=4.0, omega=0.3),
+        PROMPTS,
+        num_images=1,
+        seed=3,
+        steps=3,
+        height=32,
+        width=32,
+        progress=False,
+        output_type="latent",
+        max_sequence_length=16,
+    )
+    ours = torch.stack([row[0] for row in result.images])
+
+    ft, weak = load(folder), load(base)
+    pre = {
+        n: {k: v.clone() for k, v in getattr(weak, n).state_dict().items()}
+        for n in ("transformer", "text_encoder_3")
+    }
+    fine = {n: getattr(ft, n).state_dict() for n in pre}
+
+    def set_weak(omega):
+        with torch.no_grad():
+            for n in pre:
+                own = getattr(weak, n).state_dict(keep_vars=True)
+                for k, v in fine[n].items():
+                    own[k].data.copy_(torch.lerp(pre[n][k], v, omega))
+
+    ref = reference_latents(
+        ft,
+        weak,
+        method="ag",
+        scale=4.0,
+        omega=0.3,
+        prompts=PROMPTS,
+        num_images=1,
+        seed=3,
+        steps=3,
+        adapter=None,
+        full_weak=set_weak,
+        max_sequence_length=16,
+    )
+    torch.testing.assert_close(ours, ref[:, 0], atol=2e-4, rtol=1e-4)
+
+
+def test_custom_diffusion_weak_model_does_not_keep_the_learned_token(sd15, tmp_path):
+    """AG's weak model θ_ω includes the token embedding: lerp(absent, learned, ω), the absent token being
+    the mean pretrained embedding (as transformers initializes a new token). Reference: diffusers'
+    `load_textual_inversion` on two pipelines, the weak one with the row and the k/v tensors interpolated."""
+    from reference_impl import load, reference_latents
+
+    state = _custom_diffusion_state(sd15, seed=4)
+    folder = tmp_path / "cd"
+    folder.mkdir()
+    save_file(state, str(folder / "custom_diffusion.safetensors"))
+    width = load_pipeline(sd15).text_encoder.get_input_embeddings().weight.shape[1]
+    learned = torch.randn(width, generator=torch.Generator().manual_seed(8))
+    save_file({"<sks>": learned}, str(folder / "learned_embeds.safetensors"))
+    prompts = ["a <sks> dog", "a <sks> on the beach"]
+    pipe = load_pipeline(sd15)
+    personal = load_personalization(pipe, folder)
+    result = sample(
+        pipe,
+        personal,
+        GuidanceConfig("ag", scale=4.0, omega=0.3),
+        prompts,
+        seed=3,
+        steps=3,
+        height=32,
+        width=32,
+        progress=False,
+        output_type="latent",
+    )
+    ours = torch.stack([row[0] for row in result.images])
+
+    ft, weak = load(sd15), load(sd15)
+    mean = weak.text_encoder.get_input_embeddings().weight.detach().mean(dim=0)
+    for p in (ft, weak):
+        p.load_textual_inversion(str(folder / "learned_embeds.safetensors"))
+    ft.unet.load_state_dict(state, strict=False)
+    pre = {k: weak.unet.state_dict()[k].clone() for k in state}
+    token = weak.tokenizer.convert_tokens_to_ids("<sks>")
+
+    def set_weak(omega):
+        with torch.no_grad():
+            own = weak.unet.state_dict(keep_vars=True)
+            for k, v in state.items():
+                own[k].data.copy_(torch.lerp(pre[k], v, omega))
+            weak.text_encoder.get_input_embeddings().weight[token] = torch.lerp(mean, learned, omega)
+
+    ref = reference_latents(
+        ft,
+        weak,
+        method="ag",
+        scale=4.0,
+        omega=0.3,
+        prompts=prompts,
+        num_images=1,
+        seed=3,
+        steps=3,
+        adapter=None,
+        full_weak=set_weak,
+    )
+    torch.testing.assert_close(ours, ref[:, 0], atol=2e-4, rtol=1e-4)

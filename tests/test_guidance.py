@@ -56,11 +56,32 @@ def test_config_checks_and_defaults():
     assert config.omega_at(0.5) == 0.25
     with pytest.raises(UserError, match="outside"):  # a callable is checked on a grid of τ up front
         GuidanceConfig("pg", omega_schedule=lambda tau: 2 * tau)
-    config = GuidanceConfig("pg", interval=(0.25, 0.5))
-    assert [config.active_at(t) for t in (0.0, 0.25, 0.49, 0.5)] == [False, True, True, False]
     for bad in [dict(method="nope"), dict(scale=-0.5), dict(interval=(0.6, 0.4)), dict(guidance_rescale=2.0)]:
         with pytest.raises(UserError):
             GuidanceConfig(**bad)
+
+
+@pytest.mark.parametrize("method", ["cfg", "ag", "pg"])
+def test_scale_below_one_is_refused_in_one_line(method):
+    """Pipelines do not duplicate the batch at w <= 1: a scale of 0.5 would be recorded, never applied."""
+    with pytest.raises(UserError, match="scale must be a number >= 1"):
+        GuidanceConfig(method, scale=0.5)
+    assert GuidanceConfig(method, scale=1.0).scale == 1.0
+
+
+@pytest.mark.parametrize(
+    "interval", [(0.25, 0.75), (0.0, 1.0), (0.1, 0.9), (0.3, 0.7), (0.0, 0.5), (0.5, 1.0), (0.34, 0.66)]
+)
+@pytest.mark.parametrize("steps", [4, 7, 10, 30, 50])
+def test_guidance_interval_edges_follow_diffusers_guiders(interval, steps):
+    """Step i of N is guided exactly where diffusers' guiders (BaseGuidance start/stop) guide it."""
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    guider = ClassifierFreeGuidance(guidance_scale=5.0, start=interval[0], stop=interval[1])
+    config = GuidanceConfig("pg", interval=interval)
+    for step in range(steps):
+        guider.set_state(step=step, num_inference_steps=steps, timestep=torch.tensor(0))
+        assert config.active_at_step(step, steps) == guider._is_cfg_enabled(), (interval, steps, step)
 
 
 def test_guide_formula():
@@ -173,3 +194,32 @@ def test_drop_in_on_the_stock_call_keeps_pipeline_features(tiny_model_dir, tmp_p
     assert (pg0 - stock).abs().max() > 1e-4
     assert steps_seen == [0, 1, 2, 0, 1, 2]
     assert "forward" not in vars(pipe.unet)  # uninstalled after the block
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,expected",
+    [
+        ("HeunDiscreteScheduler", {}, [(0, 4), (0, 4), (1, 4), (1, 4), (2, 4), (2, 4), (3, 4)]),
+        ("KDPM2DiscreteScheduler", {}, [(0, 4), (0, 4), (1, 4), (1, 4), (2, 4), (2, 4), (3, 4)]),
+        ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, [(i, 8) for i in range(8)]),
+        ("UniPCMultistepScheduler", {"use_karras_sigmas": True}, [(i, 8) for i in range(8)]),
+        ("PNDMScheduler", {"skip_prk_steps": True}, [(i, 5) for i in range(5)]),
+        ("DDIMScheduler", {}, [(i, 4) for i in range(4)]),
+    ],
+)
+def test_step_index_from_the_scheduler(name, kwargs, expected):
+    """Stepping a real scheduler by hand: the step under way at every denoiser call, even where integer
+    timesteps repeat (Karras sigmas near the end, Heun's pairs, PNDM's first step)."""
+    import diffusers
+
+    from steerguide.denoiser import step_of
+
+    scheduler = getattr(diffusers, name)(**kwargs)
+    steps = 8 if "Multistep" in name else 4
+    scheduler.set_timesteps(steps)
+    sample = torch.zeros(1, 4, 4, 4)
+    seen = []
+    for t in scheduler.timesteps:
+        seen.append(step_of(scheduler, t))
+        sample = scheduler.step(torch.zeros_like(sample), t, sample).prev_sample
+    assert seen == expected

@@ -112,13 +112,37 @@ def reference_two_models(base, personalization, scale, null_model_personalized: 
 # -- property 1 ---------------------------------------------------------------------------------------
 
 
+def _always_duplicating(pipe):
+    """Make the stock pipeline run its CFG batch [null; prompt] even at w = 1 (it skips it at w <= 1), so
+    that property 1 is checked where the weak half really runs: uncond + 1·(cond − uncond) = cond."""
+    cls = type(pipe)
+    pipe.__class__ = type(cls.__name__, (cls,), {"do_classifier_free_guidance": property(lambda self: True)})
+    return pipe
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sd3"])
 @pytest.mark.parametrize("method", ["cfg", "ag", "pg"])
-def test_p1_scale_one_returns_the_personalized_prediction(models, method):
-    base, lora, _ = models("sd15")
-    got, counters = run(base, lora, GuidanceConfig(method, scale=1.0, omega=0.3 if method != "cfg" else None))
-    want, _ = run(base, lora, GuidanceConfig("cfg", scale=1.0))
-    torch.testing.assert_close(got, want, atol=0, rtol=0)
-    assert counters.denoiser_rows == STEPS * len(PROMPTS) * 2  # only the prompt half ran
+def test_p1_scale_one_returns_the_personalized_prediction(models, arch, method):
+    from steerguide.denoiser import guided
+
+    base, lora, _ = models(arch)
+    want, _ = run(base, lora, GuidanceConfig("cfg", scale=1.0))  # the stock pipeline: D_ft(x, c) alone
+    pipe = _always_duplicating(load_pipeline(base))
+    personal = load_personalization(pipe, lora)
+    config = GuidanceConfig(method, scale=1.0, omega=0.3 if method != "cfg" else None)
+    generators = [torch.Generator().manual_seed(7 + i) for _ in PROMPTS for i in range(2)]
+    with torch.no_grad(), guided(pipe, personal, config) as wrapper:
+        got = pipe(
+            prompt=[p for p in PROMPTS for _ in range(2)],
+            num_inference_steps=STEPS,
+            guidance_scale=1.0,
+            generator=generators,
+            height=32,
+            width=32,
+            output_type="latent",
+        ).images
+    torch.testing.assert_close(got.reshape(want.shape), want, atol=1e-5, rtol=1e-5)
+    assert wrapper.counters.denoiser_rows == STEPS * len(PROMPTS) * 2 * 2  # the weak half did run
     first, cond = torch.randn(3, 4), torch.randn(3, 4)
     torch.testing.assert_close(guide(first, cond, 1.0), cond)
 

@@ -11,6 +11,12 @@ first half sees, so `guided(pipe, personalization, config)` wraps that one call:
 
 and the stock pipeline then evaluates the method's own formula. Negative prompts, several images per
 prompt, generators, schedulers, callbacks and guidance_rescale keep working unchanged.
+
+Installation is shared and reference-counted: the first `guided` block on a denoiser replaces its
+`forward` by a gate; blocks push their wrapper on a per-thread stack (the innermost block of a thread
+guides that thread's calls; other threads see their own blocks or the plain model); the last block to
+exit, in whatever order, puts the original `forward` back. The gate holds a per-module re-entrant lock
+for every call, because LoRA row scales and θ_ω swaps are state on modules that pipelines may share.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ from typing import Any
 
 import torch
 
+from steerguide.errors import UserError
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
+from steerguide.weak.gate import enter_gate, exit_gate
 
 
 @dataclass
@@ -83,8 +91,40 @@ def _merge(template: Any, first: Any, second: Any, rows: int) -> Any:
     return template
 
 
+def step_of(scheduler, timestep: Any) -> tuple[int, int]:
+    """(step, N): the index of the sampling step under way and the number of steps in this run.
+
+    Schedulers with a step counter (Euler, Heun, KDPM2, DPM++, UniPC, flow matching, ...) give it exactly,
+    even where integer timesteps repeat (Karras or exponential sigmas). Second-order schedulers (order 2:
+    Heun, KDPM2) list 2N−1 timesteps: a step's predictor and corrector are two calls of the same step.
+    PNDM counts its steps itself; schedulers without a counter (DDIM, DDPM, ...) have distinct timesteps:
+    the step is found by value.
+    """
+    timesteps = getattr(scheduler, "timesteps", None)
+    if timesteps is None or len(timesteps) == 0:
+        return 0, 1
+    begin = getattr(scheduler, "begin_index", None) or 0
+    count = len(timesteps) - begin
+    if hasattr(scheduler, "_step_index"):
+        index = scheduler.step_index
+        if index is None:
+            index = begin  # before the first `scheduler.step`
+    elif isinstance(getattr(scheduler, "counter", None), int):
+        index = scheduler.counter  # PNDM counts its steps (its timesteps repeat one entry)
+    else:
+        index = None
+    if index is None:
+        t = timestep.flatten()[0] if isinstance(timestep, torch.Tensor) else torch.tensor(timestep)
+        index = int(torch.argmin((timesteps.float().cpu() - float(t)).abs()))
+        return index, len(timesteps)
+    call = max(0, min(int(index) - begin, count - 1))
+    if getattr(scheduler, "order", 1) == 2:
+        return call // 2, (count + 1) // 2  # calls 2i (predictor) and 2i + 1 (corrector): step i
+    return call, count
+
+
 class GuidedDenoiser:
-    """Replaces `denoiser.forward` while installed; see the module docstring."""
+    """What the gate calls for the thread of a `guided` block; see the module docstring."""
 
     def __init__(self, pipe, personalization: Personalization, config: GuidanceConfig) -> None:
         self.pipe = pipe
@@ -92,24 +132,33 @@ class GuidedDenoiser:
         self.config = config
         self.denoiser = denoiser_of(pipe)
         self.counters = Counters()
-        self.omegas: list[float] = []  # ω used at each guided step (for run.json)
-        self._original = self.denoiser.forward
-        self._signature = inspect.signature(self._original)
+        self.steps: dict[int, dict] = {}  # per sampling step: τ, ω and whether it was guided (run.json)
+        self._original: Any = None  # the denoiser's own forward, set by `guided`
+        self._signature: inspect.Signature | None = None
+        recorded = getattr(getattr(personalization, "weak_condition_fn", None), "pipe", None)
+        if config.method != "cfg" and recorded is not None and recorded() is not pipe:
+            # The weak half's prompt is re-encoded from the `encode_prompt` call of the pipeline the
+            # personalization was loaded on; another pipeline sharing its components is not recorded.
+            raise UserError(
+                "this personalization reaches into the text encoders: guide the pipeline it was loaded on "
+                "(load it again on this one with load_personalization)"
+            )
         if personalization.kind == "none" and config.method != "cfg":
             # Without a personalization θ_pre = θ_ft: PG is CFG and AG guides the model with itself.
             raise ValueError(
                 f"method {config.method!r} needs a personalization (θ_pre and θ_ft are the same)"
             )
 
-    # -- progress -------------------------------------------------------------------------------
-    def progress(self, timestep: Any) -> float:
-        """τ: the fraction of the sampling steps done before the step at `timestep`."""
-        timesteps = getattr(self.pipe.scheduler, "timesteps", None)
-        if timesteps is None or len(timesteps) == 0:
-            return 0.0
-        t = timestep.flatten()[0] if isinstance(timestep, torch.Tensor) else torch.tensor(timestep)
-        index = int(torch.argmin((timesteps.float().cpu() - float(t)).abs()))
-        return index / len(timesteps)
+    @property
+    def omegas(self) -> list[float | None]:
+        """ω at each sampling step, by step index (None where the step was outside the interval)."""
+        if not self.steps:
+            return []
+        last = max(self.steps)
+        return [self.steps[s]["omega"] if s in self.steps else None for s in range(last + 1)]
+
+    def _record(self, step: int, tau: float, omega: float | None) -> None:
+        self.steps.setdefault(step, {"step": step, "tau": tau, "omega": omega, "guided": omega is not None})
 
     # -- the wrapped call ---------------------------------------------------------------------------
     def _run(self, kwargs: dict, rows: int) -> Any:
@@ -123,6 +172,7 @@ class GuidedDenoiser:
         return out
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        assert self._signature is not None
         bound = self._signature.bind(*args, **kwargs)
         inputs = dict(bound.arguments)
         extra = inputs.pop(
@@ -137,20 +187,24 @@ class GuidedDenoiser:
         rows = inputs[sample_name].shape[0]
         if not getattr(self.pipe, "do_classifier_free_guidance", False) or rows % 2:
             return self._run(inputs, rows)  # no guidance this call: D_ft(x, c)
+        if inputs.get("skip_layers") is not None:
+            # SD3 skip-layer guidance: an extra pass of θ_ft on the prompt rows alone, not a CFG batch.
+            return self._run(inputs, rows)
 
-        timestep = inputs.get("timestep", inputs.get("t"))
-        tau = self.progress(timestep)
+        step, num_steps = step_of(self.pipe.scheduler, inputs.get("timestep", inputs.get("t")))
+        tau = step / num_steps
         null_half, prompt_half = _split(inputs, rows)
-        if not self.config.active_at(tau):
+        if not self.config.active_at_step(step, num_steps):
             # Outside the guidance interval the sampler must get D_ft(x, c): run the prompt half only
             # and hand it back as both halves, so that uncond + w·(cond − uncond) = cond.
+            self._record(step, tau, None)
             out = self._run(prompt_half, rows // 2)
             return _join(out, out)
 
         method = self.config.method
         omega = self.config.omega_at(tau)
-        self.omegas.append(omega)
-        if method == "cfg" or omega == 1.0 and method == "pg":
+        self._record(step, tau, omega)
+        if method == "cfg":
             return self._run(inputs, rows)
         if method == "ag":
             null_half = self.personalization.weak_condition(prompt_half, omega, prompt_side=True)
@@ -163,8 +217,11 @@ class GuidedDenoiser:
             # One pass over both halves: LoRA scale ω on the first half, 1 on the prompt half.
             with lora.rows([omega] * (rows // 2) + [1.0] * (rows // 2)):
                 return self._run(inputs, rows)
+        delta = self.personalization.denoiser_delta
+        if delta is None or omega == 1.0 or not delta.names:
+            return self._run(inputs, rows)  # θ_ω = θ_ft: both halves in one pass
         # Tensor deltas: θ_ω and θ_ft cannot share a pass; same rows as CFG, in two calls.
-        with self.personalization.denoiser_delta.at(omega):
+        with delta.at(omega):
             first = self._run(null_half, rows // 2)
         second = self._run(prompt_half, rows // 2)
         return _join(first, second)
@@ -172,19 +229,28 @@ class GuidedDenoiser:
 
 @contextmanager
 def guided(pipe, personalization: Personalization, config: GuidanceConfig) -> Iterator[GuidedDenoiser]:
-    """Install `config`'s guidance on `pipe` for the block; yields the wrapper (its `.counters`).
+    """Install `config`'s guidance on `pipe` for the block; yields the wrapper (its `.counters`, `.steps`).
 
-    Call the pipeline inside the block with `guidance_scale=config.scale`.
+    Call the pipeline inside the block with `guidance_scale=config.scale`. Blocks may nest (the inner one
+    guides), overlap and exit in any order, and run in several threads on pipelines sharing components.
     """
     wrapper = GuidedDenoiser(pipe, personalization, config)
-    denoiser = wrapper.denoiser
-    had_instance_forward = "forward" in vars(denoiser)
-    previous = vars(denoiser).get("forward")
-    denoiser.forward = wrapper
+    gates = [enter_gate(wrapper.denoiser)]
     try:
-        yield wrapper
+        gates += [enter_gate(m) for m in personalization.text_modules(pipe)]
+        if config.method != "cfg":  # CFG runs the pipeline as it stands
+            with gates[0].lock:
+                personalization.prepare(pipe)
+        wrapper._original = gates[0].original
+        wrapper._signature = inspect.signature(gates[0].original)
+        stack = gates[0].stack()
+        stack.append(wrapper)
+        try:
+            yield wrapper
+        finally:
+            stack.remove(wrapper)
+            with gates[0].lock:
+                personalization.release()  # θ_ω caches do not outlive sampling
     finally:
-        if had_instance_forward:
-            denoiser.forward = previous
-        else:
-            del denoiser.forward
+        for gate in reversed(gates):
+            exit_gate(gate)

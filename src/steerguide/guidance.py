@@ -45,7 +45,8 @@ class GuidanceConfig:
             None takes the method's default (`DEFAULT_OMEGA`).
         omega_schedule: how ω moves during sampling: "constant", "linear:END", "cosine:END",
             "piecewise:T1=V1,..." (see `steerguide.schedules`), or a callable τ → ω.
-        interval: (start, stop) fractions of the steps where guidance is applied; outside, the
+        interval: (start, stop) fractions of the steps where guidance is applied, with the rule of
+            diffusers' guiders: step i of N is guided iff int(start·N) <= i < int(stop·N); outside, the
             sampler gets D_ft(x, c) and only the prompt half runs.
         guidance_rescale: diffusers' φ from Lin et al. 2023, for pipelines that support it (SD, SDXL).
         allow_extrapolation: permit ω outside [0, 1].
@@ -69,8 +70,13 @@ class GuidanceConfig:
                             ("--guidance-stop", self.interval[1])):
             if value is not None:
                 finite(name, value)
-        if not isinstance(self.scale, (int, float)) or self.scale < 0:
-            raise UserError(f"guidance scale must be a number >= 0, got {self.scale!r}")
+        if not isinstance(self.scale, (int, float)) or self.scale < 1:
+            # diffusers pipelines run no guidance at w <= 1 (they do not duplicate the batch), so a scale
+            # below 1 would be recorded but not applied: refused rather than silently ignored.
+            raise UserError(
+                f"guidance scale must be a number >= 1 (1 = no guidance; diffusers pipelines do not guide "
+                f"below 1), got {self.scale!r}"
+            )
         if self.guidance_rescale < 0 or self.guidance_rescale > 1:
             raise UserError(f"guidance_rescale must lie in [0, 1], got {self.guidance_rescale}")
         start, stop = self.interval
@@ -102,10 +108,10 @@ class GuidanceConfig:
         assert self._schedule is not None
         return self.check_omega(float(self._schedule(tau)))
 
-    def active_at(self, tau: float) -> bool:
-        """Whether guidance applies at progress τ (the interval is half-open, [start, stop))."""
+    def active_at_step(self, step: int, num_steps: int) -> bool:
+        """Whether step `step` of `num_steps` is guided: diffusers' `BaseGuidance` start/stop rule."""
         start, stop = self.interval
-        return start <= tau < stop or (stop == 1.0 and tau >= 1.0)
+        return int(start * num_steps) <= step < int(stop * num_steps)
 
     def describe(self) -> dict:
         """The settings as plain JSON values (for run.json and result rows)."""

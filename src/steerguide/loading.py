@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import warnings as pywarnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,8 +27,8 @@ import torch
 
 from steerguide.errors import UserError
 from steerguide.personalization import Personalization
-from steerguide.weak import ParameterDelta, RowScaledLora
-from steerguide.weak.lora import lora_layers
+from steerguide.weak import ParameterDelta
+from steerguide.weak.lora import tuner_layers
 
 ADAPTER = "personal"
 DTYPES = {
@@ -276,16 +276,84 @@ def _peft_alpha_over_rank(folder: Path) -> float:
     return float(config.get("lora_alpha", config.get("r", 1))) / float(config.get("r", 1))
 
 
-def _install_lora(pipe, path: Path) -> Personalization:
+def _active_adapters(pipe) -> dict[int, list[str]]:
+    """The adapters each peft layer of the pipeline computes now (to keep them active after a load)."""
+    modules = [denoiser_of_pipe(pipe)] + [m for _, m in _text_encoders(pipe)]
+    return {id(layer): list(layer.active_adapters) for m in modules for layer in tuner_layers(m)}
+
+
+def denoiser_of_pipe(pipe):
     from steerguide.denoiser import denoiser_of
 
-    denoiser = denoiser_of(pipe)
-    if lora_layers(denoiser):
-        raise UserError("the pipeline already carries a LoRA; load the personalization on a fresh pipeline")
+    return denoiser_of(pipe)
+
+
+def _activate_alongside(pipe, name: str, before: dict[int, list[str]]) -> None:
+    """Loading an adapter makes it the only active one; keep the ones that were active before, too.
+
+    Layer-level `set_adapter` keeps every adapter's own scale (its `set_adapters` weight).
+    """
+    everywhere = sorted({a for names in before.values() for a in names})
+    modules = [denoiser_of_pipe(pipe)] + [m for _, m in _text_encoders(pipe)]
+    for module in modules:
+        for layer in tuner_layers(module):
+            wanted = before.get(id(layer), everywhere)
+            own = {k for n in layer.adapter_layer_names for k in getattr(layer, n, {})}
+            names = [a for a in dict.fromkeys([*wanted, name]) if a in own]
+            if names:
+                layer.set_adapter(names, inference_mode=True)
+
+
+def _adapter_names(pipe) -> set[str]:
+    modules = [denoiser_of_pipe(pipe)] + [m for _, m in _text_encoders(pipe)]
+    return {
+        k
+        for m in modules
+        for layer in tuner_layers(m)
+        for n in layer.adapter_layer_names
+        for k in getattr(layer, n, {})
+    }
+
+
+def _install_peft_adapter(pipe, path: Path, state: dict, config: dict, name: str) -> None:
+    """A PEFT adapter folder of another type than plain LoRA (LoHa, LoKr, ...), loaded with peft itself."""
+    from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    denoiser = denoiser_of_pipe(pipe)
+    try:
+        peft_config = PeftConfig.from_peft_type(**{k: v for k, v in config.items() if k != "auto_mapping"})
+        inject_adapter_in_model(peft_config, denoiser, adapter_name=name)
+        result = set_peft_model_state_dict(denoiser, state, adapter_name=name)
+    except UserError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"adapter {path} does not fit this base model ({type(pipe).__name__}): {first[:300]}"
+        ) from None
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) or [] if name in k or "." in k]
+    if unexpected:
+        raise UserError(
+            f"adapter {path} does not fit this base model ({type(pipe).__name__}): "
+            f"{len(unexpected)} tensors have no place (e.g. {unexpected[0]})"
+        )
+
+
+def _install_lora(pipe, path: Path, name: str = ADAPTER) -> Personalization:
+    denoiser = denoiser_of_pipe(pipe)
+    if name in _adapter_names(pipe):
+        raise UserError(
+            f"the pipeline already has an adapter named {name!r}; load the personalization under another "
+            "name (adapter_name=...), or pass adapter_name with no path to use that adapter"
+        )
+    before = _active_adapters(pipe)
     source = path if path.is_dir() else path.parent
     kwargs = {} if path.is_dir() else {"weight_name": path.name}
     state = None if path.is_dir() else _read_state_dict(path)
     bare_peft = state is not None and not any(k.startswith(_PIPELINE_LORA_PREFIXES) for k in state)
+    peft_config = None
+    if bare_peft and (path.parent / "adapter_config.json").is_file():
+        peft_config = json.loads((path.parent / "adapter_config.json").read_text())
     with (
         _captured_warnings(("diffusers", "peft")) as warnings,
         pywarnings.catch_warnings(record=True) as raised,
@@ -296,12 +364,15 @@ def _install_lora(pipe, path: Path) -> Personalization:
                 # PEFT's own layout (`base_model.model.<module>.lora_A.weight`, or no prefix at all) names
                 # denoiser modules directly; diffusers' pipeline loader expects "unet."/"transformer.".
                 state = {k.removeprefix("base_model.model."): v for k, v in state.items()}
-                factor = _peft_alpha_over_rank(path.parent)
-                if factor != 1.0:  # diffusers takes alpha = r here: fold alpha / r into B instead
-                    state = {k: v * factor if ".lora_B." in k else v for k, v in state.items()}
-                denoiser.load_lora_adapter(state, prefix=None, adapter_name=ADAPTER)
+                if peft_config is not None and str(peft_config.get("peft_type", "LORA")).upper() != "LORA":
+                    _install_peft_adapter(pipe, path, state, peft_config, name)
+                else:
+                    factor = _peft_alpha_over_rank(path.parent)
+                    if factor != 1.0:  # diffusers takes alpha = r here: fold alpha / r into B instead
+                        state = {k: v * factor if ".lora_B." in k else v for k, v in state.items()}
+                    denoiser.load_lora_adapter(state, prefix=None, adapter_name=name)
             else:
-                pipe.load_lora_weights(str(source), adapter_name=ADAPTER, **kwargs)
+                pipe.load_lora_weights(str(source), adapter_name=name, **kwargs)
         except UserError:
             raise
         except Exception as e:
@@ -314,31 +385,80 @@ def _install_lora(pipe, path: Path) -> Personalization:
     bad = [w for w in warnings if any(sign in w for sign in _MISFIT_SIGNS)]
     if bad:
         raise UserError(f"LoRA {path} does not fit this base model ({type(pipe).__name__}): {bad[0][:300]}")
-    if not lora_layers(denoiser):
+    if not tuner_layers(denoiser, name):
         raise UserError(
             f"LoRA {path} has no layers for this base model's {type(denoiser).__name__}; "
             f"is it a LoRA for another architecture?"
         )
-    encoders_with_lora = [n for n, m in _text_encoders(pipe) if lora_layers(m)]
-    scaler = RowScaledLora(denoiser)
-    personal = Personalization(
-        kind="lora",
-        source=str(path),
-        lora=scaler,
-        info={"format": "lora", "lora_layers": scaler.num_layers, "text_encoder_lora": encoders_with_lora},
+    _activate_alongside(pipe, name, before)
+    return _adapter_personalization(pipe, name, str(path), info={"format": "lora"})
+
+
+def _adapter_personalization(pipe, name: str, source: str | None, info: dict) -> Personalization:
+    """The personalization that adapter `name` (already on the pipeline) stands for."""
+    personal = Personalization(kind="lora", source=source, adapter=name, info={**info, "adapter": name})
+    personal.prepare(pipe)
+    encoders = [n for n in personal.adapter_components(pipe) if n != "denoiser"]
+    others = sorted(_adapter_names(pipe) - {name})
+    personal.info.update(
+        {
+            "lora_layers": len(tuner_layers(denoiser_of_pipe(pipe), name)),
+            "text_encoder_lora": encoders,
+            "other_adapters": others,
+        }
     )
-    if encoders_with_lora:
+    if encoders:
         from steerguide.text_condition import text_encoder_weak_condition
 
-        scalers = {n: RowScaledLora(getattr(pipe, n)) for n in encoders_with_lora}
-        personal.weak_condition_fn = text_encoder_weak_condition(pipe, lora_scalers=scalers)
+        personal.weak_condition_fn = text_encoder_weak_condition(pipe, personal.text_realizations)
     return personal
 
 
-def _swap_in(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
-    """Put `state`'s tensors into `module` in place; return θ_pre of the tensors that changed."""
-    own = dict(module.named_parameters())
-    own.update(dict(module.named_buffers()))
+class _LazyTensors(Mapping):
+    """The tensors of safetensors files, read one at a time on access (a fine-tuned T5-XXL is compared
+    with the base tensor by tensor, never loaded whole only to find it unchanged)."""
+
+    def __init__(self, files: list[Path]) -> None:
+        from safetensors import safe_open
+
+        self._handles = [safe_open(str(f), framework="pt") for f in files]
+        self._where = {k: h for h in self._handles for k in h.keys()}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._where[key].get_tensor(key)
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def _weight_files(folder: Path) -> list[Path] | None:
+    """The safetensors files of a diffusers/transformers model folder (sharded or not); None if none."""
+    for index_name in ("diffusion_pytorch_model.safetensors.index.json", "model.safetensors.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return [folder / f for f in files]
+    for name in ("diffusion_pytorch_model.safetensors", "model.safetensors"):
+        if (folder / name).is_file():
+            return [folder / name]
+    return None
+
+
+def _swap_in(
+    module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str
+) -> dict[str, torch.Tensor]:
+    """Put `state`'s tensors into `module` in place; return θ_pre of the tensors that changed.
+
+    Names follow the module's state dict, which lists tied tensors under every name (T5's `shared.weight`
+    and `encoder.embed_tokens.weight`); θ_pre is keyed by the parameter's own name, once.
+    """
+    own = module.state_dict(keep_vars=True)
+    for name, tensor in list(own.items()):  # a layer wrapped by peft (other adapters) keeps its own name
+        own.setdefault(name.replace(".base_layer.", "."), tensor)
+    canonical = {id(t): n for n, t in [*module.named_parameters(), *module.named_buffers()]}
     unknown = [k for k in state if k not in own]
     if unknown:
         raise UserError(
@@ -346,8 +466,12 @@ def _swap_in(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str)
             "is it a fine-tune of another base model?"
         )
     pre: dict[str, torch.Tensor] = {}
-    for name, value in state.items():
+    for name in state:
         target = own[name]
+        key = canonical.get(id(target), name)
+        if key in pre:
+            continue  # a tied alias of a tensor already swapped in
+        value = state[name]
         if tuple(value.shape) != tuple(target.shape):
             raise UserError(
                 f"{what}: tensor {name} has shape {tuple(value.shape)}, the base model "
@@ -355,7 +479,7 @@ def _swap_in(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str)
             )
         value = value.to(device=target.device, dtype=target.dtype)
         if not torch.equal(value, target.data):
-            pre[name] = target.data
+            pre[key] = target.data
             target.data = value
     return pre
 
@@ -367,6 +491,7 @@ def _install_tensors(
     kind: str,
     source: Path,
     text_encoder_states: dict[str, dict[str, torch.Tensor]] | None = None,
+    text_deltas: dict[str, ParameterDelta] | None = None,
     info: dict | None = None,
 ) -> Personalization:
     from steerguide.denoiser import denoiser_of
@@ -385,12 +510,15 @@ def _install_tensors(
         te_pre = _swap_in(getattr(pipe, name), state, f"{source} ({name})")
         if te_pre:
             encoder_deltas[name] = ParameterDelta(getattr(pipe, name), te_pre)
+    encoder_deltas.update(text_deltas or {})
+    personal.text_realizations = encoder_deltas
     if encoder_deltas:
         from steerguide.text_condition import text_encoder_weak_condition
 
         personal.info["text_encoder_finetuned"] = sorted(encoder_deltas)
-        personal.weak_condition_fn = text_encoder_weak_condition(pipe, deltas=encoder_deltas)
+        personal.weak_condition_fn = text_encoder_weak_condition(pipe, encoder_deltas)
     if not delta.names and not encoder_deltas:
+        personal.unload(pipe)
         raise UserError(f"{source} is identical to the base model: there is no personalization to guide with")
     return personal
 
@@ -422,11 +550,17 @@ def _from_custom_diffusion_layout(state: dict[str, torch.Tensor]) -> dict[str, t
     return out
 
 
-def _load_learned_embeds(pipe, folder: Path) -> list[str]:
+def _load_learned_embeds(pipe, folder: Path) -> tuple[list[str], dict[str, ParameterDelta]]:
     """Learned token embeddings beside a Custom Diffusion / textual-inversion personalization:
     `learned_embeds.safetensors` for the (first) text encoder, `learned_embeds_2.safetensors` for SDXL's
-    second one."""
+    second one.
+
+    The learned embedding is part of Δ: the pretrained model has no such token, and its absence is
+    represented, as transformers initializes a new token (`mean_resizing`), by the mean of the pretrained
+    vocabulary's embeddings. Returns the tokens and, per text encoder, θ_pre of its embedding matrix.
+    """
     tokens: list[str] = []
+    deltas: dict[str, ParameterDelta] = {}
     targets = [
         (LEARNED_EMBEDS_FILE, "text_encoder", "tokenizer"),
         (LEARNED_EMBEDS_FILE.replace(".safetensors", "_2.safetensors"), "text_encoder_2", "tokenizer_2"),
@@ -437,6 +571,8 @@ def _load_learned_embeds(pipe, folder: Path) -> list[str]:
             continue
         state = _read_state_dict(path)
         names = [k for k in state if k not in ("emb_params", "string_to_param")]
+        text_encoder = getattr(pipe, encoder)
+        pretrained_rows = text_encoder.get_input_embeddings().weight.shape[0]
         try:
             pipe.load_textual_inversion(
                 str(path), text_encoder=getattr(pipe, encoder), tokenizer=getattr(pipe, tokenizer)
@@ -445,34 +581,50 @@ def _load_learned_embeds(pipe, folder: Path) -> list[str]:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"cannot load the learned token embedding {path}: {first[:300]}") from None
         tokens += [n for n in names if n not in tokens]
-    return tokens
+        embeddings = text_encoder.get_input_embeddings().weight
+        ids = getattr(pipe, tokenizer).convert_tokens_to_ids(names)
+        pre = embeddings.data.clone()
+        pre[ids] = embeddings.data[:pretrained_rows].mean(dim=0)
+        name = next(n for n, p in text_encoder.named_parameters() if p is embeddings)
+        deltas[encoder] = ParameterDelta(text_encoder, {name: pre})
+    return tokens, deltas
 
 
 def _load_finetuned_folder(pipe, folder: Path) -> Personalization:
-    """A diffusers pipeline folder (DreamBooth) or a bare denoiser folder holding the fine-tuned weights."""
+    """A diffusers pipeline folder (DreamBooth) or a bare denoiser folder holding the fine-tuned weights.
+
+    Safetensors files are compared with the base tensor by tensor (only the differing ones are kept);
+    other formats are loaded with the model class's `from_pretrained`.
+    """
     from steerguide.denoiser import denoiser_of
 
     denoiser = denoiser_of(pipe)
     denoiser_cls = type(denoiser)
     sub = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
-    text_states: dict[str, dict[str, torch.Tensor]] = {}
+    is_pipeline = (folder / "model_index.json").is_file()
+    denoiser_dir = folder / sub if is_pipeline or (folder / sub).is_dir() else folder
+    text_states: dict[str, Mapping[str, torch.Tensor]] = {}
     try:
-        if (folder / "model_index.json").is_file():
-            ft = denoiser_cls.from_pretrained(folder, subfolder=sub, dtype=denoiser.dtype)
-            for name, _ in _text_encoders(pipe):
-                if (folder / name).is_dir():
-                    encoder = getattr(pipe, name)
+        files = _weight_files(denoiser_dir)
+        if files is not None:
+            state: Mapping[str, torch.Tensor] = _LazyTensors(files)
+        else:
+            ft = denoiser_cls.from_pretrained(denoiser_dir, dtype=denoiser.dtype)
+            state = ft.state_dict()
+            del ft
+        if is_pipeline:
+            for name, encoder in _text_encoders(pipe):
+                if not (folder / name).is_dir():
+                    continue
+                files = _weight_files(folder / name)
+                if files is not None:
+                    text_states[name] = _LazyTensors(files)
+                else:
                     ft_encoder = type(encoder).from_pretrained(folder, subfolder=name, dtype=encoder.dtype)
                     text_states[name] = ft_encoder.state_dict()
-        elif (folder / sub).is_dir():
-            ft = denoiser_cls.from_pretrained(folder, subfolder=sub, dtype=denoiser.dtype)
-        else:
-            ft = denoiser_cls.from_pretrained(folder, dtype=denoiser.dtype)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load the fine-tuned model in {folder}: {first[:300]}") from None
-    state = ft.state_dict()
-    del ft
     return _install_tensors(
         pipe,
         state,
@@ -483,41 +635,79 @@ def _load_finetuned_folder(pipe, folder: Path) -> Personalization:
     )
 
 
-def load_personalization(pipe, path: str | os.PathLike | None) -> Personalization:
-    """Install the personalization at `path` on `pipe` (which must hold the pretrained base model).
+def load_personalization(
+    pipe, path: str | os.PathLike | None, *, adapter_name: str | None = None
+) -> Personalization:
+    """Install the personalization at `path` on `pipe`; returns the `Personalization` that
+    `steerguide.denoiser.guided` uses to realize θ_ω. `None` gives the base model alone (CFG only).
 
-    Returns a `Personalization` that `steerguide.denoiser.guided` uses to realize θ_ω. `None` gives the
-    base model alone (CFG only).
+    θ_pre is the pipeline as it is without this personalization: a personalization loaded before by this
+    function is taken off first (switching subjects guides the new one with the true pretrained weights),
+    while LoRAs the user loaded (style, detail) stay on and are part of θ_pre. `adapter_name` names the
+    personalization's adapter: the name to load a LoRA under (default "personal"), or, with no `path`, an
+    adapter already loaded on the pipeline that is the personalization.
     """
+    previous = getattr(pipe, "_steerguide_personalization", None)
+    if previous is not None:
+        previous.unload(pipe)
+        pipe._steerguide_personalization = None
+    personal = _load_personalization(pipe, path, adapter_name)
+    pipe._steerguide_personalization = personal if personal.kind != "none" else None
+    return personal
+
+
+def _load_personalization(pipe, path, adapter_name: str | None) -> Personalization:
     from steerguide.denoiser import denoiser_of
 
     if path is None:
-        return Personalization(kind="none")
+        if adapter_name is None:
+            return Personalization(kind="none")
+        if adapter_name not in _adapter_names(pipe) or not tuner_layers(denoiser_of(pipe), adapter_name):
+            known = ", ".join(sorted(_adapter_names(pipe))) or "none"
+            raise UserError(
+                f"the pipeline's denoiser has no adapter named {adapter_name!r} (adapters: {known})"
+            )
+        return _adapter_personalization(pipe, adapter_name, None, info={"format": "adapter on the pipeline"})
+    name = adapter_name or ADAPTER
     path = Path(path)
     if not path.exists():
         raise UserError(f"personalization not found: {path}")
     denoiser = denoiser_of(pipe)
     if path.is_dir():
         files = {p.name for p in path.iterdir()}
+        if "adapter_config.json" in files:
+            weights = [p for p in path.iterdir() if p.name.startswith("adapter_model")]
+            if len(weights) != 1:
+                raise UserError(f"{path} has adapter_config.json but not one adapter_model.* weights file")
+            return _install_lora(pipe, weights[0], name)
         if "model_index.json" in files or "config.json" in files or "unet" in files or "transformer" in files:
             return _load_finetuned_folder(pipe, path)
         if CUSTOM_DIFFUSION_FILE in files or any(f in files for f in DIFFUSERS_CUSTOM_DIFFUSION_FILES):
-            name = (
+            file_name = (
                 CUSTOM_DIFFUSION_FILE
                 if CUSTOM_DIFFUSION_FILE in files
                 else next(f for f in DIFFUSERS_CUSTOM_DIFFUSION_FILES if f in files)
             )
-            state = _from_custom_diffusion_layout(_read_state_dict(path / name))
-            tokens = _load_learned_embeds(pipe, path)
-            return _install_tensors(
-                pipe,
-                state,
-                kind="partial",
-                source=path,
-                info={"format": "custom-diffusion", "tokens_added": tokens},
-            )
+            state = _from_custom_diffusion_layout(_read_state_dict(path / file_name))
+            _check_denoiser_keys(denoiser, state, path / file_name)
+            tokens, token_deltas = _load_learned_embeds(pipe, path)
+            try:
+                personal = _install_tensors(
+                    pipe,
+                    state,
+                    kind="partial",
+                    source=path,
+                    info={"format": "custom-diffusion", "tokens_added": tokens},
+                    text_deltas=token_deltas,
+                )
+            except UserError:
+                if tokens:
+                    pipe.unload_textual_inversion(tokens)
+                raise
+            personal.tokens = tokens
+            return personal
         if LORA_FILE in files:
-            return _install_lora(pipe, path / LORA_FILE)
+            return _install_lora(pipe, path / LORA_FILE, name)
         weights = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
         if len(weights) == 1:
             path = weights[0]
@@ -530,18 +720,30 @@ def load_personalization(pipe, path: str | os.PathLike | None) -> Personalizatio
         raise UserError(f"{path} is not a weights file (expected one of {', '.join(WEIGHT_SUFFIXES)})")
     state = _read_state_dict(path)
     if any(_is_lora_key(k) for k in state):
-        return _install_lora(pipe, path)
-    names = set(dict(denoiser.named_parameters())) | set(dict(denoiser.named_buffers()))
+        return _install_lora(pipe, path, name)
+    names = set(denoiser.state_dict().keys())
     picked = _strip_prefix(_from_custom_diffusion_layout(state), names)
     if picked:
         kind = "full" if len(picked) == len(names) else "partial"
         return _install_tensors(pipe, picked, kind=kind, source=path, info={"format": "tensors"})
     if any(k.startswith("model.diffusion_model.") for k in state):
         return _load_original_checkpoint(pipe, path)
+    _check_denoiser_keys(denoiser, _from_custom_diffusion_layout(state), path)
     raise UserError(
-        f"{path} is neither a LoRA nor a checkpoint of this base model's "
-        f"{type(denoiser).__name__} (e.g. key {next(iter(state))!r} is unknown)"
+        f"{path} is neither a LoRA nor a checkpoint of this base model's {type(denoiser).__name__}"
     )
+
+
+def _check_denoiser_keys(denoiser, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """One line naming a key of `state` that the denoiser lacks (under any of the usual prefixes)."""
+    names = set(denoiser.state_dict().keys())
+    prefixes = ("", "unet.", "transformer.", "model.", "module.")
+    unknown = [k for k in state if not any(k.startswith(p) and k[len(p) :] in names for p in prefixes)]
+    if unknown:
+        raise UserError(
+            f"{path} is neither a LoRA nor a checkpoint of this base model's {type(denoiser).__name__}: "
+            f"{len(unknown)} of its {len(state)} tensors have no place in it (e.g. {unknown[0]!r})"
+        )
 
 
 def _load_original_checkpoint(pipe, path: Path) -> Personalization:

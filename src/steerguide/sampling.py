@@ -26,12 +26,15 @@ from steerguide.personalization import Personalization
 
 @dataclass
 class SampleResult:
-    """`images[p][i]`: image i of prompt p. `counters`: denoiser work during sampling."""
+    """`images[p][i]`: image i of prompt p. `counters`: denoiser work during sampling. `omegas[s]`: ω at
+    sampling step s (None where step s was outside the guidance interval); `steps`: per step, its index,
+    τ, ω and whether it was guided."""
 
     images: list[list[Image.Image]]
     counters: Counters
     seconds: float
-    omegas: list[float] = field(default_factory=list)
+    omegas: list[float | None] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
 
 
 def _progress(total: int, enabled: bool, description: str):
@@ -133,7 +136,11 @@ def sample(
             for (p, i), image in zip(batch, out, strict=True):
                 images[p][i] = image
     return SampleResult(
-        images=images, counters=wrapper.counters, seconds=time.perf_counter() - start, omegas=wrapper.omegas
+        images=images,
+        counters=wrapper.counters,
+        seconds=time.perf_counter() - start,
+        omegas=wrapper.omegas,
+        steps=[wrapper.steps[s] for s in sorted(wrapper.steps)],
     )
 
 

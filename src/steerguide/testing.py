@@ -73,11 +73,35 @@ def _vae(scaling_factor: float = 0.18215, **kwargs):
     )
 
 
-def build_pipeline(arch: str = "sd15", seed: int = 0, unet_channels: tuple[int, ...] = (32, 64)):
+SD15_UNET_CONFIG = dict(  # runwayml/stable-diffusion-v1-5 unet/config.json (860 M parameters)
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
+
+
+def build_pipeline(
+    arch: str = "sd15",
+    seed: int = 0,
+    unet_channels: tuple[int, ...] = (32, 64),
+    full_size_unet: bool = False,
+    t5: bool = False,
+):
     """A tiny random diffusers text-to-image pipeline of the given architecture (32×32 images).
 
     `unet_channels` sets the SD 1.5 UNet's widths (one down block per entry, cross-attention in all but
-    the last): (64, 128, 128) gives a UNet of about 6 M parameters, for benchmarks.
+    the last): (64, 128, 128) gives a UNet of about 6 M parameters, for benchmarks. `full_size_unet`
+    (SD 1.5 only) puts the real SD 1.5 UNet configuration in, with random weights, beside a one-layer
+    768-wide text encoder and the tiny VAE: what the denoiser costs at real size. `t5` (SD3 only) adds a
+    one-layer T5 encoder as `text_encoder_3` (its embedding tied, as in T5-XXL), with the character
+    tokenizer.
     """
     import tempfile
 
@@ -100,6 +124,21 @@ def build_pipeline(arch: str = "sd15", seed: int = 0, unet_channels: tuple[int, 
         tokenizer = CLIPTokenizer.from_pretrained(tmp)
     scheduler_kwargs = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
+    if arch == "sd15" and full_size_unet:
+        config = _clip_config(vocab_size, hidden=768, projection_dim=768)
+        config.num_hidden_layers, config.num_attention_heads = 1, 12
+        return StableDiffusionPipeline(
+            vae=_vae(),
+            text_encoder=CLIPTextModel(config),
+            tokenizer=tokenizer,
+            unet=UNet2DConditionModel(**SD15_UNET_CONFIG),
+            scheduler=DDIMScheduler(
+                **scheduler_kwargs, clip_sample=False, set_alpha_to_one=False, steps_offset=1
+            ),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     if arch == "sd15":
         n = len(unet_channels)
         unet = UNet2DConditionModel(
@@ -177,8 +216,16 @@ def build_pipeline(arch: str = "sd15", seed: int = 0, unet_channels: tuple[int, 
         tokenizer=tokenizer,
         text_encoder_2=CLIPTextModelWithProjection(_clip_config(vocab_size)),
         tokenizer_2=tokenizer,
-        text_encoder_3=None,
-        tokenizer_3=None,
+        text_encoder_3=_t5(vocab_size) if t5 else None,
+        tokenizer_3=tokenizer if t5 else None,
+    )
+
+
+def _t5(vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(
+        T5Config(vocab_size=vocab_size, d_model=64, d_ff=37, d_kv=16, num_layers=1, num_heads=4)
     )
 
 
@@ -204,21 +251,28 @@ def random_lora_state_dict(
     seed: int = 1,
     std: float = 0.05,
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
+    lora_bias: bool = False,
+    component: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """A random LoRA on the denoiser's attention projections, as `save_lora_weights` writes it.
 
     Both A and B are random (a freshly initialised LoRA has B = 0 and would change nothing), so the tests
-    see a real personalization delta.
+    see a real personalization delta. `lora_bias` gives B a bias (peft's `lora_bias=True`); `component`
+    names another module of the pipeline than its denoiser (e.g. "text_encoder", with targets such as
+    "q_proj").
     """
     import copy
 
     from peft import LoraConfig, get_peft_model_state_dict
 
-    denoiser = (
-        pipe.transformer if hasattr(pipe, "transformer") and pipe.transformer is not None else pipe.unet
-    )
+    if component is not None:
+        denoiser = getattr(pipe, component)
+    else:
+        denoiser = (
+            pipe.transformer if hasattr(pipe, "transformer") and pipe.transformer is not None else pipe.unet
+        )
     denoiser = copy.deepcopy(denoiser)  # leave the caller's model untouched
-    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(target_modules))
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(target_modules), lora_bias=lora_bias)
     denoiser.add_adapter(config, adapter_name="random")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -228,8 +282,19 @@ def random_lora_state_dict(
     return get_peft_model_state_dict(denoiser, adapter_name="random")
 
 
-def save_random_lora(pipe, folder: str | Path, rank: int = 4, seed: int = 1, **lora_kwargs) -> Path:
-    """Save a random denoiser LoRA for `pipe` in the diffusers format; returns the folder."""
+def save_random_lora(
+    pipe,
+    folder: str | Path,
+    rank: int = 4,
+    seed: int = 1,
+    text_encoders: tuple[str, ...] = (),
+    text_encoder_std: float = 0.3,
+    **lora_kwargs,
+) -> Path:
+    """Save a random denoiser LoRA for `pipe` in the diffusers format; returns the folder.
+
+    `text_encoders` (e.g. ("text_encoder",)) adds a random LoRA on those text encoders' attention too.
+    """
     folder = Path(folder)
     state = random_lora_state_dict(pipe, rank=rank, seed=seed, **lora_kwargs)
     key = (
@@ -237,5 +302,15 @@ def save_random_lora(pipe, folder: str | Path, rank: int = 4, seed: int = 1, **l
         if hasattr(pipe, "transformer") and pipe.transformer is not None
         else ("unet_lora_layers")
     )
-    type(pipe).save_lora_weights(folder, **{key: state}, safe_serialization=True)
+    layers = {key: state}
+    for n, name in enumerate(text_encoders):
+        layers[name + "_lora_layers"] = random_lora_state_dict(
+            pipe,
+            rank=rank,
+            seed=seed + 100 + n,
+            std=text_encoder_std,
+            target_modules=("q_proj", "k_proj", "v_proj"),
+            component=name,
+        )
+    type(pipe).save_lora_weights(folder, **layers, safe_serialization=True)
     return folder

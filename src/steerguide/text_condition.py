@@ -11,20 +11,31 @@ that to the denoiser's first half. Where the pipeline zeroes the empty negative 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import weakref
 from contextlib import ExitStack
 
 import torch
 
-from steerguide.weak import ParameterDelta, RowScaledLora
+from steerguide.weak.gate import module_lock
 
 
-def text_encoder_weak_condition(
-    pipe,
-    *,
-    lora_scalers: dict[str, RowScaledLora] | None = None,
-    deltas: dict[str, ParameterDelta] | None = None,
-) -> Callable[[dict, float, bool], dict]:
+class WeakCondition:
+    """`fn(inputs, omega, prompt_side) -> inputs`, with `clear()` (drop the cached embeddings) and
+    `uninstall()` (give the pipeline its own `encode_prompt` back)."""
+
+    def __init__(self, pipe, fn, clear, uninstall) -> None:
+        self._fn, self.clear, self.uninstall = fn, clear, uninstall
+        self.pipe = weakref.ref(pipe)  # the pipeline whose `encode_prompt` calls are recorded
+
+    def __call__(self, inputs: dict, omega: float, prompt_side: bool) -> dict:
+        return self._fn(inputs, omega, prompt_side)
+
+
+def text_encoder_weak_condition(pipe, realizations: dict) -> WeakCondition:
+    """`realizations` maps text encoder names to objects whose `at(ω)` makes that encoder θ_ω for a block
+    (per-row LoRA scales or a `ParameterDelta`); the dict is read at every call, so the personalization
+    may switch an encoder from one realization to the other (e.g. after `fuse_lora`)."""
+    had_own = "encode_prompt" in vars(pipe)
     original = pipe.encode_prompt
     signature = inspect.signature(original)
     record: dict = {"call": None, "serial": 0}
@@ -37,6 +48,13 @@ def text_encoder_weak_condition(
         return original(*args, **kwargs)
 
     pipe.encode_prompt = recording_encode_prompt
+
+    def uninstall() -> None:
+        if had_own:
+            pipe.encode_prompt = original
+        else:
+            vars(pipe).pop("encode_prompt", None)
+
     is_sdxl = "prompt_2" in signature.parameters and "prompt_3" not in signature.parameters
 
     def encode(omega: float, prompt_side: bool) -> tuple | None:
@@ -68,10 +86,11 @@ def text_encoder_weak_condition(
                 new_call[key] = None
         new_call["do_classifier_free_guidance"] = False
         with ExitStack() as stack, torch.no_grad():
-            for scaler in (lora_scalers or {}).values():
-                stack.enter_context(scaler.uniform(omega))
-            for delta in (deltas or {}).values():
-                stack.enter_context(delta.at(omega))
+            for name, realization in realizations.items():
+                lock = module_lock(getattr(pipe, name))
+                if lock is not None:  # other threads may be encoding with this encoder
+                    stack.enter_context(lock)
+                stack.enter_context(realization.at(omega))
             return original(**new_call)
 
     def weak_condition(inputs: dict, omega: float, prompt_side: bool) -> dict:
@@ -92,4 +111,4 @@ def text_encoder_weak_condition(
                 out["added_cond_kwargs"] = {**out["added_cond_kwargs"], "text_embeds": pooled}
         return out
 
-    return weak_condition
+    return WeakCondition(pipe, weak_condition, cache.clear, uninstall)

@@ -43,9 +43,13 @@ class ParameterDelta:
         return sum(t.numel() for t in self._pre.values())
 
     def weights(self, omega: float) -> dict[str, torch.Tensor]:
-        """θ_ω for the differing tensors; the last ω is cached (a constant ω is materialized once)."""
+        """θ_ω for the differing tensors; the last ω is cached (a constant ω is materialized once).
+
+        The previous θ_ω is dropped before the next one is built, so at most one is held at a time.
+        """
         if self._cache is not None and self._cache[0] == omega:
             return self._cache[1]
+        self._cache = None
         if omega == 1.0:
             weights = {name: t.data for name, t in self._tensors.items()}
         elif omega == 0.0:
@@ -54,6 +58,26 @@ class ParameterDelta:
             weights = {name: torch.lerp(self._pre[name], t.data, omega) for name, t in self._tensors.items()}
         self._cache = (omega, weights)
         return weights
+
+    def release(self) -> None:
+        """Drop the cached θ_ω (sampling is over)."""
+        self._cache = None
+
+    def restore(self) -> None:
+        """Put θ_pre back into the module for good (the personalization is being unloaded)."""
+        self._cache = None
+        for name, t in self._tensors.items():
+            t.data = self._pre[name]
+        self._tensors.clear()
+        self._pre.clear()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held to realize θ_ω: θ_pre of the differing tensors and the cached θ_ω (if any)."""
+        tensors = {id(t): t for t in self._pre.values()}
+        if self._cache is not None and self._cache[0] not in (0.0, 1.0):
+            tensors.update({id(t): t for t in self._cache[1].values()})
+        return sum(t.numel() * t.element_size() for t in tensors.values())
 
     @contextmanager
     def at(self, omega: float) -> Iterator[None]:
