@@ -19,6 +19,10 @@ toyworld = typer.Typer(help="The embedded toy world: base model, subjects, judge
                        rich_markup_mode=None)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _DEFAULT_WORK = Path("toyworld_build")
+SubjectsFile = Annotated[
+    Path | None,
+    typer.Option("--subjects-file", help="a subjects file (YAML); default: the built-in subjects"),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -38,11 +42,13 @@ def _dir_size(folder: Path) -> int:
 
 
 @toyworld.command()
-def info() -> None:
+def info(subjects_file: SubjectsFile = None) -> None:
     """Where the base model and judges lie, and the personal subjects."""
     from steerguide.toyworld.assets import base_model_path, train_log_path
     from steerguide.toyworld.fidelity import default_weights
-    from steerguide.toyworld.subjects import SUBJECTS
+    from steerguide.toyworld.subjects import load_subjects
+
+    subjects = load_subjects(subjects_file)
 
     base = base_model_path()
     present = (base / "model_index.json").exists()
@@ -52,18 +58,19 @@ def info() -> None:
     if train_log_path().exists():
         t = json.loads(train_log_path().read_text())["timings"]
         print("training time: " + ", ".join(f"{k[:-2]} {v / 60:.1f} min" for k, v in t.items()))
-    print(f"subjects ({len(SUBJECTS)}):")
-    for s in SUBJECTS.values():
-        print(f"  {s.name:14s} token {s.token!r:6s} class {s.class_noun:9s} "
-              f"instance prompt {s.instance_prompt!r}  references: {s.size} on {s.background}, {s.position}")
+    print(f"subjects ({len(subjects)}):")
+    for s in subjects.values():
+        photos = "; ".join(f"{p.size} on {p.background}, {p.position}" for p in s.photos)
+        print(f"  {s.name:14s} look {s.look.kind:8s} instance prompt {s.instance_prompt!r}  photos: {photos}")
 
 
 @toyworld.command()
-def prompts(subject: Annotated[str, typer.Argument(help="subject name (sks_star) or token (sks)")]) -> None:
+def prompts(subject: Annotated[str, typer.Argument(help="subject name (sks_star) or token (sks)")],
+            subjects_file: SubjectsFile = None) -> None:
     """Print a subject's evaluation prompts, one a line."""
     from steerguide.toyworld.subjects import get_subject
 
-    for p in get_subject(subject).eval_prompts():
+    for p in get_subject(subject, subjects_file).eval_prompts():
         print(p)
 
 
@@ -71,11 +78,12 @@ def prompts(subject: Annotated[str, typer.Argument(help="subject name (sks_star)
 def export_subjects(
     out: Annotated[Path, typer.Argument(help="folder for <subject>/NN.png, prompts_and_classes.txt, ...")],
     subject: Annotated[list[str] | None, typer.Option("--subject", "-s", help="only these")] = None,
+    subjects_file: SubjectsFile = None,
 ) -> None:
-    """Export subjects in the DreamBench layout, with their evaluation prompts."""
+    """Export subjects in the DreamBench layout, with their evaluation prompts and a subjects file."""
     from steerguide.toyworld.subjects import export_subjects as export
 
-    folder = export(out, subject or None)
+    folder = export(out, subject or None, subjects_file)
     print(f"wrote {len(subject or []) or 'all'} subjects to {folder}")
 
 
@@ -86,6 +94,7 @@ def render(
     seed: Annotated[int, typer.Option()] = 0,
     caption: Annotated[str | None, typer.Option(help="render this caption (the rest at random)")] = None,
     subject: Annotated[str | None, typer.Option(help="render this subject in random contexts")] = None,
+    subjects_file: SubjectsFile = None,
 ) -> None:
     """Render scenes of the world, with their captions in prompts.jsonl (the input format of `judge`)."""
     import numpy as np
@@ -95,7 +104,7 @@ def render(
     from steerguide.toyworld.world import Spec, complete, parse_caption
     from steerguide.toyworld.world import caption as caption_of
 
-    subj = get_subject(subject) if subject else None
+    subj = get_subject(subject, subjects_file) if subject else None
     stated = parse_caption(caption) if caption else Spec()
     if subj is not None:
         stated = stated.replace(shape=subj.class_noun, token=subj.token)
@@ -136,6 +145,7 @@ def judge(
     manifest: Annotated[Path | None, typer.Option(help="JSON lines {image, prompt}")] = None,
     subject: Annotated[str | None, typer.Option(help="also score fidelity to this subject")] = None,
     out: Annotated[Path | None, typer.Option(help="write the JSON lines here instead of stdout")] = None,
+    subjects_file: SubjectsFile = None,
 ) -> None:
     """Judge images against prompts: text alignment (+ per attribute) and subject fidelity, as JSON lines."""
     from steerguide.toyworld.fidelity import FidelityJudge
@@ -143,7 +153,7 @@ def judge(
     from steerguide.toyworld.subjects import get_subject
     from steerguide.toyworld.world import parse_caption
 
-    subj = get_subject(subject) if subject else None
+    subj = get_subject(subject, subjects_file) if subject else None
     loaded = _load_images(images)
     if prompt is not None:
         pairs = [(name, prompt) for name in loaded]

@@ -48,12 +48,15 @@ TOY_COMMON: dict[str, Any] = {
 SAMPLING = {"num_inference_steps": 20, "guidance_scale": 5.0}  # as the toy world's own checks sample
 
 
-def toy_config(subject: str, method: str = "lora", **overrides: Any) -> TrainConfig:
-    """A `TrainConfig` for toy subject `subject` ("sks_star" or "sks"): its photos, token, class noun and
-    instance prompt, the toy base model, and the tuned toy defaults; `overrides` win over all of them."""
+def toy_config(subject: str, method: str = "lora", subjects_file: str | Path | None = None,
+               **overrides: Any) -> TrainConfig:
+    """A `TrainConfig` for toy subject `subject` ("sks_star" or "sks", from `subjects_file` or the built-in
+    subjects): its photos, token, class noun and instance prompt, the toy base model, and the tuned toy
+    defaults; `overrides` win over all of them. The subject's definition is recorded in `extra`, so that
+    the trained folder says what it was trained on."""
     from steerguide import toyworld
 
-    found = toyworld.get_subject(subject)  # UserError for an unknown name
+    found = toyworld.get_subject(subject, subjects_file)  # UserError for an unknown name or a bad file
     values: dict[str, Any] = {
         "base": toyworld.base_model_path(),
         "images": found.reference_images(),
@@ -61,12 +64,26 @@ def toy_config(subject: str, method: str = "lora", **overrides: Any) -> TrainCon
         "class_noun": found.class_noun,
         "instance_prompt": found.instance_prompt,
         "method": method,
-        "extra": {"toy_subject": found.name},
+        "extra": {"toy_subject": found.name, "toy_subject_definition": found.to_dict()},
     }
     values.update(TOY_COMMON)
     values.update(TOY_DEFAULTS.get(overrides.get("method", method), {}))
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def trained_subject(record: dict[str, Any]):
+    """The toy subject a trained folder's `train.json` record was trained on (its recorded definition;
+    records of older versions name a built-in subject only)."""
+    from steerguide import toyworld
+    from steerguide.toyworld.subjects import subject_from_dict
+
+    extra = (record.get("config") or {}).get("extra") or {}
+    if "toy_subject_definition" in extra:
+        return subject_from_dict(extra["toy_subject_definition"])
+    if "toy_subject" in extra:
+        return toyworld.get_subject(extra["toy_subject"])
+    return None
 
 
 def toy_fidelity(folder: str | Path, n: int = 32, seed: int = 0) -> dict[str, Any]:
@@ -79,7 +96,7 @@ def toy_fidelity(folder: str | Path, n: int = 32, seed: int = 0) -> dict[str, An
     from steerguide.train.results import load_trained
 
     pipe, record = load_trained(folder)
-    subject = toyworld.get_subject(record["config"]["extra"]["toy_subject"])
+    subject = trained_subject(record)
     judge = toyworld.FidelityJudge()
     references = subject.reference_images()
 
