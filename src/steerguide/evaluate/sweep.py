@@ -7,6 +7,7 @@ The parts, each one job, imports pointing down this list:
 - `sweep_grid`: the rows of the grid in a stable order, each keyed by every setting that defines its
   image (a rerun skips what is done; a changed setting makes new rows); sharding and batching;
 - `sweep_sampler`: what turns a batch of rows into images;
+- `sweep_claims`: row claims, so that two sweeps into one folder share the work;
 - `sweep_run`: the loop: pending rows sampled, scored and appended to OUT/results.jsonl (see `results.py`),
   images to OUT/images/<subject>/<key>.png.
 
@@ -29,8 +30,8 @@ from steerguide.evaluate.sweep_config import (
     parse_config,
     read_config_file,
 )
-from steerguide.evaluate.sweep_grid import Row, batches, expand, shard
-from steerguide.evaluate.sweep_run import SweepStats, run_sweep
+from steerguide.evaluate.sweep_grid import Row, batches, describe_grid, expand, shard
+from steerguide.evaluate.sweep_run import SweepInterrupted, SweepStats, check_out, run_sweep
 from steerguide.evaluate.sweep_sampler import DiffusersSampler, make_sampler
 
 __all__ = [
@@ -38,9 +39,12 @@ __all__ = [
     "Row",
     "Setting",
     "SweepConfig",
+    "SweepInterrupted",
     "SweepStats",
     "base_identity",
     "batches",
+    "check_out",
+    "describe_grid",
     "ensure_personalization",
     "expand",
     "load_config",

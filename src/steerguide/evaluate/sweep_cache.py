@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import BenchSubject
+from steerguide.evaluate.sweep_claims import exclusive
 from steerguide.evaluate.sweep_config import SweepConfig
 from steerguide.files import write_json_atomic
 
@@ -103,30 +105,54 @@ def _trainer_identity(config: SweepConfig) -> dict:
     return identity
 
 
+def _cached(folder: Path, key: str) -> bool:
+    marker = folder / "steerguide-cache.json"
+    if (folder / "train.json").is_file() and marker.is_file():
+        try:
+            return json.loads(marker.read_text()).get("key") == key
+        except json.JSONDecodeError:
+            return False
+    return False
+
+
 def ensure_personalization(
-    config: SweepConfig, subject: BenchSubject, out: Path, progress: bool = False, may_train: bool = True
+    config: SweepConfig,
+    subject: BenchSubject,
+    out: Path,
+    progress: bool = False,
+    may_train: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> str | None:
     """The personalization folder for `subject`: a given path, or one trained once and cached under
     OUT/personalizations/<subject>-<key>/ (reused when its train.json exists and its cache key matches).
 
     Training runs in `<folder>.partial` with resume on, so a killed sweep continues the training from its
-    last checkpoint; the finished folder is renamed into place."""
+    last checkpoint; the finished folder is renamed into place. Two sweeps into one folder train it once:
+    the second waits on a lock (OUT/claims/train-<folder>) and then finds it cached."""
     if "train" not in config.personalization:
         return personalization_path(config, subject)
     key = train_cache_key(config, subject)
     folder = out / "personalizations" / f"{subject.name}-{key[:12]}"
-    marker = folder / "steerguide-cache.json"
-    if (folder / "train.json").is_file() and marker.is_file():
-        try:
-            if json.loads(marker.read_text()).get("key") == key:
-                return str(folder)
-        except json.JSONDecodeError:
-            pass
+    if _cached(folder, key):
+        return str(folder)
     if not may_train:
         raise UserError(
             f"subject {subject.name!r} needs a personalization trained first: under several "
             "processes, run `steerguide sweep CONFIG --out DIR --train-only` once in a single process"
         )
+
+    def waiting() -> None:
+        if log:
+            log(f"another sweep is training the personalization of {subject.name}; waiting for it")
+
+    with exclusive(out / "claims" / f"train-{folder.name}", on_wait=waiting):
+        if _cached(folder, key):  # trained by the sweep we waited for
+            return str(folder)
+        _train(config, subject, key, folder, progress)
+    return str(folder)
+
+
+def _train(config: SweepConfig, subject: BenchSubject, key: str, folder: Path, progress: bool) -> None:
     from steerguide.train import TrainConfig, train
 
     partial = folder.with_name(folder.name + ".partial")
@@ -157,4 +183,3 @@ def ensure_personalization(
 
         shutil.rmtree(folder)
     os.replace(trained, folder)
-    return str(folder)

@@ -39,6 +39,8 @@ TOP_KEYS = {
 BENCHMARK_KEYS = {"name", "root", "subjects", "token", "num_prompts"}
 SAMPLING_KEYS = {"steps", "height", "width", "negative_prompt", "batch_size", "scheduler"}
 PERSONALIZATION_KEYS = {"train", "paths"}
+MAX_SIDE = 4096  # pixels: no base of the Stable Diffusion family samples larger
+MAX_UPSCALE = 4  # height/width at most this many times the base's own sample size (attention memory)
 METHOD_AXES = {
     "cfg": {"scale", "interval"},
     "ag": {"scale", "omega", "interval"},
@@ -261,6 +263,13 @@ def parse_config(data: dict, source: str = "") -> SweepConfig:
         v = sampling.get(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise UserError(f"config key sampling.{key}: expected an integer >= 1, got {v!r}")
+    for key in ("height", "width"):
+        v = sampling.get(key)
+        if v is not None and (v % 8 or v > MAX_SIDE):
+            raise UserError(
+                f"config key sampling.{key}: expected a multiple of 8 from 8 to {MAX_SIDE} pixels "
+                f"(latents are 1/8 of the image or finer), got {v}"
+            )
 
     personalization = data.get("personalization") or {}
     if not isinstance(personalization, dict):
@@ -293,6 +302,37 @@ def parse_config(data: dict, source: str = "") -> SweepConfig:
         sampler=sampler,
         source=source,
     )
+
+
+def check_sample_size(config: SweepConfig, base: str | Path) -> None:
+    """`sampling.height/width` against the base (a diffusers folder): a multiple of its autoencoder's
+    downsampling and at most `MAX_UPSCALE` × its own sample size, since self-attention memory grows with
+    the square of the pixel count (the toy base at 100000 px asked for 40 GB). A hub id is not read."""
+    sizes = {k: config.sampling.get(k) for k in ("height", "width") if config.sampling.get(k) is not None}
+    folder = Path(base)
+    if not sizes or not (folder / "unet" / "config.json").is_file():
+        return
+    import json
+
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        factor = 2 ** (len(vae["block_out_channels"]) - 1)
+        sample = unet["sample_size"]
+        native = max(sample if isinstance(sample, (list, tuple)) else [sample]) * factor
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # an unusual layout: leave the judgement to the pipeline
+    for key, value in sizes.items():
+        if value % factor:
+            raise UserError(
+                f"config key sampling.{key}: {value} is not a multiple of {factor} for base {base}"
+            )
+        if value > MAX_UPSCALE * native:
+            raise UserError(
+                f"config key sampling.{key}: {value} px is more than {MAX_UPSCALE}× the {native} px that base "
+                f"{base} makes (attention memory grows with the square of the pixels); at most "
+                f"{MAX_UPSCALE * native}"
+            )
 
 
 def load_config(path: str | Path) -> SweepConfig:

@@ -67,3 +67,22 @@ def batches(rows: list[Row], size: int):
         batch.append(row)
     if batch:
         yield batch
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def describe_grid(config: SweepConfig, benchmark: Benchmark) -> str:
+    """The grid's size and its factors: "72 rows (6 settings × 2 seeds × 3 prompts × 2 subjects)"; when
+    subjects have different numbers of prompts, their range and sum."""
+    per_subject = [len(s.prompts) for s in benchmark.subjects]
+    total = len(config.settings) * len(config.seeds) * sum(per_subject)
+    head = f"{_count(total, 'row')} ({_count(len(config.settings), 'setting')} × {_count(len(config.seeds), 'seed')}"
+    if len(set(per_subject)) <= 1:
+        prompts = per_subject[0] if per_subject else 0
+        return f"{head} × {_count(prompts, 'prompt')} × {_count(len(per_subject), 'subject')})"
+    return (
+        f"{head} × {sum(per_subject)} prompts over {_count(len(per_subject), 'subject')}, "
+        f"{min(per_subject)}-{max(per_subject)} each)"
+    )
