@@ -382,3 +382,52 @@ def test_an_interrupted_training_says_it_resumes(tmp_path, monkeypatch):
     cfg = parse_config(fake_config(personalization={"train": {"steps": 5}}))
     with pytest.raises(KeyboardInterrupt, match="interrupted while training the personalization of dog"):
         run_sweep(cfg, tmp_path, sampler=NoiseSampler())
+
+
+def test_a_row_finished_just_before_our_claim_is_not_redone(tmp_path, monkeypatch):
+    """The window between reading the done keys and taking a claim: another sweep appends the row and
+    drops its claim right then. The claim succeeds, but the row is done: it must not be computed again."""
+    from steerguide.evaluate import sweep_run
+    from steerguide.evaluate.results import ResultsStore
+
+    out = tmp_path / "out"
+    cfg = parse_config(fake_config())
+    target = expand(cfg, load_benchmark(cfg.benchmark))[4].key
+    real = sweep_run.RowClaims.try_claim
+
+    def racing(self, key):
+        if key == target:
+            ResultsStore(out / "results.jsonl").append([{"key": key, "by": "other"}])
+        return real(self, key)
+
+    monkeypatch.setattr(sweep_run.RowClaims, "try_claim", racing)
+    sampler = SlowSampler(delay=0)
+    stats = run_sweep(cfg, out, sampler=sampler)
+    assert (stats.written, sampler.images, stats.done_elsewhere) == (71, 71, 1)
+
+
+def test_an_interrupt_mid_write_leaves_no_temporary_and_no_claim_held(tmp_path, monkeypatch):
+    from steerguide.evaluate import sweep_run
+    from steerguide.evaluate.sweep_claims import try_lock
+
+    calls = []
+
+    def interrupted_save(image, path):  # the image written to its temporary name, then Ctrl-C
+        calls.append(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if len(calls) == 3:
+            image.save(path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}"))
+            raise KeyboardInterrupt
+        return image.save(path)
+
+    monkeypatch.setattr(sweep_run, "save_image_atomic", interrupted_save)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt, match="2 new rows written by this run; 2 of 72 rows are kept"):
+        run_sweep(parse_config(fake_config()), out, sampler=NoiseSampler())
+    assert not list(out.rglob(".*.tmp*"))
+    claims = list((out / "claims").iterdir())
+    assert len(claims) == 1  # the batch in flight (the group's third prompt): kept, its lock released
+    for path in claims:
+        fd = try_lock(path)
+        assert fd is not None
+        os.close(fd)
