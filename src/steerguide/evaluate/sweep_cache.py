@@ -79,19 +79,20 @@ def personalization_path(config: SweepConfig, subject: BenchSubject) -> str | No
 
 def train_cache_key(config: SweepConfig, subject: BenchSubject) -> str:
     refs = [str(p) for p in subject.references] or [f"{subject.name}:generated"]
-    return stable_hash(
-        {
-            "base": base_identity(config.base),
-            "subject": subject.name,
-            "token": subject.token,
-            "class_noun": subject.class_noun,
-            "references": refs,
-            "train": config.personalization.get("train") or {},
-            # What the trainer writes and the defaults the toy world fills in: a change to either makes
-            # old cached personalizations stale.
-            "trainer": _trainer_identity(config),
-        }
-    )
+    identity = {
+        "base": base_identity(config.base),
+        "subject": subject.name,
+        "token": subject.token,
+        "class_noun": subject.class_noun,
+        "references": refs,
+        "train": config.personalization.get("train") or {},
+        # What the trainer writes and the defaults the toy world fills in: a change to either makes
+        # old cached personalizations stale.
+        "trainer": _trainer_identity(config),
+    }
+    if subject.definition is not None:  # a generated subject's photos follow from its definition
+        identity["subject_definition"] = subject.definition
+    return stable_hash(identity)
 
 
 def _trainer_identity(config: SweepConfig) -> dict:
@@ -163,7 +164,12 @@ def _train(config: SweepConfig, subject: BenchSubject, key: str, folder: Path, p
 
             method = settings.pop("method")
             train_config = toy_config(
-                subject.name, method, base=resolve_base(config.base), out=partial, **settings
+                subject.name,
+                method,
+                subjects_file=config.benchmark.get("subjects_file"),
+                base=resolve_base(config.base),
+                out=partial,
+                **settings,
             )
         else:
             train_config = TrainConfig(

@@ -2,6 +2,7 @@
 
     base: toy                                  # a diffusers folder or model id; "toy": the toy world's model
     benchmark: {name: dreambench, root: data/dreambench, subjects: [dog, teapot], num_prompts: 5}
+    # or {name: toy, subjects_file: my-subjects.yaml, subjects: [sks_star]}: toy subjects (default: built-in)
     personalization: {train: {method: lora, steps: 400}}   # or {paths: {dog: loras/dog, "*": loras/any}}
     guidance:
       cfg: {scale: [3, 5, 7.5]}
@@ -36,7 +37,7 @@ TOP_KEYS = {
     "dtype",
     "sampler",
 }
-BENCHMARK_KEYS = {"name", "root", "subjects", "token", "num_prompts"}
+BENCHMARK_KEYS = {"name", "root", "subjects", "token", "num_prompts", "subjects_file"}
 SAMPLING_KEYS = {"steps", "height", "width", "negative_prompt", "batch_size", "scheduler"}
 PERSONALIZATION_KEYS = {"train", "paths"}
 MAX_SIDE = 4096  # pixels: no base of the Stable Diffusion family samples larger
@@ -193,6 +194,16 @@ def parse_config(data: dict, source: str = "") -> SweepConfig:
         not isinstance(bench["subjects"], list) or not all(isinstance(s, str) for s in bench["subjects"])
     ):
         raise UserError("config key benchmark.subjects: expected a list of subject names")
+    if "subjects_file" in bench:
+        if bench["name"] != "toy":
+            raise UserError(
+                "config key benchmark.subjects_file: only the toy benchmark reads a subjects file"
+            )
+        if not isinstance(bench["subjects_file"], str) or not bench["subjects_file"]:
+            raise UserError(
+                f"config key benchmark.subjects_file: expected a path to a subjects file (YAML), "
+                f"got {bench['subjects_file']!r}"
+            )
     if "num_prompts" in bench and (not isinstance(bench["num_prompts"], int) or bench["num_prompts"] < 1):
         raise UserError(
             f"config key benchmark.num_prompts: expected an integer >= 1, got {bench['num_prompts']!r}"

@@ -35,19 +35,20 @@ def expand(config: SweepConfig, benchmark: Benchmark) -> list[Row]:
         for setting in config.settings:
             for seed in config.seeds:
                 for i, prompt in enumerate(subject.prompts):
-                    key = stable_hash(
-                        {
-                            "base": base,
-                            "benchmark": benchmark.name,
-                            "subject": subject.name,
-                            "personalization": pid,
-                            "prompt": prompt,
-                            "seed": seed,
-                            "setting": asdict(setting),
-                            "sampling": sampling,
-                            "dtype": config.dtype,
-                        }
-                    )
+                    identity = {
+                        "base": base,
+                        "benchmark": benchmark.name,
+                        "subject": subject.name,
+                        "personalization": pid,
+                        "prompt": prompt,
+                        "seed": seed,
+                        "setting": asdict(setting),
+                        "sampling": sampling,
+                        "dtype": config.dtype,
+                    }
+                    if subject.definition is not None:  # a generated subject: edit it, its rows go stale
+                        identity["subject_definition"] = subject.definition
+                    key = stable_hash(identity)
                     rows.append(Row(key, subject.name, prompt, i, seed, setting, pid))
     return rows
 
