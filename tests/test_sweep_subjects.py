@@ -149,3 +149,39 @@ def test_subjects_file_config_errors(tmp_path):
         UserError, match=r"subjects file .*mine.yaml has no subject 'kfp_star'; it has: sks_star"
     ):
         load_benchmark(parse_config(toy_config(path, subjects=["kfp_star"])).benchmark)
+
+
+def test_steps_factor_trains_a_multiple_of_the_recipes_steps(tmp_path, monkeypatch):
+    import json
+
+    import steerguide.train
+    from steerguide.train.toy import TOY_DEFAULTS
+
+    steps = []
+
+    def train(config, progress=True):
+        steps.append(config.steps)
+        out = Path(config.out)
+        out.mkdir(parents=True)
+        (out / "train.json").write_text(json.dumps({}))
+        return out
+
+    monkeypatch.setattr(steerguide.train, "train", train)
+    default = TOY_DEFAULTS["lora"]["steps"]
+    folders = set()
+    for factor in (None, 0.5, 3):
+        config = toy_config(None, subjects=["sks_star"], num_prompts=1)
+        if factor is not None:
+            config["personalization"]["train"]["steps_factor"] = factor
+        run_sweep(parse_config(config), tmp_path / "out", sampler=NoiseSampler())
+        folders |= set((tmp_path / "out" / "personalizations").iterdir())
+    assert steps == [default, round(default / 2), 3 * default] and len(folders) == 3
+    # relative to a recipe's own steps when it gives them
+    config = toy_config(None, subjects=["sks_star"], num_prompts=1)
+    config["personalization"]["train"].update(steps=10, steps_factor=3)
+    run_sweep(parse_config(config), tmp_path / "out", sampler=NoiseSampler())
+    assert steps[-1] == 30
+    for bad in (0, -1, "half", True):
+        config["personalization"]["train"]["steps_factor"] = bad
+        with pytest.raises(UserError, match="personalization.train.steps_factor: expected a number > 0"):
+            parse_config(config)

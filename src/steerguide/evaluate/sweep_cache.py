@@ -7,6 +7,7 @@ defaults. Trained personalizations live in OUT/personalizations/<subject>-<key>/
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -158,6 +159,7 @@ def _train(config: SweepConfig, subject: BenchSubject, key: str, folder: Path, p
 
     partial = folder.with_name(folder.name + ".partial")
     settings = {"method": "lora", "resume": True, **(config.personalization.get("train") or {})}
+    steps_factor = settings.pop("steps_factor", None)
     try:
         if config.benchmark.get("name") == "toy":  # the toy world's tuned defaults and instance prompts
             from steerguide.train.toy import toy_config
@@ -182,6 +184,10 @@ def _train(config: SweepConfig, subject: BenchSubject, key: str, folder: Path, p
             )
     except TypeError as e:
         raise UserError(f"config key personalization.train: {e}") from None
+    if steps_factor is not None:  # a strength relative to the recipe: "half its steps", "three times"
+        train_config = dataclasses.replace(
+            train_config, steps=max(1, round(steps_factor * train_config.max_steps))
+        )
     trained = Path(train(train_config, progress=progress))
     write_json_atomic(trained / "steerguide-cache.json", {"key": key, "subject": subject.name})
     if folder.exists():  # a stale or mismatching cache entry: replace it whole

@@ -4,6 +4,7 @@
     benchmark: {name: dreambench, root: data/dreambench, subjects: [dog, teapot], num_prompts: 5}
     # or {name: toy, subjects_file: my-subjects.yaml, subjects: [sks_star]}: toy subjects (default: built-in)
     personalization: {train: {method: lora, steps: 400}}   # or {paths: {dog: loras/dog, "*": loras/any}}
+    # train.steps_factor: 0.5 trains half the recipe's steps (its `steps`, else the method's default)
     guidance:
       cfg: {scale: [3, 5, 7.5]}
       pg:  {scale: [3, 5, 7.5], omega: [0.0, 0.5], omega_schedule: [constant, "linear:1"]}
@@ -292,6 +293,14 @@ def parse_config(data: dict, source: str = "") -> SweepConfig:
         raise UserError("config key personalization.paths: expected a path or a mapping subject -> path")
     if "train" in personalization and not isinstance(personalization["train"] or {}, dict):
         raise UserError("config key personalization.train: expected a mapping of training settings")
+    factor = (personalization.get("train") or {}).get("steps_factor")
+    if factor is not None and (
+        isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0
+    ):
+        raise UserError(
+            f"config key personalization.train.steps_factor: expected a number > 0 (a multiple of the "
+            f"recipe's steps), got {factor!r}"
+        )
 
     metrics = normalize_metric_spec(data["metrics"], "config key metrics")
     sampler = data.get("sampler")
