@@ -431,3 +431,32 @@ def test_an_interrupt_mid_write_leaves_no_temporary_and_no_claim_held(tmp_path, 
         fd = try_lock(path)
         assert fd is not None
         os.close(fd)
+
+
+def test_a_method_may_list_several_grids():
+    cfg = parse_config(
+        fake_config(
+            guidance={
+                "pg": [
+                    {"scale": [3.0, 5.0], "omega": [0.0, 0.5]},
+                    {"scale": 5.0, "omega": 0.0, "omega_schedule": "linear:1"},
+                    {"scale": [3.0, 5.0], "omega": 0.5, "interval": [0.0, 0.6]},
+                    {"scale": 3.0, "omega": 0.5},  # already in the first grid: one setting, not two
+                ]
+            }
+        )
+    )
+    labels = [s.label for s in cfg.settings]
+    assert labels == [
+        "pg w=3 ω=0",
+        "pg w=3 ω=0.5",
+        "pg w=5 ω=0",
+        "pg w=5 ω=0.5",
+        "pg w=5 ω=0 linear:1",
+        "pg w=3 ω=0.5 [0,0.6]",
+        "pg w=5 ω=0.5 [0,0.6]",
+    ]
+    with pytest.raises(UserError, match=r"config key guidance.pg\[1\].omgea: unknown key"):
+        parse_config(fake_config(guidance={"pg": [{"scale": 3.0}, {"scale": 3.0, "omgea": 1}]}))
+    with pytest.raises(UserError, match=r"config key guidance.pg: expected a mapping of axes or a list"):
+        parse_config(fake_config(guidance={"pg": []}))

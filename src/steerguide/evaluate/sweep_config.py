@@ -9,6 +9,7 @@
       cfg: {scale: [3, 5, 7.5]}
       pg:  {scale: [3, 5, 7.5], omega: [0.0, 0.5], omega_schedule: [constant, "linear:1"]}
       ag:  {scale: [2, 3], omega: [0.0]}
+      # a method may list several grids (their union): pg: [{scale: [3, 5], omega: [0.5]}, {scale: 5, ...}]
     seeds: [0, 1]                              # or a count: 2 -> [0, 1]
     sampling: {steps: 25, batch_size: 8}
     metrics: [dino, clip_i, clip_t]            # or {dino: {model: /models/dino-vits16}, ...}
@@ -145,6 +146,43 @@ def yaml_error() -> type[Exception]:
     return yaml.YAMLError
 
 
+def _method_settings(method: str, where: str, axes: Any) -> list[Setting]:
+    """The settings of one grid of a method's axes (their product), each checked by the guidance code."""
+    axes = axes or {}
+    if not isinstance(axes, dict):
+        raise UserError(
+            f"config key {where}: expected a mapping of axes ({', '.join(sorted(METHOD_AXES[method]))})"
+        )
+    _unknown(where, axes, METHOD_AXES[method])
+    if "scale" not in axes:
+        raise UserError(f"config key {where}.scale: missing (a number or a list of numbers)")
+    scales = _numbers(f"{where}.scale", axes["scale"])
+    omegas: list[float | None] = [None]
+    schedules: list[str | None] = [None]
+    if method != "cfg":
+        omegas = _numbers(f"{where}.omega", axes["omega"]) if "omega" in axes else [None]
+    if method == "pg" and "omega_schedule" in axes:
+        schedules = _as_list(axes["omega_schedule"])
+        if not schedules or not all(isinstance(s, str) and s for s in schedules):
+            raise UserError(f"config key {where}.omega_schedule: expected a schedule name or a list of them")
+    intervals = [(0.0, 1.0)]
+    if "interval" in axes:
+        raw = axes["interval"]
+        nested = isinstance(raw, (list, tuple)) and raw and isinstance(raw[0], (list, tuple))
+        intervals = [_interval(f"{where}.interval", v) for v in (raw if nested else [raw])]
+    settings = []
+    for scale, omega, schedule, interval in product(scales, omegas, schedules, intervals):
+        setting = Setting(method, scale, omega, schedule, interval)
+        try:  # let the guidance code judge each value (ω range, schedule spelling, interval)
+            setting.guidance_config()
+        except UserError as e:
+            raise UserError(f"config key {where}: {e}") from None
+        except ImportError:
+            pass
+        settings.append(setting)
+    return settings
+
+
 def read_config_file(path: str | Path) -> dict:
     """Parse a YAML (.yaml/.yml) or TOML (.toml) file into a mapping."""
     path = Path(path)
@@ -218,40 +256,16 @@ def parse_config(data: dict, source: str = "") -> SweepConfig:
         where = f"guidance.{method}"
         if method not in METHOD_AXES:
             raise UserError(f"config key {where}: unknown method (expected one of cfg, ag, pg)")
-        axes = axes or {}
-        if not isinstance(axes, dict):
-            raise UserError(
-                f"config key {where}: expected a mapping of axes ({', '.join(sorted(METHOD_AXES[method]))})"
-            )
-        _unknown(where, axes, METHOD_AXES[method])
-        if "scale" not in axes:
-            raise UserError(f"config key {where}.scale: missing (a number or a list of numbers)")
-        scales = _numbers(f"{where}.scale", axes["scale"])
-        omegas: list[float | None] = [None]
-        schedules: list[str | None] = [None]
-        if method != "cfg":
-            omegas = _numbers(f"{where}.omega", axes["omega"]) if "omega" in axes else [None]
-        if method == "pg" and "omega_schedule" in axes:
-            schedules = _as_list(axes["omega_schedule"])
-            if not schedules or not all(isinstance(s, str) and s for s in schedules):
-                raise UserError(
-                    f"config key {where}.omega_schedule: expected a schedule name or a list of them"
-                )
-        intervals = [(0.0, 1.0)]
-        if "interval" in axes:
-            raw = axes["interval"]
-            nested = isinstance(raw, (list, tuple)) and raw and isinstance(raw[0], (list, tuple))
-            intervals = [_interval(f"{where}.interval", v) for v in (raw if nested else [raw])]
-        for scale, omega, schedule, interval in product(scales, omegas, schedules, intervals):
-            setting = Setting(method, scale, omega, schedule, interval)
-            try:  # let the guidance code judge each value (ω range, schedule spelling, interval)
-                setting.guidance_config()
-            except UserError as e:
-                raise UserError(f"config key {where}: {e}") from None
-            except ImportError:
-                pass
-            if setting not in settings:  # a value listed twice is one setting, not two rows per image
-                settings.append(setting)
+        # A list of grids is their union: "PG at four ω constant, plus one schedule at ω = 0".
+        blocks = (
+            [(f"{where}[{i}]", b) for i, b in enumerate(axes)] if isinstance(axes, list) else [(where, axes)]
+        )
+        if not blocks:
+            raise UserError(f"config key {where}: expected a mapping of axes or a list of them, got []")
+        for block_where, block in blocks:
+            for setting in _method_settings(method, block_where, block):
+                if setting not in settings:  # a value listed twice is one setting, not two rows per image
+                    settings.append(setting)
 
     seeds = data.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
