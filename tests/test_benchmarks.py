@@ -54,8 +54,8 @@ def _variant(setting) -> str:
 
 
 def test_toy_dreambench_configs_expand_to_the_documented_grids():
-    """The grid fixed in advance (benchmarks/toy_dreambench/config*.yaml, docs/results.md): every method at
-    w ∈ {1.5, 3, 5, 7.5}; at the default strength PG at ω ∈ {0, 0.25, 0.5, 0.75} constant, one schedule
+    """The grid fixed in advance (benchmarks/toy_dreambench/config*.yaml and README.md): at the default
+    strength every method at w ∈ {1.5, 3, 5, 7.5}, PG at ω ∈ {0, 0.25, 0.5, 0.75} constant, one schedule
     and the interval variant; the reduced grid at half and three times the steps; the base model alone."""
     from collections import Counter
 
@@ -63,34 +63,35 @@ def test_toy_dreambench_configs_expand_to_the_documented_grids():
     from steerguide.evaluate.sweep import describe_grid, expand, load_config
 
     folder = ROOT / "benchmarks" / "toy_dreambench"
-    scales = {1.5, 3.0, 5.0, 7.5}
     grids = {}
     for name in ("config.yaml", "config-half.yaml", "config-triple.yaml", "config-base.yaml"):
         config = load_config(folder / name)
         bench = load_benchmark(config.benchmark)
         rows = expand(config, bench)
         per_variant = Counter(_variant(s) for s in config.settings)
+        scales = {v: sorted({s.scale for s in config.settings if _variant(s) == v}) for v in per_variant}
+        assert len({tuple(v) for v in scales.values()}) == 1, (name, scales)  # every method, same scales
         omegas = {v: sorted({s.omega for s in config.settings if _variant(s) == v}) for v in per_variant}
-        for variant in per_variant:  # every method and variant through the same scales
-            assert {s.scale for s in config.settings if _variant(s) == variant} == scales, (name, variant)
         train = config.personalization.get("train")
+        assert len(bench.subjects) == 10 and config.seeds == [0]
         grids[name] = {
             "settings": dict(per_variant),
+            "scales": next(iter(scales.values())),
             "omegas": {v: o for v, o in omegas.items() if o != [None]},
             "steps_factor": None if train is None else train.get("steps_factor", 1),
-            "rows": len(rows),
             "described": describe_grid(config, bench),
         }
-        # 10 subjects × 16 prompts × 2 seeds per setting
-        assert len(bench.subjects) == 10 and all(len(s.prompts) == 16 for s in bench.subjects)
-        assert config.seeds == [0, 1] and len(rows) == len(config.settings) * 320
+        assert len(rows) == int(grids[name]["described"].split()[0])
     reduced = {
-        "settings": {"cfg": 4, "ag": 4, "pg constant": 12},
-        "omegas": {"ag": [0.0], "pg constant": [0.25, 0.5, 0.75]},
+        "settings": {"cfg": 3, "ag": 3, "pg constant": 6},
+        "scales": [3.0, 5.0, 7.5],
+        "omegas": {"ag": [0.0], "pg constant": [0.25, 0.75]},
+        "described": "1440 rows (12 settings × 1 seed × 12 prompts × 10 subjects)",
     }
     assert grids == {
         "config.yaml": {
             "settings": {"cfg": 4, "ag": 4, "pg constant": 16, "pg linear:1": 4, "pg interval 0-0.6": 4},
+            "scales": [1.5, 3.0, 5.0, 7.5],
             "omegas": {
                 "ag": [0.0],
                 "pg constant": [0.0, 0.25, 0.5, 0.75],
@@ -98,35 +99,26 @@ def test_toy_dreambench_configs_expand_to_the_documented_grids():
                 "pg interval 0-0.6": [0.5],
             },
             "steps_factor": 1,
-            "rows": 10240,
-            "described": "10240 rows (32 settings × 2 seeds × 16 prompts × 10 subjects)",
+            "described": "5120 rows (32 settings × 1 seed × 16 prompts × 10 subjects)",
         },
-        "config-half.yaml": {
-            **reduced,
-            "steps_factor": 0.5,
-            "rows": 6400,
-            "described": "6400 rows (20 settings × 2 seeds × 16 prompts × 10 subjects)",
-        },
-        "config-triple.yaml": {
-            **reduced,
-            "steps_factor": 3,
-            "rows": 6400,
-            "described": "6400 rows (20 settings × 2 seeds × 16 prompts × 10 subjects)",
-        },
+        "config-half.yaml": {**reduced, "steps_factor": 0.5},
+        "config-triple.yaml": {**reduced, "steps_factor": 3},
         "config-base.yaml": {
             "settings": {"cfg": 4},
+            "scales": [1.5, 3.0, 5.0, 7.5],
             "omegas": {},
             "steps_factor": None,
-            "rows": 1280,
-            "described": "1280 rows (4 settings × 2 seeds × 16 prompts × 10 subjects)",
+            "described": "640 rows (4 settings × 1 seed × 16 prompts × 10 subjects)",
         },
     }
-    # the three strengths differ only in their training steps and the grid; they share prompts and seeds
+    # the strengths differ only in their training steps and the grid: the reduced grid's settings, subjects,
+    # prompts and seeds are a subset of the default's (paired comparisons across strengths)
     default, half = load_config(folder / "config.yaml"), load_config(folder / "config-half.yaml")
     assert set(half.settings) < set(default.settings)
-    assert {
-        k: v for k, v in half.personalization["train"].items() if k != "steps_factor"
-    } == default.personalization["train"]
+    recipe = {k: v for k, v in half.personalization["train"].items() if k != "steps_factor"}
+    assert recipe == default.personalization["train"]
+    prompts = {s.name: s.prompts for s in load_benchmark(default.benchmark).subjects}
+    assert all(s.prompts == prompts[s.name][:12] for s in load_benchmark(half.benchmark).subjects)
 
 
 def _verdict_module():

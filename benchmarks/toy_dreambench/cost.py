@@ -3,10 +3,11 @@
     python benchmarks/toy_dreambench/cost.py --out runs/cost [--train-steps 40] [--seeds 1] [--workers 2]
         [--configs benchmarks/toy_dreambench/config*.yaml]
 
-One single-threaded process (as each of run.py's workers is): trains a toy LoRA of one subject for a few
-steps with the default recipe (seconds per step), then samples one batch of that subject's prompts per
-method (CFG, AG, PG, PG on an interval) through the sweep, timing sampling and judging separately; a
-second batch per method is timed (the first includes loading). Then, for each config, the rows per
+One single-threaded process (as each of run.py's workers is): trains a toy LoRA of one subject with the
+default recipe for N and 3N steps (seconds per step, and per training), then samples batches of that
+subject's prompts per cost class (the base model alone; CFG, AG, PG, PG on an interval with the LoRA)
+through the sweep, timing sampling and judging separately; the first batch of each is not timed (it
+includes loading). Then, for each config, the rows per
 method × the measured seconds per image, plus its trainings × steps × seconds per step, divided over the
 workers (whole subjects per worker, as run.py shares them).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import time
 from dataclasses import replace
@@ -27,6 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 PROBES = {  # one setting per cost class: rows through the denoiser per step differ
+    "base": {"cfg": {"scale": 5.0}},  # the base model alone: no LoRA in the forward passes
     "cfg": {"cfg": {"scale": 5.0}},
     "ag": {"ag": {"scale": 5.0, "omega": [0.0]}},
     "pg": {"pg": {"scale": 5.0, "omega": [0.5]}},
@@ -34,10 +37,12 @@ PROBES = {  # one setting per cost class: rows through the denoiser per step dif
 }
 
 
-def cost_class(setting) -> str:
-    if setting.method == "pg" and tuple(setting.interval) != (0.0, 1.0):
+def cost_class(row) -> str:
+    if row.personalization == "none":
+        return "base"
+    if row.setting.method == "pg" and tuple(row.setting.interval) != (0.0, 1.0):
         return "pg-interval"
-    return setting.method
+    return row.setting.method
 
 
 def measure(out: Path, subject: str, train_steps: int, seeds: int) -> dict:
@@ -48,19 +53,28 @@ def measure(out: Path, subject: str, train_steps: int, seeds: int) -> dict:
     from steerguide.train.toy import toy_config
 
     torch.set_num_threads(1)
-    t0, c0 = time.perf_counter(), time.process_time()
-    folder = train(
-        toy_config(subject, "lora", out=out / "lora", steps=train_steps, validation_images=0, overwrite=True),
-        progress=False,
-    )
-    train_wall, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+
+    def timed_training(steps: int) -> tuple[Path, float, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        config = toy_config(subject, "lora", out=out / f"lora-{steps}", steps=steps, validation_images=0)
+        folder = train(replace(config, overwrite=True), progress=False)
+        return folder, time.process_time() - c0, time.perf_counter() - t0
+
+    # Two trainings, N and 3N steps: the slope is the cost of a step, the rest a training's fixed cost
+    # (loading, rendering the photos, saving).
+    _, cpu_short, wall_short = timed_training(train_steps)
+    folder, cpu_long, wall_long = timed_training(3 * train_steps)
+    train_step = (cpu_long - cpu_short) / (2 * train_steps)
+    train_fixed = max(0.0, cpu_short - train_steps * train_step)
+    train_share = (cpu_short + cpu_long) / (wall_short + wall_long)
     per_image: dict[str, dict[str, float]] = {}
     for name, guidance in PROBES.items():
+        personalization = {} if name == "base" else {"paths": {"*": str(folder)}}
         config = parse_config(
             {
                 "base": "toy",
                 "benchmark": {"name": "toy", "subjects": [subject]},
-                "personalization": {"paths": {"*": str(folder)}},
+                "personalization": personalization,
                 "guidance": guidance,
                 "seeds": list(range(seeds + 1)),
                 "sampling": {"steps": 20, "batch_size": 64},
@@ -79,8 +93,9 @@ def measure(out: Path, subject: str, train_steps: int, seeds: int) -> dict:
             "share": share,
         }
     return {
-        "train_step": train_cpu / train_steps,
-        "train_share": train_cpu / train_wall,
+        "train_step": train_step,
+        "train_fixed": train_fixed,
+        "train_share": train_share,
         "per_image": per_image,
         "load": os.getloadavg(),
     }
@@ -96,16 +111,16 @@ def estimate(config_path: str, cost: dict, workers: int) -> dict:
     per_subject: dict[str, float] = {}
     counts: dict[str, int] = {}
     for r in rows:
-        c = cost["per_image"][cost_class(r.setting)]
+        c = cost["per_image"][cost_class(r)]
         per_subject[r.subject] = per_subject.get(r.subject, 0.0) + c["sample"] + c["judge"]
-        counts[cost_class(r.setting)] = counts.get(cost_class(r.setting), 0) + 1
+        counts[cost_class(r)] = counts.get(cost_class(r), 0) + 1
     train = config.personalization.get("train")
     train_steps = 0
     if train is not None:
         steps = train.get("steps") or TOY_DEFAULTS[train.get("method", "lora")]["steps"]
         train_steps = round(steps * train.get("steps_factor", 1))
         for name in per_subject:
-            per_subject[name] += train_steps * cost["train_step"]
+            per_subject[name] += cost["train_fixed"] + train_steps * cost["train_step"]
     loads = sorted(per_subject.values(), reverse=True)
     shares = [sum(loads[k::workers]) for k in range(workers)]  # run.py: subjects k, k + N, ...
     return {
@@ -123,17 +138,31 @@ def main() -> None:
     )
     parser.add_argument("--out", required=True)
     parser.add_argument("--subject", default="sks_star")
-    parser.add_argument("--train-steps", type=int, default=40)
+    parser.add_argument("--train-steps", type=int, default=30)
     parser.add_argument("--seeds", type=int, default=1, help="timed batches per method (16 images each)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--configs", nargs="*", default=sorted(glob.glob(str(HERE / "config*.yaml"))))
+    parser.add_argument("--reuse", action="store_true", help="estimate from OUT/cost.json; measure nothing")
     args = parser.parse_args()
-    cost = measure(Path(args.out), args.subject, args.train_steps, args.seeds)
+    saved = Path(args.out) / "cost.json"
+    if args.reuse:
+        cost = json.loads(saved.read_text())
+    else:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        for lib in (diffusers_logging, transformers_logging):  # our lines, not the libraries' bars
+            lib.set_verbosity_error()
+            lib.disable_progress_bar()
+        cost = measure(Path(args.out), args.subject, args.train_steps, args.seeds)
+        cost["train_steps"] = args.train_steps
+        saved.write_text(json.dumps(cost, indent=1))
     print(
         f"load average while measuring: {cost['load'][0]:.1f} / {cost['load'][1]:.1f} / {cost['load'][2]:.1f}"
     )
     print(
-        f"training: {cost['train_step']:.3f} s per step (LoRA, default recipe, {args.train_steps} steps timed, "
+        f"training: {cost['train_step']:.3f} s per step + {cost['train_fixed']:.1f} s per training (LoRA, "
+        f"default recipe, {cost['train_steps']} and {3 * cost['train_steps']} steps timed, "
         f"{cost['train_share']:.0%} of a core)"
     )
     for name, c in cost["per_image"].items():
