@@ -190,3 +190,46 @@ def test_verdict_answers_the_interval_question_and_prints_half_widths():
         and "| holds +0.050 ±0.000 |" in table
         and "loses its front" in table
     )
+
+
+def test_verdict_command_reads_one_folder_per_strength(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    for label, shift in (("default", 0.0), ("half", -0.1)):
+        folder = tmp_path / label
+        folder.mkdir()
+        rows = [
+            {**r, "key": f"k{i}"} for i, r in enumerate(_synthetic_rows(interval_shift=shift, pg_gain=0.05))
+        ]
+        (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "toy_dreambench" / "verdict.py"),
+            f"default={tmp_path / 'default'}",
+            f"half={tmp_path / 'half'}",
+            "--bootstrap",
+            "50",
+            "--breakdown",
+            "",
+            "--json",
+            str(tmp_path / "verdict.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "## default (" in out.stdout and "## half (" in out.stdout
+    assert "## Verdicts by personalization strength" in out.stdout
+    summary = out.stdout.split("## Verdicts by personalization strength")[1]
+    assert (
+        "| default | 12 | holds" in summary
+        and "keeps its front |" in summary
+        and "loses its front |" in summary
+    )
+    saved = json.loads((tmp_path / "verdict.json").read_text())
+    assert set(saved) == {"default", "half"} and saved["half"]["interval"]["answer"] == "loses its front"
+    assert saved["default"]["b"]["pg_front"]["half_width"] >= 0
