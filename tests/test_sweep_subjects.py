@@ -134,7 +134,7 @@ def test_a_bad_subjects_file_is_one_line_and_exit_2(tmp_path, capsys, contents, 
         assert run(["sweep", str(config), "--out", str(tmp_path / "out"), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("steerguide: error: ") and message in err[0], err
-    assert not (tmp_path / "out" / "results.jsonl").exists()
+    assert not (tmp_path / "out").exists()  # nothing made before the inputs were found good
 
 
 def test_subjects_file_config_errors(tmp_path):

@@ -121,11 +121,12 @@ def run_sweep(
     """Run the rows of the grid that `OUT/results.jsonl` does not hold yet (this process's share of them).
 
     `limit` stops after that many rows (for smoke tests); `train_only` stops once the personalizations are
-    trained; `metrics` / `sampler` override the config's. Rows another sweep into the same folder is
+    trained; `metrics` / `sampler` override the config's; `log` gets one-line notes (waiting for another
+    sweep). Rows another sweep into the same folder is
     computing are left to it and waited for (see `sweep_claims`). Ctrl-C raises `SweepInterrupted` once
     the claims are released and this process's temporary files removed.
     """
-    out = check_out(out)
+    out = check_out(out, create=False)  # before any work; created once the inputs are known good
     t_start = time.perf_counter()
     base = resolve_base(config.base)
     check_sample_size(config, base)
@@ -135,7 +136,8 @@ def run_sweep(
     benchmark = load_benchmark(config.benchmark)
     rows = expand(config, benchmark)
     store = ResultsStore(out / "results.jsonl")
-    done = store.done_keys()
+    done = store.done_keys()  # a damaged results file stops here, before anything is loaded or written
+    check_writable(out)
     metrics = build_metrics(config.metrics, device=config.device) if metrics is None else metrics
     sampler = make_sampler(config) if sampler is None else sampler
     pending = [r for r in rows if r.key not in done]
@@ -196,11 +198,6 @@ def run_sweep(
         if bar is not None:
             bar[0].stop()
     stats.wall_seconds = time.perf_counter() - t_start
-    if log:
-        log(
-            f"process {dist.process_index}/{dist.num_processes}: {stats.written} rows written, "
-            f"{stats.done_before} of {stats.total} were done before"
-        )
     return stats
 
 
