@@ -44,7 +44,7 @@ def sweep(
     from steerguide.evaluate.sweep_run import SweepInterrupted, check_out
 
     cfg = load_config(config)
-    check_out(out, create=not dry_run)  # before any work: an existing file or an unwritable place
+    check_out(out, create=False)  # before any work: an existing file or an unwritable place
     console = Console(stderr=True)
     if threads is not None:
         import torch
