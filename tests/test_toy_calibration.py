@@ -56,14 +56,20 @@ def test_check_personalization_of_an_untrained_lora_is_the_base_model(tmp_path, 
                               validation_images=0, threads=1), progress=False)
     capsys.readouterr()
     rows = tmp_path / "rows.jsonl"
-    assert run(["toyworld", "check-personalization", str(folder), "--seeds", "1", "--steps", "4",
-                "--json", str(rows)]) == 0
+    cache = tmp_path / "base-scores.json"
+    argv = ["toyworld", "check-personalization", str(folder), "--seeds", "1", "--steps", "4", "--cache", str(cache)]
+    assert run([*argv, "--json", str(rows)]) == 0
     out = capsys.readouterr().out
     assert "kfp_star" in out and "miss (normalized fidelity 0.00 < 0.35)" in out and "0 of 1 pass" in out
     row = json.loads(rows.read_text())
     assert row["text_ratio"] == pytest.approx(1.0, abs=1e-12) and row["text"] == row["text_base"]
     assert row["normalized_fidelity"] == pytest.approx(0.0, abs=1e-6)
     assert row["fidelity_heldout"] > 0.5 > row["fidelity_base"] and row["prompts"] == 16
+    # the base model's scores come back from the cache, the same
+    assert len(json.loads(cache.read_text())) == 1
+    again = tmp_path / "again.jsonl"
+    assert run([*argv, "--json", str(again)]) == 0
+    assert json.loads(again.read_text()) == row
 
     # bad input: one line, exit 2, before any sampling
     (tmp_path / "plain").mkdir()

@@ -14,6 +14,7 @@ Fidelity is measured as the toy benchmark measures it: mean cosine similarity to
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -78,7 +79,8 @@ def _mean(values: Sequence[float]) -> float:
 class Measurer:
     """Samples and judges personalizations and, once per base model and subject, the base model."""
 
-    def __init__(self, seeds: int = 4, tick: Callable[[], None] | None = None, steps: int = SAMPLING_STEPS):
+    def __init__(self, seeds: int = 4, tick: Callable[[], None] | None = None, steps: int = SAMPLING_STEPS,
+                 cache: str | Path | None = None):
         from steerguide import toyworld
 
         if seeds < 1:
@@ -88,7 +90,15 @@ class Measurer:
         self.tick = tick or (lambda: None)
         self.text_judge = toyworld.TextJudge()
         self.fidelity_judge = toyworld.FidelityJudge()
-        self._base: dict[tuple, tuple[float, float, float]] = {}
+        # The base model's scores per (base, subject, seeds, steps); `cache`: a JSON file keeping them
+        # across calls (calibrating recipes measures the same base many times).
+        self.cache = Path(cache) if cache is not None else None
+        self._base: dict[str, list[float]] = {}
+        if self.cache is not None and self.cache.is_file():
+            try:
+                self._base = json.loads(self.cache.read_text())
+            except json.JSONDecodeError:
+                raise UserError(f"--cache {str(self.cache)!r} is not a JSON file of this command") from None
         self._pipes: dict[str, Any] = {}
 
     def _sample(self, pipe, prompts: list[str]) -> list:
@@ -108,7 +118,9 @@ class Measurer:
         return text, _mean(self.fidelity_judge.fidelity(images, references))
 
     def _base_scores(self, base: str, subject) -> tuple[float, float, float]:
-        key = (base, repr(subject.to_dict()))
+        weights = sorted(Path(base).glob("unet/*.safetensors"))
+        stamp = [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights]
+        key = json.dumps([str(Path(base).resolve()), stamp, subject.to_dict(), self.seeds, self.steps])
         if key not in self._base:
             from steerguide import toyworld
 
@@ -118,8 +130,14 @@ class Measurer:
             references = subject.heldout_images(FIDELITY_REFERENCES)
             text, fidelity = self._scores(self._sample(self._pipes[base], prompts), prompts, references)
             heldout = subject.heldout_images(HELDOUT_SAMPLES, seed=1)
-            self._base[key] = (text, fidelity, _mean(self.fidelity_judge.fidelity(heldout, references)))
-        return self._base[key]
+            self._base[key] = [text, fidelity, _mean(self.fidelity_judge.fidelity(heldout, references))]
+            if self.cache is not None:
+                self.cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.cache.with_name(self.cache.name + ".tmp")
+                tmp.write_text(json.dumps(self._base))
+                tmp.replace(self.cache)
+        text, fidelity, heldout_fidelity = self._base[key]
+        return text, fidelity, heldout_fidelity
 
     def measure(self, folder: str | Path, subject) -> dict[str, Any]:
         """Sample `folder`'s personalization and the base model on `subject`'s prompts; judge both."""
