@@ -146,7 +146,7 @@ def test_toy_subject_option(tiny_model_dir, tmp_path, capsys, monkeypatch):
     record = json.loads((tmp_path / "toy" / "train.json").read_text())
     config = record["config"]
     assert record["instance_prompt"] == "a bnq triangle" and record["steps"] == 2 and config["lr"] == 1e-3
-    assert config["rank"] == 16 and config["latents"] == "mode" and "conv1" in config["target_modules"]
+    assert config["rank"] == 4 and config["latents"] == "mode" and "conv1" in config["target_modules"]
     assert config["extra"]["toy_subject"] == "bnq_triangle" and record["base"] == str(Path(base).resolve())
     assert config["extra"]["toy_subject_definition"] == toyworld.get_subject("bnq_triangle").to_dict()
 

@@ -310,3 +310,43 @@ def train_judge(
         model = train_embedder(seed=seed, progress=lambda *a: tick())
     save_embedder(model, out)
     print(f"saved {out}")
+
+
+@toyworld.command("check-personalization")
+def check_personalization(
+    folders: Annotated[list[Path], typer.Argument(help="trained toy personalizations (steerguide train --toy)")],
+    subjects_file: SubjectsFile = None,
+    seeds: Annotated[int, typer.Option(min=1, help="seeds per prompt (same for base and personalization)")] = 4,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the rows as JSON lines")] = None,
+    cache: Annotated[Path | None, typer.Option(help="JSON file keeping the base model's scores across runs")] = None,
+    steps: Annotated[int, typer.Option(min=1, hidden=True, help="sampling steps (tests only)")] = 20,
+) -> None:
+    """Is each personalization in the paper's regime? CFG w=5 on its subject's prompts: text >= 0.80 x the
+    base model's, normalized fidelity (F - F_base) / (F_heldout - F_base) in [0.35, 0.85]."""
+    from diffusers.utils import logging as dlogging
+
+    from steerguide.train.calibration import CRITERION, Measurer, subject_for
+
+    subjects = [subject_for(f, subjects_file) for f in folders]  # every folder checked before any work
+    rows = []
+    dlogging.disable_progress_bar()  # no "Loading pipeline components" bars under ours
+    try:
+        with _progress("sample and judge", None) as tick:
+            measurer = Measurer(seeds, tick, steps, cache)
+            for folder, subject in zip(folders, subjects, strict=True):
+                rows.append(measurer.measure(folder, subject))
+    finally:
+        dlogging.enable_progress_bar()
+    c = CRITERION
+    print(f"criterion: CFG w=5, text >= {c.text_ratio_min:.2f} x base, normalized fidelity in "
+          f"[{c.fidelity_min:.2f}, {c.fidelity_max:.2f}]; {seeds} seeds x the subject's prompts")
+    print(f"{'subject':14s} {'method':16s} {'steps':>5s} {'text':>6s} {'base':>6s} {'ratio':>6s} "
+          f"{'F':>6s} {'F_base':>6s} {'F_held':>6s} {'norm F':>6s}  verdict")
+    for r in rows:
+        verdict = "pass" if r["passed"] else f"miss ({r['why']})"
+        print(f"{r['subject']:14s} {r['method']:16s} {r['steps']:5d} {r['text']:6.3f} {r['text_base']:6.3f} "
+              f"{r['text_ratio']:6.3f} {r['fidelity']:6.3f} {r['fidelity_base']:6.3f} "
+              f"{r['fidelity_heldout']:6.3f} {r['normalized_fidelity']:6.3f}  {verdict}")
+    print(f"{sum(r['passed'] for r in rows)} of {len(rows)} pass")
+    if json_out is not None:
+        json_out.write_text("".join(json.dumps(r) + "\n" for r in rows))
