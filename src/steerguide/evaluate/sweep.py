@@ -24,6 +24,11 @@ from steerguide.evaluate.sweep_cache import (
     train_cache_key,
 )
 from steerguide.evaluate.sweep_config import (
+    BENCHMARK_KEYS,
+    METHOD_AXES,
+    PERSONALIZATION_KEYS,
+    SAMPLING_KEYS,
+    TOP_KEYS,
     Setting,
     SweepConfig,
     load_config,
@@ -35,6 +40,11 @@ from steerguide.evaluate.sweep_run import SweepInterrupted, SweepStats, check_ou
 from steerguide.evaluate.sweep_sampler import DiffusersSampler, make_sampler
 
 __all__ = [
+    "BENCHMARK_KEYS",
+    "METHOD_AXES",
+    "PERSONALIZATION_KEYS",
+    "SAMPLING_KEYS",
+    "TOP_KEYS",
     "DiffusersSampler",
     "Row",
     "Setting",
