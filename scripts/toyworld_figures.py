@@ -40,6 +40,14 @@ def loss_plot(log: dict, path: Path) -> None:
     fig.savefig(path)
 
 
+def subjects_figure(path: Path) -> None:
+    """A row per subject: its 5 photos, then 3 held-out renders (contexts the photos never show)."""
+    rows = []
+    for s in SUBJECTS.values():
+        rows += s.reference_images() + s.heldout_images(3)
+    save_grid(rows, path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, default=Path("docs/images"))
@@ -52,10 +60,7 @@ def main() -> None:
     save_grid([render(s, seed=i) for i, s in enumerate(specs)], args.out / "toyworld_renders.png")
     (args.out / "toyworld_renders.txt").write_text("\n".join(caption(s) for s in specs) + "\n")
 
-    rows = []
-    for s in SUBJECTS.values():
-        rows += s.reference_images()[:3] + s.heldout_images(5)
-    save_grid(rows, args.out / "toyworld_subjects.png")
+    subjects_figure(args.out / "toyworld_subjects.png")
 
     pipe = load_base_pipeline()
     prompts = base_prompts(32, seed=1)

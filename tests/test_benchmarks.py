@@ -43,14 +43,193 @@ def test_overhead_benchmark_smoke():
     assert float(table["cfg-lora"][1]) == 1.0 and float(table["cfg-full"][1]) == 1.0
 
 
+def _variant(setting) -> str:
+    if setting.method != "pg":
+        return setting.method
+    if tuple(setting.interval) != (0.0, 1.0):
+        return f"pg interval {setting.interval[0]:g}-{setting.interval[1]:g}"
+    if setting.omega_schedule not in (None, "constant"):
+        return f"pg {setting.omega_schedule}"
+    return "pg constant"
+
+
 def test_toy_dreambench_configs_expand_to_the_documented_grids():
+    """The grid fixed in advance (benchmarks/toy_dreambench/config*.yaml and README.md): at the default
+    strength every method at w ∈ {1.5, 3, 5, 7.5}, PG at ω ∈ {0, 0.25, 0.5, 0.75} constant, one schedule
+    and the interval variant; the reduced grid at half and three times the steps; the base model alone."""
+    from collections import Counter
+
     from steerguide.evaluate.benchmarks import load_benchmark
-    from steerguide.evaluate.sweep import expand, load_config
+    from steerguide.evaluate.sweep import describe_grid, expand, load_config
 
     folder = ROOT / "benchmarks" / "toy_dreambench"
-    sizes = {}
-    for name in ("config.yaml", "config-base.yaml"):
+    grids = {}
+    for name in ("config.yaml", "config-half.yaml", "config-triple.yaml", "config-base.yaml"):
         config = load_config(folder / name)
-        sizes[name] = (len(config.settings), len(expand(config, load_benchmark(config.benchmark))))
-    # 10 subjects × 16 prompts × 2 seeds per setting (docs/results.md)
-    assert sizes == {"config.yaml": (19, 19 * 320), "config-base.yaml": (1, 320)}
+        bench = load_benchmark(config.benchmark)
+        rows = expand(config, bench)
+        per_variant = Counter(_variant(s) for s in config.settings)
+        scales = {v: sorted({s.scale for s in config.settings if _variant(s) == v}) for v in per_variant}
+        assert len({tuple(v) for v in scales.values()}) == 1, (name, scales)  # every method, same scales
+        omegas = {v: sorted({s.omega for s in config.settings if _variant(s) == v}) for v in per_variant}
+        train = config.personalization.get("train")
+        assert len(bench.subjects) == 10 and config.seeds == [0]
+        grids[name] = {
+            "settings": dict(per_variant),
+            "scales": next(iter(scales.values())),
+            "omegas": {v: o for v, o in omegas.items() if o != [None]},
+            "steps_factor": None if train is None else train.get("steps_factor", 1),
+            "described": describe_grid(config, bench),
+        }
+        assert len(rows) == int(grids[name]["described"].split()[0])
+    reduced = {
+        "settings": {"cfg": 3, "ag": 3, "pg constant": 6},
+        "scales": [3.0, 5.0, 7.5],
+        "omegas": {"ag": [0.0], "pg constant": [0.25, 0.75]},
+        "described": "1440 rows (12 settings × 1 seed × 12 prompts × 10 subjects)",
+    }
+    assert grids == {
+        "config.yaml": {
+            "settings": {"cfg": 4, "ag": 4, "pg constant": 16, "pg linear:1": 4, "pg interval 0-0.6": 4},
+            "scales": [1.5, 3.0, 5.0, 7.5],
+            "omegas": {
+                "ag": [0.0],
+                "pg constant": [0.0, 0.25, 0.5, 0.75],
+                "pg linear:1": [0.0],
+                "pg interval 0-0.6": [0.5],
+            },
+            "steps_factor": 1,
+            "described": "5120 rows (32 settings × 1 seed × 16 prompts × 10 subjects)",
+        },
+        "config-half.yaml": {**reduced, "steps_factor": 0.5},
+        "config-triple.yaml": {**reduced, "steps_factor": 3},
+        "config-base.yaml": {
+            "settings": {"cfg": 4},
+            "scales": [1.5, 3.0, 5.0, 7.5],
+            "omegas": {},
+            "steps_factor": None,
+            "described": "640 rows (4 settings × 1 seed × 16 prompts × 10 subjects)",
+        },
+    }
+    # the strengths differ only in their training steps and the grid: the reduced grid's settings, subjects,
+    # prompts and seeds are a subset of the default's (paired comparisons across strengths)
+    default, half = load_config(folder / "config.yaml"), load_config(folder / "config-half.yaml")
+    assert set(half.settings) < set(default.settings)
+    recipe = {k: v for k, v in half.personalization["train"].items() if k != "steps_factor"}
+    assert recipe == default.personalization["train"]
+    prompts = {s.name: s.prompts for s in load_benchmark(default.benchmark).subjects}
+    assert all(s.prompts == prompts[s.name][:12] for s in load_benchmark(half.benchmark).subjects)
+
+
+def _verdict_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "toy_verdict", ROOT / "benchmarks" / "toy_dreambench" / "verdict.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _synthetic_rows(interval_shift: float, pg_gain: float, spread: float = 0.0) -> list[dict]:
+    """12 subjects; on every method the scale trades text for fidelity along one line; PG lies `pg_gain`
+    above CFG and AG in fidelity; the interval variant is PG shifted by `interval_shift` in fidelity (plus
+    a per-subject shift of standard deviation `spread`)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    variants = [("cfg", None, None, [0.0, 1.0], 0.0), ("ag", 0.0, "constant", [0.0, 1.0], 0.0)]
+    variants += [("pg", 0.5, "constant", [0.0, 1.0], pg_gain)]
+    for j in range(12):
+        noise, own = rng.normal(0, 0.01), rng.normal(0, spread)
+        subject_variants = [*variants, ("pg", 0.5, "constant", [0.0, 0.6], pg_gain + interval_shift + own)]
+        for method, omega, schedule, interval, gain in subject_variants:
+            for w in (1.5, 3.0, 5.0, 7.5):
+                f, t = 0.3 + 0.06 * w + gain + noise, 0.9 - 0.06 * w + noise
+                rows.append(
+                    {
+                        "subject": f"s{j}",
+                        "method": method,
+                        "scale": w,
+                        "omega": omega,
+                        "omega_schedule": schedule,
+                        "interval": interval,
+                        "metrics": {"toy_fidelity": f, "toy_text": t},
+                    }
+                )
+    return rows
+
+
+def test_verdict_answers_the_interval_question_and_prints_half_widths():
+    v = _verdict_module()
+    same = v.analyse(v.Table(_synthetic_rows(interval_shift=0.0, pg_gain=0.05)), n_boot=50)
+    assert same["interval"]["variant"] == "PG ω=0.5 [0,0.6]" and same["interval"]["against"] == "PG ω=0.5"
+    assert same["interval"]["answer"] == "keeps its front"
+    # the interval variant is not part of PG's front for the claims: (b) sees PG's gain of 0.05 only
+    assert abs(same["b"]["pg_front"].value - 0.05) < 1e-9 and same["b"]["pg_front"].verdict == "holds"
+    better = v.analyse(v.Table(_synthetic_rows(interval_shift=0.1, pg_gain=0.05)), n_boot=50)
+    assert (
+        abs(better["b"]["pg_front"].value - 0.05) < 1e-9 and better["interval"]["answer"] == "keeps its front"
+    )
+    assert abs(better["interval"]["b_interval_front_over_cfg"].value - 0.15) < 1e-9
+    worse = v.analyse(v.Table(_synthetic_rows(interval_shift=-0.1, pg_gain=0.05)), n_boot=50)
+    assert worse["interval"]["answer"] == "loses its front"
+    assert abs(worse["interval"]["fidelity_at_matched_text"].value + 0.1) < 1e-9
+    # a small mean loss with a wide spread over subjects: the CI, not the point estimate, decides
+    unsure = v.analyse(v.Table(_synthetic_rows(interval_shift=-0.01, pg_gain=0.05, spread=0.12)), n_boot=100)
+    gap = unsure["interval"]["fidelity_at_matched_text"]
+    assert gap.value > -0.03 and gap.low < -0.03 and unsure["interval"]["answer"] == "inconclusive"
+    text = v.render(same)
+    assert "(b) PG improves fidelity over CFG at matched text alignment: **holds** (95% CI ±" in text
+    assert "(interval) PG ω=0.5 [0,0.6] against PG ω=0.5 guided on every step: **keeps its front**" in text
+    table = v.summary_table({"default": same, "half": worse})
+    assert (
+        "| default | 12 | holds " in table
+        and "| holds +0.050 ±0.000 |" in table
+        and "loses its front" in table
+    )
+
+
+def test_verdict_command_reads_one_folder_per_strength(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    for label, shift in (("default", 0.0), ("half", -0.1)):
+        folder = tmp_path / label
+        folder.mkdir()
+        rows = [
+            {**r, "key": f"k{i}"} for i, r in enumerate(_synthetic_rows(interval_shift=shift, pg_gain=0.05))
+        ]
+        (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "toy_dreambench" / "verdict.py"),
+            f"default={tmp_path / 'default'}",
+            f"half={tmp_path / 'half'}",
+            "--bootstrap",
+            "50",
+            "--breakdown",
+            "",
+            "--json",
+            str(tmp_path / "verdict.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "## default (" in out.stdout and "## half (" in out.stdout
+    assert "## Verdicts by personalization strength" in out.stdout
+    summary = out.stdout.split("## Verdicts by personalization strength")[1]
+    assert (
+        "| default | 12 | holds" in summary
+        and "keeps its front |" in summary
+        and "loses its front |" in summary
+    )
+    saved = json.loads((tmp_path / "verdict.json").read_text())
+    assert set(saved) == {"default", "half"} and saved["half"]["interval"]["answer"] == "loses its front"
+    assert saved["default"]["b"]["pg_front"]["half_width"] >= 0

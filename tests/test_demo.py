@@ -68,6 +68,21 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path, capsys):
     assert (report / f"grid_{default_subject()}.png").is_file()
     assert len(json.loads((report / "summary.json").read_text())) == expected
 
+    # The first picture: photos, then CFG / AG / PG at the recommended settings for each prompt shown,
+    # upscaled to >= 128 px a cell; the report starts with it and the per-image scores.
+    from PIL import Image
+
+    from steerguide.demo import RECOMMENDED, SHOWCASE_CELL
+
+    assert SHOWCASE_CELL >= 128
+    with Image.open(report / "showcase.png") as picture:
+        assert picture.width >= 5 * SHOWCASE_CELL and picture.height >= 3 * SHOWCASE_CELL
+    page = (report / "index.html").read_text()
+    assert page.index("showcase") < page.index("Trade-off")
+    shown = {(r["method"], r["scale"], r["omega"]) for r in rows}
+    assert {(m, v["scale"], v["omega"]) for m, v in RECOMMENDED.items()} <= shown
+    assert page.count("<td>CFG w=5</td>") == 2 and page.count("<td>PG w=5 ω=0.5</td>") == 2  # 2 prompts
+
     # A rerun reuses the LoRA and every row: nothing new is trained or sampled.
     mtime = loras[0].stat().st_mtime_ns
     assert run(["demo", "--out", str(out), *SMALL]) == 0
@@ -98,6 +113,32 @@ def test_unwritable_out_is_one_line_and_exit_2(tmp_path: Path, capsys):
     blocker.write_text("")
     assert run(["demo", "--out", str(blocker / "demo"), *SMALL]) == 2
     assert "cannot write to --out" in _one_error_line(capsys)
+
+
+def test_bad_subjects_file_is_one_line_and_exit_2(tmp_path: Path, capsys):
+    bad = tmp_path / "subjects.yaml"
+    bad.write_text("subjects:\n  - {token: hto, class: heart, look: ring, colors: [red, beige]}\n")
+    assert run(["demo", "--out", str(tmp_path / "d"), "--subjects-file", str(bad), "--subject", "hto"]) == 2
+    assert "subject #1 (hto_heart): key colors[1]" in _one_error_line(capsys)
+    assert not (tmp_path / "d").exists()
+
+
+def _sweep_reads_subjects_files() -> bool:
+    from steerguide.evaluate import sweep
+
+    return "subjects_file" in getattr(sweep, "BENCHMARK_KEYS", ())
+
+
+@needs_base
+@pytest.mark.skipif(not _sweep_reads_subjects_files(), reason="the sweep engine does not read subjects files yet")
+def test_demo_on_a_subject_of_a_subjects_file(tmp_path: Path, capsys):
+    mine = tmp_path / "subjects.yaml"
+    mine.write_text("subjects:\n  - {token: hto, class: heart, look: ring, colors: [red, [1, 2, 3]]}\n")
+    out = tmp_path / "demo"
+    assert run(["demo", "--out", str(out), "--subjects-file", str(mine), "--subject", "hto", *SMALL]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["subject"] for r in rows} == {"hto_heart"} and "a hto heart" in rows[0]["prompt"]
+    assert (out / "report" / "showcase.png").is_file()
 
 
 def test_shrinking_options_are_checked(tmp_path: Path, capsys):

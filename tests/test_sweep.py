@@ -355,5 +355,8 @@ def test_dry_run_counts_without_running(tmp_path, capsys):
     config.write_text(yaml.safe_dump(fake_config()))
     run_sweep(parse_config(fake_config()), tmp_path / "out", sampler=NoiseSampler(), limit=5)
     assert run(["sweep", str(config), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
-    assert "72 rows (6 settings × 2 seeds × prompts × subjects), 5 done, 67 to run" in capsys.readouterr().err
+    assert (
+        "72 rows (6 settings × 2 seeds × 3 prompts × 2 subjects), 5 done, 67 to run"
+        in capsys.readouterr().err
+    )
     assert len(_lines(tmp_path / "out" / "results.jsonl")) == 5

@@ -78,14 +78,12 @@ def test_text_judge_reads_renders():
         assert breakdown["background"] is False and breakdown["shape"] is True
 
 
-def test_subjects_have_narrow_references_and_parseable_prompts(tmp_path):
+def test_subjects_have_references_and_parseable_prompts(tmp_path):
     assert len(SUBJECTS) >= 8
     s = get_subject("sks")
     assert s.instance_prompt == "a sks star" and get_subject("sks_star") is s
     refs = s.reference_images()
-    assert 4 <= len(refs) <= 5
-    arrays = [np.asarray(r, dtype=float) for r in refs]
-    assert all(np.abs(a - arrays[0]).mean() < 25 for a in arrays)  # same context, jitter only
+    assert len(refs) == 5
     for p in s.eval_prompts():
         assert parse_caption(p).token == "sks"
     folder = s.export(tmp_path)

@@ -146,5 +146,22 @@ def test_toy_subject_option(tiny_model_dir, tmp_path, capsys, monkeypatch):
     record = json.loads((tmp_path / "toy" / "train.json").read_text())
     config = record["config"]
     assert record["instance_prompt"] == "a bnq triangle" and record["steps"] == 2 and config["lr"] == 1e-3
-    assert config["rank"] == 16 and config["latents"] == "mode" and "conv1" in config["target_modules"]
-    assert config["extra"] == {"toy_subject": "bnq_triangle"} and record["base"] == str(Path(base).resolve())
+    assert config["rank"] == 4 and config["latents"] == "mode" and "conv1" in config["target_modules"]
+    assert config["extra"]["toy_subject"] == "bnq_triangle" and record["base"] == str(Path(base).resolve())
+    assert config["extra"]["toy_subject_definition"] == toyworld.get_subject("bnq_triangle").to_dict()
+
+    # --toy-subjects: a subject of the user's own file; a bad file is one line naming subject and key
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("subjects:\n  - {token: hto, class: heart, look: ring, colors: [red, [1, 2, 3]]}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("subjects:\n  - {token: hto, class: heart, look: plaid, colors: [red, blue]}\n")
+    out2 = str(tmp_path / "toy2")
+    capsys.readouterr()
+    fails(capsys, ["train", "--toy", "hto_heart", "--out", out2], "unknown subject 'hto_heart'")
+    fails(capsys, ["train", "--toy", "hto", "--toy-subjects", str(bad), "--out", out2], "(hto_heart): key look")
+    fails(capsys, ["train", "--toy-subjects", str(mine), "--out", out2], "--toy-subjects needs --toy")
+    mine_argv = ["--toy", "hto", "--toy-subjects", str(mine), "--out", out2]
+    assert run(argv[:1] + mine_argv + argv[5:]) == 0
+    record = json.loads((tmp_path / "toy2" / "train.json").read_text())
+    assert record["instance_prompt"] == "a hto heart"
+    assert record["config"]["extra"]["toy_subject_definition"]["colors"] == ["red", [1, 2, 3]]

@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# The toy DreamBench end to end: the base-model reference, the sweep (all toy subjects × 16 prompts × 2 seeds),
-# the report, and the verdicts on the paper's claims. Resumable: rerun the same command to continue.
+# The toy DreamBench end to end, at three personalization strengths: the base-model reference, then the
+# sweep at the calibrated default strength (full grid), at half and at three times its training steps
+# (reduced grid), a report of each, and the verdicts on the paper's claims per strength.
+# Resumable: rerun the same command to continue (rows and personalizations are cached per strength).
 #   benchmarks/toy_dreambench/run.sh [OUT]        (default OUT: runs/toy_dreambench)
-#   DEADLINE=HH:MM (UTC): start no subject of the sweep after that time (whole subjects only)
+#   DEADLINE=HH:MM (UTC): start no subject of a sweep after that time (whole subjects only)
+# Sized to fit 90 minutes on an idle 2-core machine with two workers: see docs/results.md and
+#   python benchmarks/toy_dreambench/cost.py --out runs/cost   (measures the per-image cost, estimates the run)
 set -euo pipefail
 here=$(dirname "$0")
 out=${1:-runs/toy_dreambench}
-python "$here/run.py" "$here/config-base.yaml" --out "$out/base-reference" --workers 2
-python "$here/run.py" "$here/config.yaml" --out "$out" --workers 2 ${DEADLINE:+--deadline "$DEADLINE"}
-steerguide report "$out"
-python "$here/verdict.py" "$out" --reference "$out/base-reference" --json "$out/verdict.json"
+run() { python "$here/run.py" "$@" --workers 2 ${DEADLINE:+--deadline "$DEADLINE"}; }
+run "$here/config-base.yaml" --out "$out/base-reference"
+run "$here/config.yaml" --out "$out/default"
+run "$here/config-half.yaml" --out "$out/half"
+run "$here/config-triple.yaml" --out "$out/triple"
+for strength in default half triple; do
+  steerguide report "$out/$strength"
+done
+python "$here/verdict.py" default="$out/default" half="$out/half" triple="$out/triple" \
+  --reference "$out/base-reference" --json "$out/verdict.json"

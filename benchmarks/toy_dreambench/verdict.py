@@ -1,6 +1,10 @@
 """Verdicts on the paper's claims from a toy DreamBench run, with 95% confidence intervals.
 
-    python benchmarks/toy_dreambench/verdict.py DIR [--reference DIR] [--json FILE] [--bootstrap 2000]
+    python benchmarks/toy_dreambench/verdict.py [LABEL=]DIR... [--reference DIR] [--json FILE] [--bootstrap 2000]
+
+One DIR per personalization strength (run.sh passes default=, half= and triple=): verdicts (a)-(c) for
+each, with the half-width of each claim's CI beside it (the issue asks for at most ±0.03), and where a
+run has the interval-guided PG variant, the answer to the interval question.
 
 Every number is a mean over images; its 95% CI is a percentile bootstrap that resamples *subjects* with
 replacement (images of one subject share its LoRA, prompts and seeds, so subjects are the independent
@@ -18,7 +22,14 @@ of its settings, joined by straight segments (a mix of two settings reaches any 
   setting is. Beside it: the best fidelity at each text level (PG's front minus the better of CFG's and
   AG's) and hypervolumes (area a front dominates above the worst point of all settings).
 Verdicts: "holds" when the CI of the summary difference is above 0, "fails" when it is below 0,
-"inconclusive" when it contains 0.
+"inconclusive" when it contains 0. PG here is every PG setting guided on all steps (constant ω and
+schedules); the interval variant is kept apart:
+- (interval) does PG guided only on the first part of the steps (0.8× CFG's denoiser rows for [0, 0.6])
+  keep the front of the same PG guided throughout? At each full-PG setting's text alignment, the best
+  fidelity on the interval variant's front minus that setting's fidelity, mean over the settings; and the
+  same with the axes swapped. Margin fixed in advance: it "keeps" its front when the lower end of both CIs
+  is above −0.03, "loses" it when the upper end of either is below −0.03, else "inconclusive". Beside it,
+  claim (b) with the interval variant in PG's place.
 """
 
 from __future__ import annotations
@@ -47,17 +58,28 @@ def load_rows(folder: str | Path) -> list[dict]:
     return ResultsStore(path).read()
 
 
+FULL = (0.0, 1.0)
+MARGIN = 0.03  # the interval question's margin, and the CI half-width the claims should reach
+
+
 def setting_of(row: dict) -> tuple:
-    return row["method"], float(row["scale"]), row.get("omega"), row.get("omega_schedule")
+    interval = tuple(float(v) for v in row.get("interval") or FULL)
+    return row["method"], float(row["scale"]), row.get("omega"), row.get("omega_schedule"), interval
+
+
+def is_interval(setting: tuple) -> bool:
+    return tuple(setting[4]) != FULL
 
 
 def curve_name(setting: tuple) -> str:
-    method, _, omega, schedule = setting
+    method, _, omega, schedule, interval = setting
     parts = [method.upper()]
     if omega is not None:
         parts.append(f"ω={omega:g}")
     if schedule not in (None, "constant"):
         parts.append(str(schedule))
+    if tuple(interval) != FULL:
+        parts.append(f"[{interval[0]:g},{interval[1]:g}]")
     return " ".join(parts)
 
 
@@ -158,16 +180,21 @@ class Stat:
             return "undefined"
         return "holds" if self.low > 0 else "fails" if self.high < 0 else "inconclusive"
 
+    @property
+    def half_width(self) -> float:
+        return float((self.high - self.low) / 2)
+
     def __str__(self) -> str:
         if not np.isfinite(self.value):
             return "n/a"
         note = "" if self.defined >= 0.999 else f" (defined in {self.defined:.0%} of resamples)"
-        return f"{self.value:+.4f} [{self.low:+.4f}, {self.high:+.4f}]{note}"
+        return f"{self.value:+.4f} [{self.low:+.4f}, {self.high:+.4f}] (±{self.half_width:.4f}){note}"
 
     def to_json(self) -> dict:
         return {
             "value": self.value,
             "ci95": [self.low, self.high],
+            "half_width": self.half_width,
             "defined": self.defined,
             "verdict": self.verdict,
         }
@@ -183,7 +210,8 @@ def analyse(table: Table, n_boot: int = 2000, seed: int = 0) -> dict:
     boots = rng.integers(0, len(table.subjects), size=(n_boot, len(table.subjects)))
     cfg = table.index(lambda s: s[0] == "cfg")
     ag = table.index(lambda s: s[0] == "ag")
-    pg = table.index(lambda s: s[0] == "pg")
+    pg = table.index(lambda s: s[0] == "pg" and not is_interval(s))
+    pg_interval = table.index(lambda s: s[0] == "pg" and is_interval(s))
     curves = {
         name: table.index(lambda s, n=name: s[0] == "pg" and curve_name(s) == n)
         for name in dict.fromkeys(curve_name(table.settings[i]) for i in pg)
@@ -271,6 +299,40 @@ def analyse(table: Table, n_boot: int = 2000, seed: int = 0) -> dict:
         ref = p.min(axis=0)
         return hypervolume(p[pg], ref) - hypervolume(p[cfg + ag], ref)
 
+    # The interval question: the interval variant's front against the same PG (same ω and schedule)
+    # guided on every step.
+    if pg_interval:
+        variant = table.settings[pg_interval[0]]
+        same = table.index(
+            lambda s: s[0] == "pg" and not is_interval(s) and (s[2], s[3]) == (variant[2], variant[3])
+        )
+
+        def gap(given: int):
+            def fn(p: np.ndarray) -> float:
+                front = pareto(p[pg_interval])
+                other = 1 - given
+                return _mean_defined([best_at(front, p[i, given], given=given) - p[i, other] for i in same])
+
+            return fn
+
+        fid_gap, txt_gap = stat(gap(1)), stat(gap(0))
+        if fid_gap.low > -MARGIN and txt_gap.low > -MARGIN:
+            answer = "keeps its front"
+        elif fid_gap.high < -MARGIN or txt_gap.high < -MARGIN:
+            answer = "loses its front"
+        else:
+            answer = "inconclusive"
+        if min(fid_gap.defined, txt_gap.defined) < 0.95:
+            answer = "undefined"
+        out["interval"] = {
+            "variant": curve_name(variant),
+            "against": curve_name(table.settings[same[0]]) if same else None,
+            "answer": answer,
+            "fidelity_at_matched_text": fid_gap,
+            "text_at_matched_fidelity": txt_gap,
+            "b_interval_front_over_cfg": stat(fid_gain_over_cfg(pg_interval)),
+        }
+
     out["c"] = {
         "pg_beyond": stat(beyond(pg, cfg + ag)),
         "others_beyond": stat(beyond(cfg + ag, pg)),
@@ -324,7 +386,7 @@ def attribute_breakdown(
 ) -> dict:
     """Per setting, the share of each prompt attribute (background, position, size, color, second object,
     shape) that the images obey, and `copied_bg`: the share of images asked for another background that
-    show the background of the subject's training photos instead (the personalization's overfitting)."""
+    show a background of the subject's training photos instead (the personalization's overfitting)."""
     from PIL import Image
 
     from steerguide.toyworld import TextJudge, get_subject, parse_caption, read
@@ -343,7 +405,7 @@ def attribute_breakdown(
             for attribute, ok in judge.breakdown(image, r["prompt"]).items():
                 attrs.setdefault(attribute, []).append(ok)
             if parse_caption(r["prompt"]).background is not None:
-                copied = read(image).background == get_subject(r["subject"]).background
+                copied = read(image).background in get_subject(r["subject"]).photo_backgrounds
                 attrs.setdefault("copied_bg", []).append(copied)
     return {name: {a: float(np.mean(v)) for a, v in attrs.items()} for name, attrs in out.items()}
 
@@ -373,8 +435,13 @@ def render(result: dict) -> str:
         "",
     ]
     a, b, c = result["a"], result["b"], result["c"]
+
+    def verdict(stat: Stat) -> str:
+        ok = "within" if stat.half_width <= MARGIN else "WIDER than"
+        return f"**{stat.verdict}** (95% CI ±{stat.half_width:.3f}, {ok} ±{MARGIN})"
+
     parts += [
-        f"(a) PG improves text alignment over AG: **{a['pg_front'].verdict}**",
+        f"(a) PG improves text alignment over AG: {verdict(a['pg_front'])}",
         f"    text of PG's front at AG's fidelity − AG's text, mean over AG settings: {a['pg_front']}",
     ]
     parts += [f"    at {k}: {v}" for k, v in a["per_ag_setting"].items()]
@@ -383,14 +450,14 @@ def render(result: dict) -> str:
     parts += [f"    same w, fidelity: {k}: {v}" for k, v in a["same_scale_fidelity"].items()]
     parts += [
         "",
-        f"(b) PG improves fidelity over CFG at matched text alignment: **{b['pg_front'].verdict}**",
+        f"(b) PG improves fidelity over CFG at matched text alignment: {verdict(b['pg_front'])}",
         f"    fidelity of PG's front at CFG's text − CFG's fidelity, mean over CFG settings: {b['pg_front']}",
     ]
     parts += [f"    at {k}: {v}" for k, v in b["per_cfg_setting"].items()]
     parts += [f"    PG curve {k} alone: {v}" for k, v in b["per_curve"].items()]
     parts += [
         "",
-        f"(c) PG's front is not dominated by CFG's or AG's: **{c['pg_beyond'].verdict}**",
+        f"(c) PG's front is not dominated by CFG's or AG's: {verdict(c['pg_beyond'])}",
         f"    ε: how far the most outlying PG setting lies beyond all CFG and AG settings: {c['pg_beyond']}",
         f"    ε the other way (CFG/AG settings beyond all PG settings): {c['others_beyond']}",
         f"    best fidelity at a text level, PG − max(CFG, AG), largest over levels: {c['max_gap']}",
@@ -399,6 +466,16 @@ def render(result: dict) -> str:
         f"    hypervolume PG − hypervolume CFG ∪ AG: {c['hv_pg_minus_cfg_ag']}",
     ]
     parts += [f"    hypervolume {k}: {v}" for k, v in c["hypervolume"].items()]
+    if "interval" in result:
+        i = result["interval"]
+        parts += [
+            "",
+            f"(interval) {i['variant']} against {i['against']} guided on every step: **{i['answer']}** "
+            f"(margin {MARGIN})",
+            f"    fidelity of its front at {i['against']}'s text − that fidelity: {i['fidelity_at_matched_text']}",
+            f"    text of its front at {i['against']}'s fidelity − that text: {i['text_at_matched_fidelity']}",
+            f"    (b) with it in PG's place, fidelity over CFG at matched text: {i['b_interval_front_over_cfg']}",
+        ]
     rows = [[k, f"{v['fidelity']:.4f}", f"{v['text']:.4f}"] for k, v in result["settings"].items()]
     parts += ["", _table(["setting", "fidelity", "text"], rows)]
     if "reference" in result:
@@ -432,35 +509,72 @@ def _jsonable(obj):
     return obj
 
 
+def summary_table(results: dict[str, dict]) -> str:
+    """One line per strength: each claim's verdict, estimate and CI half-width."""
+
+    def cell(stat: Stat) -> str:
+        return (
+            f"{stat.verdict} {stat.value:+.3f} ±{stat.half_width:.3f}" if np.isfinite(stat.value) else "n/a"
+        )
+
+    rows = []
+    for label, r in results.items():
+        interval = r.get("interval")
+        rows.append(
+            [
+                label,
+                str(len(r["subjects"])),
+                cell(r["a"]["pg_front"]),
+                cell(r["b"]["pg_front"]),
+                cell(r["c"]["pg_beyond"]),
+                interval["answer"] if interval else "not run",
+            ]
+        )
+    return _table(["strength", "subjects", "(a)", "(b)", "(c)", "interval"], rows)
+
+
+def parse_runs(specs: list[str]) -> dict[str, Path]:
+    """`LABEL=DIR` or `DIR` (labelled by its folder name), in the order given."""
+    runs: dict[str, Path] = {}
+    for spec in specs:
+        label, sep, folder = spec.partition("=")
+        if not sep:
+            label, folder = Path(spec).name, spec
+        runs[label] = Path(folder)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("folder")
+    parser.add_argument("runs", nargs="+", help="[LABEL=]DIR: one sweep folder per personalization strength")
     parser.add_argument("--reference", help="sweep folder of the base model alone (config-base.yaml)")
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument(
         "--breakdown",
         default="CFG w=3,CFG w=7.5,AG ω=0 w=3,PG ω=0 w=3,PG ω=0.5 w=3,PG ω=0.5 w=7.5",
-        help="settings whose attribute breakdown to print ('' for none)",
+        help="settings whose attribute breakdown to print for the first run ('' for none)",
     )
-    parser.add_argument("--json", help="also write the result here")
+    parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    table = Table(load_rows(args.folder))
-    result = analyse(table, args.bootstrap)
-    if args.reference and (Path(args.reference) / "results.jsonl").is_file():
-        result["reference"] = reference_summary(args.reference, table, args.bootstrap)
-    if args.breakdown:
-        wanted = args.breakdown.split(",")
-        extra = (
-            {"base model": args.reference}
-            if args.reference and Path(args.reference, "results.jsonl").is_file()
-            else None
-        )
-        result["breakdown"] = attribute_breakdown(args.folder, wanted, extra)
-    print(render(result))
+    has_reference = bool(args.reference) and Path(args.reference, "results.jsonl").is_file()
+    results: dict[str, dict] = {}
+    for k, (label, folder) in enumerate(parse_runs(args.runs).items()):
+        table = Table(load_rows(folder))
+        result = analyse(table, args.bootstrap)
+        if has_reference:
+            result["reference"] = reference_summary(args.reference, table, args.bootstrap)
+        if args.breakdown and k == 0:
+            extra = {"base model": args.reference} if has_reference else None
+            result["breakdown"] = attribute_breakdown(folder, args.breakdown.split(","), extra)
+        results[label] = result
+        print(f"## {label} ({folder})\n\n{render(result)}\n")
+    if len(results) > 1:
+        print("## Verdicts by personalization strength\n")
+    print(summary_table(results))
     if args.json:
-        Path(args.json).write_text(json.dumps(_jsonable(result), indent=1, allow_nan=True))
+        Path(args.json).write_text(json.dumps(_jsonable(results), indent=1, allow_nan=True))
 
 
 if __name__ == "__main__":

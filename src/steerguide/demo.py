@@ -14,6 +14,7 @@ import json
 import math
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,24 +25,34 @@ from steerguide.errors import UserError
 
 FIDELITY_METRIC, TEXT_METRIC = "toy_fidelity", "toy_text"
 
-# A few points of each curve: CFG and AG through their scales, PG at two ω (0 = the pretrained model's
-# null prediction, 0.5 = half the personalization kept) through the same scales as CFG.
+# A few points of each curve: CFG through its scales, AG with the pretrained model (θ_pre) and PG at ω = 0.5
+# (half the personalization kept in the weak model) through the scales around the recommended one.
 DEMO_GUIDANCE: dict[str, dict[str, Any]] = {
     "cfg": {"scale": [1.5, 3.0, 5.0, 7.5]},
-    "ag": {"scale": [1.5, 3.0, 5.0], "omega": [0.0]},
-    "pg": {"scale": [3.0, 5.0, 7.5], "omega": [0.0, 0.5], "omega_schedule": ["constant"]},
+    "ag": {"scale": [3.0, 5.0], "omega": [0.0]},
+    "pg": {"scale": [3.0, 5.0, 7.5], "omega": [0.5], "omega_schedule": ["constant"]},
 }
+# The settings the first picture shows, fixed before any result: the library's defaults for ω (`generate`:
+# PG 0.5, AG 0 = θ_pre) at the toy world's scale w = 5 (the one its checks and calibration use).
+RECOMMENDED: dict[str, dict[str, Any]] = {
+    "cfg": {"scale": 5.0, "omega": None, "label": "CFG w=5"},
+    "ag": {"scale": 5.0, "omega": 0.0, "label": "AG w=5 (θ_pre)"},
+    "pg": {"scale": 5.0, "omega": 0.5, "label": "PG w=5 ω=0.5"},
+}
+SHOWCASE_PROMPTS = 4
+SHOWCASE_CELL = 128  # px: the 32 px images upscaled nearest-neighbour
 
 
 @dataclass(frozen=True)
 class DemoSize:
-    """How much the demo does. The defaults fit in about 5 minutes on 2 CPU cores (see docs/results.md);
-    the CLI's hidden options shrink it for tests."""
+    """How much the demo does. The defaults aim at 2 minutes on an idle 2-core CPU (9 settings x 16 prompts
+    x 1 seed after a 400-step LoRA; docs/results.md has the measurement); the CLI's hidden options shrink
+    it for tests."""
 
     train_steps: int | None = None  # None: the toy world's tuned LoRA steps
     steps: int = 20  # sampling steps (the toy model's DPM-Solver++ needs no more)
     num_prompts: int | None = None  # None: all of the subject's evaluation prompts
-    seeds: int = 2
+    seeds: int = 1
 
 
 @dataclass
@@ -60,13 +71,16 @@ def default_subject() -> str:
     return DEFAULT_SUBJECT
 
 
-def demo_config(subject: str, size: DemoSize = DemoSize(), base: str = "toy") -> dict:
+def demo_config(subject: str, size: DemoSize = DemoSize(), base: str = "toy",
+                subjects_file: str | Path | None = None) -> dict:
     """The demo's sweep config (a mapping `steerguide.evaluate.sweep.parse_config` reads)."""
     # No validation grid: the report shows the samples, and the grid would cost a tenth of the budget.
     train: dict[str, Any] = {"method": "lora", "validation_images": 0}
     if size.train_steps is not None:
         train["steps"] = size.train_steps
     benchmark: dict[str, Any] = {"name": "toy", "subjects": [subject]}
+    if subjects_file is not None:
+        benchmark["subjects_file"] = str(Path(subjects_file).resolve())
     if size.num_prompts is not None:
         benchmark["num_prompts"] = size.num_prompts
     return {
@@ -118,15 +132,17 @@ def run_demo(
     base: str = "toy",
     progress: bool = True,
     console: Any = None,
+    subjects_file: str | Path | None = None,
 ) -> DemoResult:
     """Personalize one toy subject with LoRA, sweep CFG / AG / PG on its prompts, and write the report
-    (OUT/report/index.html). Resumes from what OUT already holds."""
+    (OUT/report/index.html, its first picture OUT/report/showcase.png). Resumes from what OUT holds."""
     from steerguide import toyworld
     from steerguide.evaluate.report import write_report
     from steerguide.evaluate.sweep import parse_config, resolve_base, run_sweep
 
     start = time.perf_counter()
-    name = toyworld.get_subject(subject).name if subject else default_subject()  # UserError when unknown
+    # UserError when the file is bad or the subject unknown
+    found = toyworld.get_subject(subject or default_subject(), subjects_file)
     for field_name in ("steps", "seeds"):
         if getattr(size, field_name) < 1:
             raise UserError(f"--{field_name} must be >= 1, got {getattr(size, field_name)}")
@@ -140,27 +156,150 @@ def run_demo(
             "base model is not installed"
         )
     out = Path(out)
-    config = parse_config(demo_config(name, size, base), source="steerguide demo")
+    config = parse_config(demo_config(found.name, size, base, subjects_file), source="steerguide demo")
     _check_out(out)
     _check_same_demo(out, config)
 
     say = console.print if console is not None else (lambda *a, **k: None)
-    prompts = len(toyworld_prompts(name, size))
+    prompts = found.eval_prompts()[: size.num_prompts]
     say(
-        f"[bold]steerguide demo[/bold]: {name} ({toyworld.get_subject(name).instance_prompt!r}) → {out}\n"
+        f"[bold]steerguide demo[/bold]: {found.name} ({found.instance_prompt!r}) → {out}\n"
         f"personalizing with LoRA (cached under OUT/personalizations/), then sampling and judging "
-        f"{len(config.settings)} guidance settings × {len(config.seeds)} seeds × {prompts} prompts"
+        f"{len(config.settings)} guidance settings × {len(config.seeds)} seeds × {len(prompts)} prompts"
     )
     stats = run_sweep(config, out, progress=progress)
     say("writing the report")
-    report = write_report(out)
-    return DemoResult(out, name, report, stats, time.perf_counter() - start)
+    report_dir = out / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    picture = showcase(out, found, size.num_prompts)
+    picture.save(report_dir / "showcase.png")
+    report = write_report(out, preface_html=showcase_html(out, found, picture, size.num_prompts))
+    return DemoResult(out, found.name, report, stats, time.perf_counter() - start)
 
 
-def toyworld_prompts(subject: str, size: DemoSize) -> list[str]:
-    from steerguide import toyworld
+def showcase_prompts(subject, num_prompts: int | None = None) -> list[int]:
+    """Indices of up to `SHOWCASE_PROMPTS` evaluation prompts, one of each kind first: a new background,
+    a new position, a second object, a recoloring."""
+    specs = subject.eval_specs()[:num_prompts]
+    kinds = [
+        lambda s: s.background is not None and s.position is None,
+        lambda s: s.position is not None and s.background is None,
+        lambda s: s.second is not None,
+        lambda s: s.color is not None,
+    ]
+    chosen = [next((i for i, s in enumerate(specs) if kind(s)), None) for kind in kinds]
+    chosen = [i for i in chosen if i is not None]
+    chosen += [i for i in range(len(specs)) if i not in chosen]
+    return chosen[:SHOWCASE_PROMPTS]
 
-    return toyworld.get_subject(subject).eval_prompts()[: size.num_prompts]
+
+def _recommended_rows(out: Path, subject, num_prompts: int | None) -> list[tuple[str, dict[str, dict]]]:
+    """[(prompt, {method: result row})] at the first seed, for the showcase prompts."""
+    from steerguide.evaluate.report import load_results
+
+    rows = [r for r in load_results(out) if r["subject"] == subject.name]
+    seed = min(r["seed"] for r in rows)
+    found = []
+    for index in showcase_prompts(subject, num_prompts):
+        by_method = {}
+        for method, want in RECOMMENDED.items():
+            for r in rows:
+                if (r["prompt_index"] == index and r["seed"] == seed and r["method"] == method
+                        and r["scale"] == want["scale"] and r.get("omega") == want["omega"]
+                        and r.get("omega_schedule") in (None, "constant")):
+                    by_method[method] = r
+        prompt = subject.eval_prompts()[index]
+        found.append((prompt, by_method))
+    return found
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return [*lines, line] if line else lines
+
+
+def showcase(out: str | Path, subject, num_prompts: int | None = None):
+    """The demo's first picture: the subject's photos, then for a few of its prompts the CFG, AG and PG
+    images at the recommended settings (first seed), upscaled nearest-neighbour, each with its scores."""
+    from PIL import Image, ImageDraw
+
+    out = Path(out)
+    cell, pad, left, label_h = SHOWCASE_CELL, 8, 210, 34
+    photos = subject.reference_images()
+    entries = _recommended_rows(out, subject, num_prompts)
+    methods = list(RECOMMENDED)
+    width = left + max(len(photos), len(methods)) * (cell + pad)
+    top = 30
+    photo_block = 22 + cell + pad * 2
+    height = top + photo_block + 26 + len(entries) * (cell + label_h + pad)
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    big, small = _font(15), _font(12)
+    draw.text((pad, 6), f"{subject.name}: the photos it learns from, and what each method draws", fill="black",
+              font=big)
+    y = top
+    draw.text((pad, y + 22), "photos", fill="black", font=small)
+    draw.text((pad, y + 38), f"(training; prompt {subject.instance_prompt!r})", fill="gray", font=small)
+    for i, photo in enumerate(photos):
+        sheet.paste(photo.resize((cell, cell), Image.NEAREST), (left + i * (cell + pad), y + 20))
+    y += photo_block
+    for j, method in enumerate(methods):
+        draw.text((left + j * (cell + pad), y + 4), RECOMMENDED[method]["label"], fill="black", font=small)
+    y += 26
+    for prompt, by_method in entries:
+        for k, line in enumerate(_wrap(prompt, 28)[:5]):
+            draw.text((pad, y + 4 + 16 * k), line, fill="black", font=small)
+        for j, method in enumerate(methods):
+            x = left + j * (cell + pad)
+            row = by_method.get(method)
+            if row is None or not (out / row["image"]).is_file():
+                draw.rectangle((x, y, x + cell - 1, y + cell - 1), outline="gray")
+                continue
+            with Image.open(out / row["image"]) as im:
+                sheet.paste(im.convert("RGB").resize((cell, cell), Image.NEAREST), (x, y))
+            scores = row["metrics"]
+            draw.text((x, y + cell + 2), f"fidelity {scores[FIDELITY_METRIC]:.2f}", fill="black", font=small)
+            draw.text((x, y + cell + 17), f"text {scores[TEXT_METRIC]:.2f}", fill="black", font=small)
+        y += cell + label_h + pad
+    return sheet
+
+
+def showcase_html(out: str | Path, subject, picture, num_prompts: int | None = None) -> str:
+    """The report's first section: the showcase picture and the per-image scores in it."""
+    import html
+
+    from steerguide.evaluate.report import _b64_png
+
+    esc = html.escape
+    lines = []
+    for prompt, by_method in _recommended_rows(Path(out), subject, num_prompts):
+        for method, row in by_method.items():
+            m = row["metrics"]
+            lines.append(f"<tr><td>{esc(prompt)}</td><td>{esc(RECOMMENDED[method]['label'])}</td>"
+                         f"<td>{m[FIDELITY_METRIC]:.3f}</td><td>{m[TEXT_METRIC]:.3f}</td></tr>")
+    return (
+        f"<h2>{esc(subject.name)}: photos, then CFG, AG and PG at the recommended settings</h2>"
+        f'<img class="grid" src="{_b64_png(picture)}" alt="showcase">'
+        "<table><tr><th>prompt</th><th>setting</th><th>fidelity</th><th>text</th></tr>"
+        + "".join(lines) + "</table>"
+    )
 
 
 def _fmt(mean: float, ci: float) -> str:
@@ -198,6 +337,24 @@ def result_table(result: DemoResult):
     return table
 
 
+@contextmanager
+def _quiet_libraries():
+    """No "Loading pipeline components" bars or library chatter inside the demo's own progress bars."""
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    verbosity = (dlogging.get_verbosity(), tlogging.get_verbosity())
+    dlogging.disable_progress_bar()
+    dlogging.set_verbosity_error()
+    tlogging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlogging.enable_progress_bar()
+        dlogging.set_verbosity(verbosity[0])
+        tlogging.set_verbosity(verbosity[1])
+
+
 def demo(
     out: Annotated[
         Path,
@@ -210,8 +367,12 @@ def demo(
         str | None,
         typer.Option(
             "--subject",
-            help="Toy subject to personalize (default: bnq_triangle; `steerguide toyworld info` lists them).",
+            help=f"Toy subject to personalize (default: {DEFAULT_SUBJECT}; `steerguide toyworld info` lists them).",
         ),
+    ] = None,
+    subjects_file: Annotated[
+        Path | None,
+        typer.Option("--subjects-file", help="A subjects file (YAML) that --subject is looked up in."),
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
     threads: Annotated[
@@ -242,18 +403,21 @@ def demo(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        result = run_demo(
-            out,
-            subject,
-            DemoSize(train_steps, steps, num_prompts, seeds),
-            base=base,
-            progress=progress,
-            console=console,
-        )
+        with _quiet_libraries():
+            result = run_demo(
+                out,
+                subject,
+                DemoSize(train_steps, steps, num_prompts, seeds),
+                base=base,
+                progress=progress,
+                console=console,
+                subjects_file=subjects_file,
+            )
     finally:  # the CLI also runs in-process (tests, notebooks): leave torch as it was
         torch.set_num_threads(previous)
     Console().print(result_table(result))
     Console().print(
+        f"first picture: {result.out / 'report' / 'showcase.png'}\n"
         f"report: {result.report.html}  ({result.stats.written} new images, "
         f"{result.stats.done_before} reused; {result.seconds:.0f} s)",
         markup=False,

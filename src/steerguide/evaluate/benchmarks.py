@@ -38,7 +38,8 @@ class BenchSubject:
     """One subject: what to personalize on and what to score against.
 
     `prompts` are ready to sample (token and class noun substituted); `references` are image paths, or
-    empty when `load_references` supplies in-memory images (the toy world renders its own).
+    empty when `load_references` supplies in-memory images (the toy world renders its own, from
+    `definition`).
     """
 
     name: str
@@ -49,6 +50,9 @@ class BenchSubject:
     live: bool = False
     load_references: Callable[[], list] | None = field(default=None, repr=False)
     load_fidelity_references: Callable[[], list] | None = field(default=None, repr=False)
+    # What defines a generated subject (a toy subject's token, class, look, colors and photos), for cache
+    # keys; None for photos on disk.
+    definition: dict | None = None
 
     @property
     def instance_prompt(self) -> str:
@@ -224,25 +228,28 @@ def _load_subjects_json(root: Path, subjects: Sequence[str] | None, num_prompts:
     return Benchmark(name="dreambench", subjects=out, root=root)
 
 
-def toy_benchmark(subjects: Sequence[str] | None = None, num_prompts: int | None = None) -> Benchmark:
-    """The toy world's subjects as a benchmark (its own tokens, class nouns and evaluation prompts)."""
+def toy_benchmark(
+    subjects: Sequence[str] | None = None,
+    num_prompts: int | None = None,
+    subjects_file: str | Path | None = None,
+) -> Benchmark:
+    """The toy world's subjects as a benchmark (its own tokens, class nouns and evaluation prompts): the
+    built-in ones, or those of a subjects file (YAML, see `steerguide.toyworld.subjects`); `subjects`
+    picks some by name ("sks_star") or token. Each carries its definition, which the sweep's keys hash,
+    so that editing a subject in the file makes its rows and personalizations stale."""
     try:
         from steerguide import toyworld
-
-        all_subjects = toyworld.SUBJECTS
-    except (ImportError, AttributeError) as e:
+    except ImportError as e:
         raise UserError(f"the toy world is not available in this install ({e})") from None
-    if isinstance(all_subjects, dict):
-        all_subjects = list(all_subjects.values())
-    names = [s.name for s in all_subjects] if subjects is None else list(subjects)
+    known = toyworld.load_subjects(subjects_file)  # UserError naming the subject and key of a bad file
+    names = list(known) if subjects is None else list(subjects)
     out = []
     for n in names:
         try:
-            s = toyworld.get_subject(n)
+            s = known[n] if n in known else toyworld.get_subject(n, subjects_file)
         except (KeyError, ValueError, UserError):
-            raise UserError(
-                f"the toy world has no subject {n!r}; it has: {', '.join(x.name for x in all_subjects)}"
-            ) from None
+            where = "the toy world" if subjects_file is None else f"subjects file {subjects_file}"
+            raise UserError(f"{where} has no subject {n!r}; it has: {', '.join(known)}") from None
         prompts = list(s.eval_prompts())[:num_prompts]
         out.append(
             BenchSubject(
@@ -252,6 +259,7 @@ def toy_benchmark(subjects: Sequence[str] | None = None, num_prompts: int | None
                 prompts=prompts,
                 load_references=s.reference_images,
                 load_fidelity_references=partial(s.heldout_images, TOY_FIDELITY_REFERENCES),
+                definition=s.to_dict(),
             )
         )
     return Benchmark(name="toy", subjects=out)
@@ -259,7 +267,7 @@ def toy_benchmark(subjects: Sequence[str] | None = None, num_prompts: int | None
 
 def load_benchmark(spec: dict) -> Benchmark:
     """Build a benchmark from a config mapping: {name: dreambench, root: ..., subjects, token, num_prompts}
-    or {name: toy, subjects, num_prompts}."""
+    or {name: toy, subjects, num_prompts, subjects_file}."""
     name = spec.get("name")
     if name == "dreambench":
         if not spec.get("root"):
@@ -268,5 +276,5 @@ def load_benchmark(spec: dict) -> Benchmark:
             spec["root"], spec.get("subjects"), spec.get("token", "sks"), spec.get("num_prompts")
         )
     if name == "toy":
-        return toy_benchmark(spec.get("subjects"), spec.get("num_prompts"))
+        return toy_benchmark(spec.get("subjects"), spec.get("num_prompts"), spec.get("subjects_file"))
     raise UserError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}")

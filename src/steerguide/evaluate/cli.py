@@ -33,32 +33,46 @@ def sweep(
 ) -> int:
     """Run a grid of guidance settings × subjects × prompts × seeds; a rerun skips the rows already done.
 
-    Under `accelerate launch` the pending rows are shared among the processes."""
+    Under `accelerate launch` the pending rows are shared among the processes; two sweeps into the same
+    --out share them too (each claims the rows it computes)."""
     from rich.console import Console
 
     from steerguide.evaluate.benchmarks import load_benchmark
     from steerguide.evaluate.results import ResultsStore
-    from steerguide.evaluate.sweep import expand, load_config, run_sweep
+    from steerguide.evaluate.sweep import describe_grid, expand, load_config, resolve_base, run_sweep
+    from steerguide.evaluate.sweep_config import check_sample_size
+    from steerguide.evaluate.sweep_run import SweepInterrupted, check_out
 
     cfg = load_config(config)
+    check_out(out, create=False)  # before any work: an existing file or an unwritable place
     console = Console(stderr=True)
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
     if dry_run:
-        rows = expand(cfg, load_benchmark(cfg.benchmark))
-        done = ResultsStore(out / "results.jsonl").done_keys() if (out / "results.jsonl").exists() else set()
+        check_sample_size(cfg, resolve_base(cfg.base))
+        benchmark = load_benchmark(cfg.benchmark)
+        rows = expand(cfg, benchmark)
+        done = ResultsStore(out / "results.jsonl").done_keys()
         pending = sum(r.key not in done for r in rows)
         console.print(
-            f"{len(rows)} rows ({len(cfg.settings)} settings × {len(cfg.seeds)} seeds × prompts × "
-            f"subjects), {len(rows) - pending} done, {pending} to run"
+            f"{describe_grid(cfg, benchmark)}, {len(rows) - pending} done, {pending} to run", markup=False
         )
         return 0
-    stats = run_sweep(cfg, out, progress=progress, limit=limit, train_only=train_only)
+
+    def log(message: str) -> None:
+        console.print(message, markup=False)
+
+    try:
+        stats = run_sweep(cfg, out, progress=progress, limit=limit, train_only=train_only, log=log)
+    except SweepInterrupted as e:
+        print(f"steerguide: {e}", file=sys.stderr)
+        return 130
+    elsewhere = f", {stats.done_elsewhere} done meanwhile by another sweep" if stats.done_elsewhere else ""
     console.print(
         f"[process {stats.process_index + 1}/{stats.num_processes}] {stats.written} new rows "
-        f"({stats.done_before} of {stats.total} done before) in {stats.wall_seconds:.1f}s "
+        f"({stats.done_before} of {stats.total} done before{elsewhere}) in {stats.wall_seconds:.1f}s "
         f"({stats.written / max(stats.wall_seconds, 1e-9):.2f} rows/s overall); "
         f"sampling {stats.images_per_second:.2f} images/s, metrics {stats.metrics_per_second:.1f} values/s",
         markup=False,

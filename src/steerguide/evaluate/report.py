@@ -343,9 +343,14 @@ class Report:
 
 
 def write_report(
-    folder: str | Path, out: str | Path | None = None, max_prompts: int = 8, max_columns: int = 12
+    folder: str | Path,
+    out: str | Path | None = None,
+    max_prompts: int = 8,
+    max_columns: int = 12,
+    preface_html: str = "",
 ) -> Report:
-    """Write DIR/report/: trade-off plots, grids, summary.json and index.html (self-contained)."""
+    """Write DIR/report/: trade-off plots, grids, summary.json and index.html (self-contained);
+    `preface_html` goes first in the page (the demo's picture)."""
     from steerguide import limits
 
     limits.at_least("--max-prompts", max_prompts, 1)
@@ -405,11 +410,11 @@ def write_report(
     )
 
     html_path = out_dir / "index.html"
-    html_path.write_text(_html(folder, rows, summary, metrics, axes, plots, grids, notes))
+    html_path.write_text(_html(folder, rows, summary, metrics, axes, plots, grids, notes, preface_html))
     return Report(html_path, plots, grids, summary, metrics, notes)
 
 
-def _html(folder: Path, rows, summary, metrics, axes, plots, grids, notes=()) -> str:
+def _html(folder: Path, rows, summary, metrics, axes, plots, grids, notes=(), preface_html: str = "") -> str:
     esc = html.escape
     subjects = list(dict.fromkeys(r["subject"] for r in rows))
     head = "".join(f"<th>{esc(m)} <small>({axes[m]})</small></th>" for m in metrics)
@@ -444,6 +449,7 @@ td:first-child{{text-align:left}} img.grid{{max-width:100%}} figure{{display:inl
 <p>{len(rows)} images, {len(subjects)} subject(s) ({esc(", ".join(subjects))}),
 {len(summary)} guidance settings.
 Means over images with 95% confidence intervals (Student t).</p>
+{preface_html}
 <h2>Trade-off</h2>{plot_html}
 <h2>Summary</h2><table><tr><th>setting</th><th>n</th>{head}</tr>{body}</table>
 <h2>Images (prompts × settings, first seed)</h2>{notes_html}{grid_html}

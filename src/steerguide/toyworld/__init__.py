@@ -9,7 +9,14 @@ from steerguide.toyworld.assets import base_model_path, load_base_pipeline
 from steerguide.toyworld.fidelity import FidelityJudge, roc_auc
 from steerguide.toyworld.judges import ATTRIBUTES, Reading, TextJudge, read
 from steerguide.toyworld.render import Look, render, render_array
-from steerguide.toyworld.subjects import SUBJECTS, Subject, export_subjects, get_subject
+from steerguide.toyworld.subjects import (
+    SUBJECTS,
+    PhotoContext,
+    Subject,
+    export_subjects,
+    get_subject,
+    load_subjects,
+)
 from steerguide.toyworld.world import RARE_TOKENS, Spec, caption, complete, parse_caption, random_spec
 
 __all__ = [
@@ -18,6 +25,7 @@ __all__ = [
     "SUBJECTS",
     "FidelityJudge",
     "Look",
+    "PhotoContext",
     "Reading",
     "Spec",
     "Subject",
@@ -28,6 +36,7 @@ __all__ = [
     "export_subjects",
     "get_subject",
     "load_base_pipeline",
+    "load_subjects",
     "parse_caption",
     "random_spec",
     "read",

@@ -28,6 +28,12 @@ def load_base_pipeline(path: str | Path | None = None):
     if not (folder / "model_index.json").exists():
         raise UserError(f"no diffusers pipeline at {folder} (model_index.json missing)")
     dlogging.set_verbosity_error()
-    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    bars = dlogging.is_progress_bar_enabled()
+    dlogging.disable_progress_bar()  # a sub-second load needs no "Loading pipeline components" bar
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(folder)
+    finally:
+        if bars:
+            dlogging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -27,6 +27,10 @@ toyworld = typer.Typer(help="The embedded toy world: base model, subjects, judge
                        rich_markup_mode=None)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _DEFAULT_WORK = Path("toyworld_build")
+SubjectsFile = Annotated[
+    Path | None,
+    typer.Option("--subjects-file", help="a subjects file (YAML); default: the built-in subjects"),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -56,11 +60,13 @@ def _dir_size(folder: Path) -> int:
 
 
 @toyworld.command()
-def info() -> None:
+def info(subjects_file: SubjectsFile = None) -> None:
     """Where the base model and judges lie, and the personal subjects."""
     from steerguide.toyworld.assets import base_model_path, train_log_path
     from steerguide.toyworld.fidelity import default_weights
-    from steerguide.toyworld.subjects import SUBJECTS
+    from steerguide.toyworld.subjects import load_subjects
+
+    subjects = load_subjects(subjects_file)
 
     base = base_model_path()
     present = (base / "model_index.json").exists()
@@ -70,18 +76,19 @@ def info() -> None:
     if train_log_path().exists():
         t = json.loads(train_log_path().read_text())["timings"]
         print("training time: " + ", ".join(f"{k[:-2]} {v / 60:.1f} min" for k, v in t.items()))
-    print(f"subjects ({len(SUBJECTS)}):")
-    for s in SUBJECTS.values():
-        print(f"  {s.name:14s} token {s.token!r:6s} class {s.class_noun:9s} "
-              f"instance prompt {s.instance_prompt!r}  references: {s.size} on {s.background}, {s.position}")
+    print(f"subjects ({len(subjects)}):")
+    for s in subjects.values():
+        photos = "; ".join(f"{p.size} on {p.background}, {p.position}" for p in s.photos)
+        print(f"  {s.name:14s} look {s.look.kind:8s} instance prompt {s.instance_prompt!r}  photos: {photos}")
 
 
 @toyworld.command()
-def prompts(subject: Annotated[str, typer.Argument(help="subject name (sks_star) or token (sks)")]) -> None:
+def prompts(subject: Annotated[str, typer.Argument(help="subject name (sks_star) or token (sks)")],
+            subjects_file: SubjectsFile = None) -> None:
     """Print a subject's evaluation prompts, one a line."""
     from steerguide.toyworld.subjects import get_subject
 
-    for p in get_subject(subject).eval_prompts():
+    for p in get_subject(subject, subjects_file).eval_prompts():
         print(p)
 
 
@@ -89,11 +96,12 @@ def prompts(subject: Annotated[str, typer.Argument(help="subject name (sks_star)
 def export_subjects(
     out: Annotated[Path, typer.Argument(help="folder for <subject>/NN.png, prompts_and_classes.txt, ...")],
     subject: Annotated[list[str] | None, typer.Option("--subject", "-s", help="only these")] = None,
+    subjects_file: SubjectsFile = None,
 ) -> None:
-    """Export subjects in the DreamBench layout, with their evaluation prompts."""
+    """Export subjects in the DreamBench layout, with their evaluation prompts and a subjects file."""
     from steerguide.toyworld.subjects import export_subjects as export
 
-    folder = export(out, subject or None)
+    folder = export(out, subject or None, subjects_file)
     print(f"wrote {len(subject or []) or 'all'} subjects to {folder}")
 
 
@@ -104,6 +112,7 @@ def render(
     seed: Annotated[int, typer.Option()] = 0,
     caption: Annotated[str | None, typer.Option(help="render this caption (the rest at random)")] = None,
     subject: Annotated[str | None, typer.Option(help="render this subject in random contexts")] = None,
+    subjects_file: SubjectsFile = None,
 ) -> None:
     """Render scenes of the world, with their captions in prompts.jsonl (the input format of `judge`)."""
     import numpy as np
@@ -113,7 +122,7 @@ def render(
     from steerguide.toyworld.world import Spec, complete, parse_caption
     from steerguide.toyworld.world import caption as caption_of
 
-    subj = get_subject(subject) if subject else None
+    subj = get_subject(subject, subjects_file) if subject else None
     stated = parse_caption(caption) if caption else Spec()
     if subj is not None:
         stated = stated.replace(shape=subj.class_noun, token=subj.token)
@@ -161,6 +170,7 @@ def judge(
     manifest: Annotated[Path | None, typer.Option(help="JSON lines {image, prompt}")] = None,
     subject: Annotated[str | None, typer.Option(help="also score fidelity to this subject")] = None,
     out: Annotated[Path | None, typer.Option(help="write the JSON lines here instead of stdout")] = None,
+    subjects_file: SubjectsFile = None,
 ) -> None:
     """Judge images against prompts: text alignment (+ per attribute) and subject fidelity, as JSON lines."""
     from steerguide.toyworld.fidelity import FidelityJudge
@@ -170,7 +180,7 @@ def judge(
 
     if out is not None:
         check_writable_file(out, "--out")
-    subj = get_subject(subject) if subject else None
+    subj = get_subject(subject, subjects_file) if subject else None
     loaded = _load_images(images)
     if prompt is not None:
         pairs = [(name, prompt) for name in loaded]
@@ -368,3 +378,45 @@ def _holds_weights_of(path: Path, model) -> bool:
             return set(f.keys()) == set(model.state_dict())
     except Exception:  # noqa: BLE001 (not safetensors at all)
         return False
+
+
+@toyworld.command("check-personalization")
+def check_personalization(
+    folders: Annotated[list[Path], typer.Argument(help="trained toy personalizations (steerguide train --toy)")],
+    subjects_file: SubjectsFile = None,
+    seeds: Annotated[int, typer.Option(min=1, help="seeds per prompt (same for base and personalization)")] = 4,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the rows as JSON lines")] = None,
+    cache: Annotated[Path | None, typer.Option(help="JSON file keeping the base model's scores across runs")] = None,
+    steps: Annotated[int, typer.Option(min=1, hidden=True, help="sampling steps (tests only)")] = 20,
+) -> None:
+    """Is each personalization in the paper's regime? CFG w=5 on its subject's prompts: text >= 0.80 x the
+    base model's, normalized fidelity (F - F_base) / (F_heldout - F_base) in [0.35, 0.85]."""
+    from diffusers.utils import logging as dlogging
+
+    from steerguide.train.calibration import CRITERION, Measurer, subject_for
+
+    subjects = [subject_for(f, subjects_file) for f in folders]  # every folder checked before any work
+    if json_out is not None:
+        check_writable_file(json_out, "--json")
+    rows = []
+    dlogging.disable_progress_bar()  # no "Loading pipeline components" bars under ours
+    try:
+        with _progress("sample and judge", None) as tick:
+            measurer = Measurer(seeds, tick, steps, cache)
+            for folder, subject in zip(folders, subjects, strict=True):
+                rows.append(measurer.measure(folder, subject))
+    finally:
+        dlogging.enable_progress_bar()
+    c = CRITERION
+    print(f"criterion: CFG w=5, text >= {c.text_ratio_min:.2f} x base, normalized fidelity in "
+          f"[{c.fidelity_min:.2f}, {c.fidelity_max:.2f}]; {seeds} seeds x the subject's prompts")
+    print(f"{'subject':14s} {'method':16s} {'steps':>5s} {'text':>6s} {'base':>6s} {'ratio':>6s} "
+          f"{'F':>6s} {'F_base':>6s} {'F_held':>6s} {'norm F':>6s}  verdict")
+    for r in rows:
+        verdict = "pass" if r["passed"] else f"miss ({r['why']})"
+        print(f"{r['subject']:14s} {r['method']:16s} {r['steps']:5d} {r['text']:6.3f} {r['text_base']:6.3f} "
+              f"{r['text_ratio']:6.3f} {r['fidelity']:6.3f} {r['fidelity_base']:6.3f} "
+              f"{r['fidelity_heldout']:6.3f} {r['normalized_fidelity']:6.3f}  {verdict}")
+    print(f"{sum(r['passed'] for r in rows)} of {len(rows)} pass")
+    if json_out is not None:
+        json_out.write_text("".join(json.dumps(r) + "\n" for r in rows))

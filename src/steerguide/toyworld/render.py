@@ -32,6 +32,9 @@ RADIUS = {"large": 7.5, "small": 5.0}
 SECOND_RADIUS = 4.0
 JITTER = 1.0  # pixels of random offset of the main object
 _GRID = 257  # resolution of the precomputed shape masks over [-1, 1]^2
+GRAMMAR_LOOKS = ("plain", "striped", "dotted")
+SUBJECT_LOOKS = ("split_v", "split_h", "split_d", "ring", "dot", "cross", "checker", "vstripes", "inset")
+LOOK_KINDS = GRAMMAR_LOOKS + SUBJECT_LOOKS
 
 
 @dataclass(frozen=True)
@@ -163,4 +166,4 @@ def render(spec: Spec, seed: int = 0, look: Look | None = None) -> Image.Image:
     return Image.fromarray(render_array(spec, seed, look))
 
 
-__all__ = ["SHAPES", "Look", "render", "render_array", "shade", "shape_mask"]
+__all__ = ["LOOK_KINDS", "SHAPES", "Look", "render", "render_array", "shade", "shape_mask"]

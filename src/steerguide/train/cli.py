@@ -42,6 +42,9 @@ def train_command(
         str | None,
         typer.Option("--toy", help="Toy-world subject: fills base, images, token, prompt and toy defaults."),
     ] = None,
+    toy_subjects: Annotated[
+        Path | None, typer.Option("--toy-subjects", help="Subjects file (YAML) that --toy looks in.")
+    ] = None,
     instance_prompt: Annotated[
         str | None, typer.Option("--instance-prompt", help="Default: 'a photo of TOKEN CLASS'.")
     ] = None,
@@ -184,8 +187,10 @@ def train_command(
         given = {k: v for k, v in options.items() if _given(ctx, k)}
         if base is not None or images is not None:
             raise UserError("--toy chooses the base model and the photos; leave out --base and --images")
-        config = toy_config(toy, **given)
+        config = toy_config(toy, subjects_file=toy_subjects, **given)
     else:
+        if toy_subjects is not None:
+            raise UserError("--toy-subjects needs --toy SUBJECT")
         if base is None or images is None:
             raise UserError("--base and --images are required (or --toy SUBJECT)")
         config = TrainConfig(base=base, images=images, **options)

@@ -26,6 +26,7 @@ def load_trained(folder: str | Path, base: str | Path | None = None):
 
     folder = Path(folder)
     record = read_record(folder)
+    bars = dlogging.is_progress_bar_enabled()
     dlogging.disable_progress_bar()
     try:
         if record["method"] == "dreambooth":
@@ -37,6 +38,7 @@ def load_trained(folder: str | Path, base: str | Path | None = None):
             else:
                 custom_diffusion.load(pipe, folder)
     finally:
-        dlogging.enable_progress_bar()
+        if bars:  # as the caller had it (the demo keeps them off)
+            dlogging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     return pipe, record

@@ -1,0 +1,197 @@
+"""What identifies a sweep's inputs in its cache keys, and the personalizations it trains once and caches.
+
+A key hashes everything that defines a result: the base (for a local folder, a fingerprint of its weights,
+so a base retrained in place makes old rows stale), the subject, the training settings and the trainer's
+defaults. Trained personalizations live in OUT/personalizations/<subject>-<key>/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from steerguide.errors import UserError
+from steerguide.evaluate.benchmarks import BenchSubject
+from steerguide.evaluate.sweep_claims import exclusive
+from steerguide.evaluate.sweep_config import SweepConfig
+from steerguide.files import write_json_atomic
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def resolve_base(base: str) -> str:
+    if base == "toy":
+        try:
+            from steerguide.toyworld import base_model_path
+        except ImportError as e:
+            raise UserError(f"base 'toy': the toy world is not available in this install ({e})") from None
+        return str(base_model_path())
+    return base
+
+
+def base_identity(base: str) -> dict:
+    """The base as the cache keys see it: its name, and for a local folder or file a fingerprint of its
+    weights, so that retraining a base in place (the toy world's included) makes old rows and cached
+    personalizations stale instead of silently reusing them."""
+    path = Path(resolve_base(base))
+    if not path.exists():
+        return {"name": base}  # a hub id: its revision is the hub's business
+    files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
+    digest = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        digest.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{size}".encode())
+        with f.open("rb") as fh:  # head and tail: a weight file's header and its last tensors
+            digest.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                digest.update(fh.read())
+    return {"name": base, "fingerprint": digest.hexdigest()[:16]}
+
+
+def personalization_id(config: SweepConfig, subject: BenchSubject) -> str:
+    p = config.personalization
+    if "train" in p:
+        return "train:" + train_cache_key(config, subject)
+    path = personalization_path(config, subject)
+    return f"path:{path}" if path else "none"
+
+
+def personalization_path(config: SweepConfig, subject: BenchSubject) -> str | None:
+    paths = config.personalization.get("paths")
+    if paths is None:
+        return None
+    if isinstance(paths, str):
+        return paths
+    path = paths.get(subject.name, paths.get("*"))
+    if path is None:
+        raise UserError(
+            f"config key personalization.paths: no path for subject {subject.name!r} (add it or '*')"
+        )
+    return str(path)
+
+
+def train_cache_key(config: SweepConfig, subject: BenchSubject) -> str:
+    refs = [str(p) for p in subject.references] or [f"{subject.name}:generated"]
+    identity = {
+        "base": base_identity(config.base),
+        "subject": subject.name,
+        "token": subject.token,
+        "class_noun": subject.class_noun,
+        "references": refs,
+        "train": config.personalization.get("train") or {},
+        # What the trainer writes and the defaults the toy world fills in: a change to either makes
+        # old cached personalizations stale.
+        "trainer": _trainer_identity(config),
+    }
+    if subject.definition is not None:  # a generated subject's photos follow from its definition
+        identity["subject_definition"] = subject.definition
+    return stable_hash(identity)
+
+
+def _trainer_identity(config: SweepConfig) -> dict:
+    from steerguide import __version__
+
+    identity = {"steerguide": __version__, "lora_layout": "peft"}
+    if config.benchmark.get("name") == "toy":
+        from steerguide.train.toy import TOY_COMMON, TOY_DEFAULTS
+
+        identity["toy"] = {"defaults": TOY_DEFAULTS, "common": TOY_COMMON}
+    return identity
+
+
+def _cached(folder: Path, key: str) -> bool:
+    marker = folder / "steerguide-cache.json"
+    if (folder / "train.json").is_file() and marker.is_file():
+        try:
+            return json.loads(marker.read_text()).get("key") == key
+        except json.JSONDecodeError:
+            return False
+    return False
+
+
+def ensure_personalization(
+    config: SweepConfig,
+    subject: BenchSubject,
+    out: Path,
+    progress: bool = False,
+    may_train: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> str | None:
+    """The personalization folder for `subject`: a given path, or one trained once and cached under
+    OUT/personalizations/<subject>-<key>/ (reused when its train.json exists and its cache key matches).
+
+    Training runs in `<folder>.partial` with resume on, so a killed sweep continues the training from its
+    last checkpoint; the finished folder is renamed into place. Two sweeps into one folder train it once:
+    the second waits on a lock (OUT/claims/train-<folder>) and then finds it cached."""
+    if "train" not in config.personalization:
+        return personalization_path(config, subject)
+    key = train_cache_key(config, subject)
+    folder = out / "personalizations" / f"{subject.name}-{key[:12]}"
+    if _cached(folder, key):
+        return str(folder)
+    if not may_train:
+        raise UserError(
+            f"subject {subject.name!r} needs a personalization trained first: under several "
+            "processes, run `steerguide sweep CONFIG --out DIR --train-only` once in a single process"
+        )
+
+    def waiting() -> None:
+        if log:
+            log(f"another sweep is training the personalization of {subject.name}; waiting for it")
+
+    with exclusive(out / "claims" / f"train-{folder.name}", on_wait=waiting):
+        if _cached(folder, key):  # trained by the sweep we waited for
+            return str(folder)
+        _train(config, subject, key, folder, progress)
+    return str(folder)
+
+
+def _train(config: SweepConfig, subject: BenchSubject, key: str, folder: Path, progress: bool) -> None:
+    from steerguide.train import TrainConfig, train
+
+    partial = folder.with_name(folder.name + ".partial")
+    settings = {"method": "lora", "resume": True, **(config.personalization.get("train") or {})}
+    steps_factor = settings.pop("steps_factor", None)
+    try:
+        if config.benchmark.get("name") == "toy":  # the toy world's tuned defaults and instance prompts
+            from steerguide.train.toy import toy_config
+
+            method = settings.pop("method")
+            train_config = toy_config(
+                subject.name,
+                method,
+                subjects_file=config.benchmark.get("subjects_file"),
+                base=resolve_base(config.base),
+                out=partial,
+                **settings,
+            )
+        else:
+            train_config = TrainConfig(
+                base=resolve_base(config.base),
+                images=subject.reference_images(),
+                token=subject.token,
+                class_noun=subject.class_noun,
+                out=partial,
+                **settings,
+            )
+    except TypeError as e:
+        raise UserError(f"config key personalization.train: {e}") from None
+    if steps_factor is not None:  # a strength relative to the recipe: "half its steps", "three times"
+        train_config = dataclasses.replace(
+            train_config, steps=max(1, round(steps_factor * train_config.max_steps))
+        )
+    trained = Path(train(train_config, progress=progress))
+    write_json_atomic(trained / "steerguide-cache.json", {"key": key, "subject": subject.name})
+    if folder.exists():  # a stale or mismatching cache entry: replace it whole
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(trained, folder)
