@@ -88,22 +88,13 @@ class SweepInterrupted(KeyboardInterrupt):
 
 def check_out(out: str | Path, create: bool = True) -> Path:
     """The output folder, checked before any work: not an existing file, and writable. `create=False` (a
-    dry run) checks the same but leaves nothing behind."""
+    dry run) checks the same but leaves nothing behind (`check_writable` creates nothing)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output folder {out} is an existing file, not a folder")
-    if create:
-        return check_writable(out)
-    missing = []
-    parent = out
-    while not parent.exists() and parent != parent.parent:
-        missing.append(parent)
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"output folder {out} is not writable ({parent} is a file)")
     check_writable(out)
-    for folder in missing:  # deepest first: what the check created
-        folder.rmdir()
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -138,6 +129,7 @@ def run_sweep(
     store = ResultsStore(out / "results.jsonl")
     done = store.done_keys()  # a damaged results file stops here, before anything is loaded or written
     check_writable(out)
+    out.mkdir(parents=True, exist_ok=True)  # check_writable leaves no trace; the inputs are good now
     metrics = build_metrics(config.metrics, device=config.device) if metrics is None else metrics
     sampler = make_sampler(config) if sampler is None else sampler
     pending = [r for r in rows if r.key not in done]
