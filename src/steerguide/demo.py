@@ -344,15 +344,17 @@ def _quiet_libraries():
     from transformers.utils import logging as tlogging
 
     verbosity = (dlogging.get_verbosity(), tlogging.get_verbosity())
-    dlogging.disable_progress_bar()
-    dlogging.set_verbosity_error()
-    tlogging.set_verbosity_error()
+    bars = (dlogging.is_progress_bar_enabled(), tlogging.is_progress_bar_enabled())
+    for lib in (dlogging, tlogging):
+        lib.disable_progress_bar()
+        lib.set_verbosity_error()
     try:
         yield
     finally:
-        dlogging.enable_progress_bar()
-        dlogging.set_verbosity(verbosity[0])
-        tlogging.set_verbosity(verbosity[1])
+        for lib, bar, level in zip((dlogging, tlogging), bars, verbosity, strict=True):
+            lib.set_verbosity(level)
+            if bar:
+                lib.enable_progress_bar()
 
 
 def demo(

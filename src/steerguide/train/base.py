@@ -79,6 +79,7 @@ def load_base(path: str | Path) -> Base:
         raise UserError(f"base model {path} is not a diffusers pipeline folder (no model_index.json)")
     from transformers.utils import logging as tlogging
 
+    bars = (dlogging.is_progress_bar_enabled(), tlogging.is_progress_bar_enabled())
     dlogging.disable_progress_bar()
     tlogging.disable_progress_bar()
     try:
@@ -88,9 +89,11 @@ def load_base(path: str | Path) -> Base:
     except Exception as e:  # noqa: BLE001 (a broken or partial folder: one line, no traceback)
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"cannot load base model {path}: {first}") from None
-    finally:
-        dlogging.enable_progress_bar()
-        tlogging.enable_progress_bar()
+    finally:  # as the caller had them (the demo keeps them off)
+        if bars[0]:
+            dlogging.enable_progress_bar()
+        if bars[1]:
+            tlogging.enable_progress_bar()
     if getattr(pipe, "unet", None) is None:
         raise UserError(
             f"base model {path} is a {type(pipe).__name__}: "

@@ -34,10 +34,12 @@ def save(base: Base, config: TrainConfig, trainable: Trainable, out: Path) -> li
         for name in ("text_encoder", "text_encoder_2"):
             if getattr(base.pipe, name, None) is not None:
                 components[name] = getattr(base.pipe, name)
+    bars = dlogging.is_progress_bar_enabled()
     dlogging.disable_progress_bar()
     try:
         pipe = DiffusionPipeline.from_pretrained(base.path, **components)
     finally:
-        dlogging.enable_progress_bar()
+        if bars:
+            dlogging.enable_progress_bar()
     pipe.save_pretrained(out, safe_serialization=True)
     return ["model_index.json"]
