@@ -187,8 +187,14 @@ class _WeakModelGuidance(BaseGuidance):
             return self.personalization
         personal = self._found.get(denoiser)
         if personal is None:
-            names = sorted({a for layer in tuner_layers(denoiser) for n in layer.adapter_layer_names
-                            for a in getattr(layer, n, {})})
+            names = sorted(
+                {
+                    a
+                    for layer in tuner_layers(denoiser)
+                    for n in layer.adapter_layer_names
+                    for a in getattr(layer, n, {})
+                }
+            )
             if not names:
                 raise UserError(
                     f"{type(self).__name__}: the {type(denoiser).__name__} carries no LoRA; load the "
@@ -209,7 +215,8 @@ class _WeakModelGuidance(BaseGuidance):
         scales for a plain active LoRA (only the personalization adapter; other adapters stay in θ_pre),
         weight space for fused LoRAs, DoRA, LoHa/LoKr; an inactive personalization adapter is refused."""
         personal = self._personalization_for(denoiser)
-        with module_lock(denoiser) or nullcontext():  # prepare may merge adapters, state a `guided` block uses
+        # prepare may merge adapters: state on the module that a `guided` block may be using
+        with module_lock(denoiser) or nullcontext():
             personal.prepare(SimpleNamespace(transformer=denoiser))
         return personal
 
@@ -242,8 +249,10 @@ class _WeakModelGuidance(BaseGuidance):
 
     def cleanup_models(self, denoiser: torch.nn.Module) -> None:
         self._release()
-        last = self._num_inference_steps is not None and self._step is not None and (
-            self._step >= self._num_inference_steps - 1
+        last = (
+            self._num_inference_steps is not None
+            and self._step is not None
+            and (self._step >= self._num_inference_steps - 1)
         )
         if last and self.is_unconditional and self._is_guidance_enabled():
             self._personalization_for(denoiser).release()  # θ_ω caches do not outlive sampling
