@@ -301,3 +301,48 @@ def test_readme_guider_example_runs(tmp_path):
     exec(compile(block.replace("/tmp/sg-", str(tmp_path / "sg-")), "README.md", "exec"), namespace)
     assert namespace["image"].size == (32, 32)
     assert json.loads((tmp_path / "sg-guider" / "guider_config.json").read_text())["omega"] == 0.5
+
+
+# -- LoRAs as people stack and fuse them: the guider realizes θ_ω as the engine does ---------------------
+
+
+def _fresh(tiny_model_dir, setup, arch="sdxl"):
+    """A pipeline of its own (these tests fuse and stack adapters), its modular twin, and the LoRA path."""
+    _, _, shared = setup(arch)
+    pipe = load_pipeline(tiny_model_dir(arch))
+    pipe.set_progress_bar_config(disable=True)
+    modular = modular_pipeline(pipe)
+    modular.set_progress_bar_config(disable=True)
+    return pipe, modular, shared.source
+
+
+def test_stacked_style_lora_stays_in_the_pretrained_model(setup, tiny_model_dir, tmp_path):
+    pipe, modular, source = _fresh(tiny_model_dir, setup)
+    style = save_random_lora(pipe, tmp_path / "style", seed=9, std=0.1)
+    personal = load_personalization(pipe, source)
+    pipe.load_lora_weights(str(style), adapter_name="style")  # diffusers now activates "style" only
+    guider = PersonalizationGuidance(guidance_scale=SCALE, omega=0.3, personalization=personal)
+    with pytest.raises(UserError, match="'personal' is not active"):
+        guider_latents(modular, guider)
+    pipe.set_adapters(["personal", "style"], [1.0, 0.7])
+    got = guider_latents(modular, guider)
+    want = wrapper_latents(pipe, personal, GuidanceConfig("pg", scale=SCALE, omega=0.3))
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)
+    cfg = wrapper_latents(pipe, personal, GuidanceConfig("cfg", scale=SCALE))
+    assert (got - cfg).abs().max() > 100 * ATOL  # ω matters here
+    # With no personalization given, two adapters in the denoiser are ambiguous: one line
+    with pytest.raises(UserError, match="carries adapters personal, style; pass personalization="):
+        guider_latents(modular, PersonalizationGuidance(guidance_scale=SCALE, omega=0.3))
+
+
+def test_fused_lora_goes_through_weight_space(setup, tiny_model_dir):
+    pipe, modular, source = _fresh(tiny_model_dir, setup)
+    personal = load_personalization(pipe, source)
+    want = wrapper_latents(pipe, personal, GuidanceConfig("pg", scale=SCALE, omega=0.3))  # unfused, per-row
+    pipe.fuse_lora()
+    got = guider_latents(
+        modular, PersonalizationGuidance(guidance_scale=SCALE, omega=0.3, personalization=personal)
+    )
+    assert personal.info["realization"].startswith("weight space")
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)
+    assert personal.denoiser_delta._cache is None  # θ_ω is not held after sampling

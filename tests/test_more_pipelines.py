@@ -5,10 +5,9 @@ character-level vocabularies written on the spot, so nothing is downloaded). San
 (diffusers' SanaLoraLoaderMixin); PixArt-Σ has no LoRA loader in diffusers, so its personalization here
 is a full fine-tune of the transformer (θ_ω by tensor swaps).
 
-PixArt-Σ's pipeline keeps `do_classifier_free_guidance` in a local variable, not as an attribute, so
-today's `steerguide.denoiser` does not see that it batches CFG and passes every call through: PG and AG
-silently give CFG. The two properties that expose it are strict xfails until the engine detects CFG
-there (they turn into failures, to be unmarked, once it does).
+PixArt-Σ's pipeline keeps `do_classifier_free_guidance` in a local variable, not as an attribute: the
+engine reads the decision where the pipeline hands it to `encode_prompt` (`denoiser.CfgRecorder`). A
+pipeline whose CFG decision the engine cannot see is refused for PG/AG in one line (not silent CFG).
 """
 
 from __future__ import annotations
@@ -19,8 +18,10 @@ import pytest
 import torch
 
 from steerguide.denoiser import denoiser_of, guided
+from steerguide.errors import UserError
 from steerguide.guidance import GuidanceConfig
 from steerguide.loading import load_personalization, load_pipeline
+from steerguide.personalization import Personalization
 
 PROMPTS = ["a red star", "a dog"]
 STEPS = 3
@@ -197,13 +198,7 @@ def reference_base_null(arch, base, personalization, scale):
         ).images
 
 
-ENGINE_GAP = pytest.mark.xfail(
-    strict=True,
-    reason="engine: PixArtSigmaPipeline has no do_classifier_free_guidance attribute, so guided() passes "
-    "its calls through (PG and AG give CFG)",
-)
 ARCHS = ["sana", "pixart_sigma"]
-ARCHS_PIXART_XFAIL = ["sana", pytest.param("pixart_sigma", marks=ENGINE_GAP)]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -223,7 +218,7 @@ def test_p2_pg_at_omega_one_is_cfg(models, arch):
     torch.testing.assert_close(pg, cfg, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("arch", ARCHS_PIXART_XFAIL)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_p3_pg_at_omega_zero_uses_the_base_model_null_prediction(models, arch):
     base, personal, _ = models(arch)
     pg, _ = run(arch, base, personal, GuidanceConfig("pg", scale=5.0, omega=0.0))
@@ -241,7 +236,7 @@ def test_p4_p5_lora_and_merged_lora_give_the_same_pg_at_every_omega(models):
         torch.testing.assert_close(separate, merged, atol=ATOL, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ARCHS_PIXART_XFAIL)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_p6_ag_with_the_model_itself_is_the_personalized_prediction(models, arch):
     base, personal, _ = models(arch)
     ag, _ = run(arch, base, personal, GuidanceConfig("ag", scale=5.0, omega=1.0))
@@ -256,3 +251,33 @@ def test_p7_pg_rows_equal_cfg_rows(models, arch):
         _, pg = run(arch, base, personalization, GuidanceConfig("pg", scale=5.0, omega=0.3))
         _, cfg = run(arch, base, personalization, GuidanceConfig("cfg", scale=5.0))
         assert pg.denoiser_rows == cfg.denoiser_rows == STEPS * 2 * len(PROMPTS)
+
+
+def test_pixart_denoiser_called_before_encode_prompt_is_one_line(models):
+    """Outside a pipeline call the engine has not seen PixArt's CFG decision: refused, not guessed."""
+    base, personal, _ = models("pixart_sigma")
+    pipe = load_pipeline(base)
+    personalization = load_personalization(pipe, personal)
+    x = torch.zeros(2, 4, 4, 4)
+    with guided(pipe, personalization, GuidanceConfig("pg", scale=5.0, omega=0.3)), torch.no_grad():
+        with pytest.raises(UserError, match="called its denoiser before encode_prompt"):
+            pipe.transformer(x, encoder_hidden_states=torch.zeros(2, 3, 32), timestep=torch.tensor([1, 1]))
+    assert "encode_prompt" not in vars(pipe)  # the recorder is gone with the block
+
+
+def test_pipeline_whose_cfg_cannot_be_seen_is_refused_for_pg_and_ag():
+    class OpaquePipeline:  # batches CFG somewhere the engine cannot see (no attribute, no argument)
+        transformer = torch.nn.Linear(2, 2)
+
+        def encode_prompt(self, prompt):
+            return prompt
+
+    pipe = OpaquePipeline()
+    personalization = Personalization(kind="full")
+    for method in ("pg", "ag"):
+        with pytest.raises(UserError, match="cannot tell when OpaquePipeline batches CFG") as error:
+            with guided(pipe, personalization, GuidanceConfig(method, scale=5.0)):
+                pass
+        assert "\n" not in str(error.value)
+    with guided(pipe, personalization, GuidanceConfig("cfg", scale=5.0)):  # CFG runs the pipeline as it is
+        pass

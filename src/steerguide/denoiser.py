@@ -22,6 +22,7 @@ for every call, because LoRA row scales and θ_ω swaps are state on modules tha
 from __future__ import annotations
 
 import inspect
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -123,6 +124,72 @@ def step_of(scheduler, timestep: Any) -> tuple[int, int]:
     return call, count
 
 
+class CfgRecorder:
+    """Where a pipeline decides CFG in a local variable, the decision as it hands it to `encode_prompt`.
+
+    Most pipelines expose `do_classifier_free_guidance` (`guidance_scale > 1`) as an attribute, which the
+    wrapper reads at each denoiser call. PixArt-α/Σ compute it as a local (`guidance_scale > 1.0` in
+    `__call__`) and pass it to `self.encode_prompt(prompt, do_classifier_free_guidance, ...)` before the
+    denoising loop: this stands in for `encode_prompt` while `guided` blocks use the pipeline and keeps
+    that argument per thread. Installed once per pipeline, reference-counted like the gates.
+    """
+
+    PARAMETER = "do_classifier_free_guidance"
+
+    def __init__(self, pipe) -> None:
+        self.pipe = pipe
+        self.users = 0
+        self.local = threading.local()
+        self.had_own = "encode_prompt" in vars(pipe)
+        self.previous = vars(pipe).get("encode_prompt")
+        self.original = pipe.encode_prompt
+        self.signature = inspect.signature(self.original)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        self.local.value = bool(bound.arguments[self.PARAMETER])
+        return self.original(*args, **kwargs)
+
+    @property
+    def value(self) -> bool | None:
+        """This thread's pipeline call's decision; None before its `encode_prompt` ran."""
+        return getattr(self.local, "value", None)
+
+    @classmethod
+    def applies_to(cls, pipe) -> bool:
+        encode = getattr(pipe, "encode_prompt", None)
+        return encode is not None and cls.PARAMETER in inspect.signature(encode).parameters
+
+
+_RECORDERS_LOCK = threading.Lock()
+
+
+def _enter_recorder(pipe) -> CfgRecorder:
+    with _RECORDERS_LOCK:
+        recorder = vars(pipe).get("encode_prompt")
+        if not isinstance(recorder, CfgRecorder):
+            recorder = CfgRecorder(pipe)
+            pipe.encode_prompt = recorder
+        recorder.users += 1
+        return recorder
+
+
+def _exit_recorder(recorder: CfgRecorder) -> None:
+    with _RECORDERS_LOCK:
+        recorder.users -= 1
+        if recorder.users == 0:
+            if recorder.had_own:
+                recorder.pipe.encode_prompt = recorder.previous
+            else:
+                del recorder.pipe.encode_prompt
+
+
+def exposes_cfg(pipe) -> bool:
+    """Whether the pipeline says, as an attribute, whether it runs CFG (SD 1.x/2.x, SDXL, SD3, Sana, ...)."""
+    return isinstance(getattr(type(pipe), "do_classifier_free_guidance", None), property)
+
+
 class GuidedDenoiser:
     """What the gate calls for the thread of a `guided` block; see the module docstring."""
 
@@ -135,6 +202,12 @@ class GuidedDenoiser:
         self.steps: dict[int, dict] = {}  # per sampling step: τ, ω and whether it was guided (run.json)
         self._original: Any = None  # the denoiser's own forward, set by `guided`
         self._signature: inspect.Signature | None = None
+        self.recorder: CfgRecorder | None = None  # set by `guided` for pipelines that keep CFG in a local
+        if config.method != "cfg" and not exposes_cfg(pipe) and not CfgRecorder.applies_to(pipe):
+            raise UserError(
+                f"steerguide cannot tell when {type(pipe).__name__} batches CFG (no do_classifier_free_guidance "
+                f"attribute or encode_prompt argument): {config.method.upper()} would silently be CFG"
+            )
         recorded = getattr(getattr(personalization, "weak_condition_fn", None), "pipe", None)
         if config.method != "cfg" and recorded is not None and recorded() is not pipe:
             # The weak half's prompt is re-encoded from the `encode_prompt` call of the pipeline the
@@ -161,6 +234,18 @@ class GuidedDenoiser:
         self.steps.setdefault(step, {"step": step, "tau": tau, "omega": omega, "guided": omega is not None})
 
     # -- the wrapped call ---------------------------------------------------------------------------
+    def _runs_cfg(self) -> bool:
+        """Whether the pipeline call under way batches [null; prompt] (the pipeline's own decision)."""
+        if self.recorder is None:
+            return bool(getattr(self.pipe, "do_classifier_free_guidance", False))
+        value = self.recorder.value
+        if value is None and self.config.method != "cfg":
+            raise UserError(
+                f"{type(self.pipe).__name__} called its denoiser before encode_prompt: steerguide cannot tell "
+                f"whether it runs CFG, and {self.config.method.upper()} would silently be CFG"
+            )
+        return bool(value)
+
     def _run(self, kwargs: dict, rows: int) -> Any:
         start = time.perf_counter()
         out = self._original(**kwargs)
@@ -185,7 +270,7 @@ class GuidedDenoiser:
         inputs.update(extra)
         sample_name = next(iter(self._signature.parameters))
         rows = inputs[sample_name].shape[0]
-        if not getattr(self.pipe, "do_classifier_free_guidance", False) or rows % 2:
+        if not self._runs_cfg() or rows % 2:
             return self._run(inputs, rows)  # no guidance this call: D_ft(x, c)
         if inputs.get("skip_layers") is not None:
             # SD3 skip-layer guidance: an extra pass of θ_ft on the prompt rows alone, not a CFG batch.
@@ -236,7 +321,10 @@ def guided(pipe, personalization: Personalization, config: GuidanceConfig) -> It
     """
     wrapper = GuidedDenoiser(pipe, personalization, config)
     gates = [enter_gate(wrapper.denoiser)]
+    recorder = None
     try:
+        if not exposes_cfg(pipe) and CfgRecorder.applies_to(pipe):
+            recorder = wrapper.recorder = _enter_recorder(pipe)
         gates += [enter_gate(m) for m in personalization.text_modules(pipe)]
         if config.method != "cfg":  # CFG runs the pipeline as it stands
             with gates[0].lock:
@@ -254,3 +342,5 @@ def guided(pipe, personalization: Personalization, config: GuidanceConfig) -> It
     finally:
         for gate in reversed(gates):
             exit_gate(gate)
+        if recorder is not None:
+            _exit_recorder(recorder)

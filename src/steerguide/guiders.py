@@ -9,7 +9,8 @@ batch between `prepare_models` and `cleanup_models`, and the guider combines the
     PersonalizedAutoGuidance  second batch: θ_ω on the prompt itself                         (AG)
 
 and `forward` is CFG's formula, so PG at ω = 1 is `ClassifierFreeGuidance`. θ_ω is steerguide's weak
-model: per-row LoRA scales (`weak.lora`) or tensor swaps (`weak.delta`), switched on by torch hooks
+model, realized as the engine realizes it (`Personalization.prepare`: per-row scales of the personalization
+adapter alone, or weight space for fused LoRAs, DoRA, LoHa/LoKr and fine-tunes), switched on by torch hooks
 around the second batch's denoiser call only, so the weights are θ_ft again afterwards even when the
 call raises. ω, its schedule and the interval are the guider's config (`save_pretrained` /
 `from_pretrained`, `guider_config.json`); the personalization is runtime state, not config.
@@ -25,8 +26,8 @@ from __future__ import annotations
 import math
 import os
 import weakref
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -36,7 +37,8 @@ from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_n
 from steerguide.errors import UserError
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
-from steerguide.weak import RowScaledLora
+from steerguide.weak.gate import module_lock
+from steerguide.weak.lora import tuner_layers
 
 
 class _WeakModelGuidance(BaseGuidance):
@@ -72,7 +74,7 @@ class _WeakModelGuidance(BaseGuidance):
         self.guidance_scale = guidance_scale
         self.guidance_rescale = guidance_rescale
         self.personalization: Personalization | None = None
-        self._found_loras: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._found: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # denoiser → its adapter
         self._hooks: list = []
         self._weak_context: AbstractContextManager | None = None
         if personalization is not None:
@@ -179,38 +181,62 @@ class _WeakModelGuidance(BaseGuidance):
         ]
 
     # -- θ_ω around the weak batch's denoiser call ----------------------------------------------------------
-    def _weak_model(self, denoiser: torch.nn.Module, omega: float) -> Callable[[], AbstractContextManager]:
-        personal = self.personalization
+    def _personalization_for(self, denoiser: torch.nn.Module) -> Personalization:
+        """The personalization given, or the one adapter diffusers loaded into `denoiser` (found once)."""
+        if self.personalization is not None:
+            return self.personalization
+        personal = self._found.get(denoiser)
         if personal is None:
-            lora = self._found_loras.get(denoiser)
-            if lora is None:
-                lora = RowScaledLora(denoiser)
-                if lora.num_layers == 0:
-                    lora.remove()
-                    raise UserError(
-                        f"{type(self).__name__}: the {type(denoiser).__name__} carries no LoRA; load the "
-                        "personalization (pipe.load_lora_weights) or pass personalization="
-                    )
-                self._found_loras[denoiser] = lora
-            return lambda: lora.uniform(omega)
-        if personal.lora is not None:
-            return lambda: personal.lora.uniform(omega)
-        if personal.denoiser_delta is not None:
-            return lambda: personal.denoiser_delta.at(omega)
-        raise UserError(f"{type(self).__name__}: personalization {personal.source} has no weak model")
+            names = sorted(
+                {
+                    a
+                    for layer in tuner_layers(denoiser)
+                    for n in layer.adapter_layer_names
+                    for a in getattr(layer, n, {})
+                }
+            )
+            if not names:
+                raise UserError(
+                    f"{type(self).__name__}: the {type(denoiser).__name__} carries no LoRA; load the "
+                    "personalization (pipe.load_lora_weights) or pass personalization="
+                )
+            if len(names) > 1:  # the others (style, detail) are part of θ_pre: say which one is Δ
+                raise UserError(
+                    f"{type(self).__name__}: the {type(denoiser).__name__} carries adapters "
+                    f"{', '.join(names)}; pass personalization=steerguide.load_personalization(pipe, None, "
+                    "adapter_name=NAME) naming the personalization"
+                )
+            personal = Personalization(kind="lora", source=names[0], adapter=names[0])
+            self._found[denoiser] = personal
+        return personal
+
+    def _prepare(self, denoiser: torch.nn.Module) -> Personalization:
+        """θ_ω's realization chosen as the engine chooses it (`Personalization.prepare`): per-row LoRA
+        scales for a plain active LoRA (only the personalization adapter; other adapters stay in θ_pre),
+        weight space for fused LoRAs, DoRA, LoHa/LoKr; an inactive personalization adapter is refused."""
+        personal = self._personalization_for(denoiser)
+        # prepare may merge adapters: state on the module that a `guided` block may be using
+        with module_lock(denoiser) or nullcontext():
+            personal.prepare(SimpleNamespace(transformer=denoiser))
+        return personal
 
     def prepare_models(self, denoiser: torch.nn.Module) -> None:
         self._count_prepared += 1
         self._release()
-        if not (self._is_guidance_enabled() and self.is_unconditional):
+        if not self._is_guidance_enabled():
+            return
+        personal = self._prepare(denoiser)  # both batches: the prompt batch runs θ_ft as the weak one sees it
+        if not self.is_unconditional:
             return
         omega = self.omega_now()
         if omega == 1.0:
             return  # θ_1 = θ_ft: nothing to switch
-        weak_model = self._weak_model(denoiser, omega)
+        realization = personal.lora if personal.lora is not None else personal.denoiser_delta
+        if realization is None:
+            raise UserError(f"{type(self).__name__}: personalization {personal.source} has no weak model")
 
         def enter(module, args, kwargs):
-            self._weak_context = weak_model()
+            self._weak_context = realization.at(omega)
             self._weak_context.__enter__()
 
         def leave(module, args, kwargs, output):
@@ -223,6 +249,13 @@ class _WeakModelGuidance(BaseGuidance):
 
     def cleanup_models(self, denoiser: torch.nn.Module) -> None:
         self._release()
+        last = (
+            self._num_inference_steps is not None
+            and self._step is not None
+            and (self._step >= self._num_inference_steps - 1)
+        )
+        if last and self.is_unconditional and self._is_guidance_enabled():
+            self._personalization_for(denoiser).release()  # θ_ω caches do not outlive sampling
 
     def _exit_weak_model(self) -> None:
         context, self._weak_context = self._weak_context, None

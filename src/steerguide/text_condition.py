@@ -10,6 +10,7 @@ that to the denoiser's first half. Where the pipeline zeroes the empty negative 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import weakref
 from contextlib import ExitStack
@@ -41,6 +42,7 @@ def text_encoder_weak_condition(pipe, realizations: dict) -> WeakCondition:
     record: dict = {"call": None, "serial": 0}
     cache: dict[tuple[int, float], tuple] = {}
 
+    @functools.wraps(original)  # keeps the signature visible (denoiser.CfgRecorder reads it)
     def recording_encode_prompt(*args, **kwargs):
         record["call"] = dict(signature.bind(*args, **kwargs).arguments)
         record["serial"] += 1
