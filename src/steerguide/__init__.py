@@ -2,15 +2,29 @@
 
 pipe = load_pipeline(base); personal = load_personalization(pipe, path)
 result = sample(pipe, personal, GuidanceConfig("pg", scale=7.5, omega=0.5), prompts)
+
+The names below are imported on first use (`steerguide.lazy`): `import steerguide`, and the CLI's
+start, do not import torch or diffusers.
 """
+
+from typing import TYPE_CHECKING
+
+from steerguide.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
-from steerguide.denoiser import Counters, guided
-from steerguide.guidance import GuidanceConfig, guide
-from steerguide.loading import load_personalization, load_pipeline
-from steerguide.personalization import Personalization
-from steerguide.sampling import SampleResult, generate, sample
+_WHERE = {
+    "Counters": "steerguide.denoiser",
+    "guided": "steerguide.denoiser",
+    "GuidanceConfig": "steerguide.guidance",
+    "guide": "steerguide.guidance",
+    "load_personalization": "steerguide.loading",
+    "load_pipeline": "steerguide.loading",
+    "Personalization": "steerguide.personalization",
+    "SampleResult": "steerguide.sampling",
+    "generate": "steerguide.sampling",
+    "sample": "steerguide.sampling",
+}
 
 __all__ = [
     "Counters",
@@ -24,3 +38,11 @@ __all__ = [
     "load_pipeline",
     "sample",
 ]
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from steerguide.denoiser import Counters, guided
+    from steerguide.guidance import GuidanceConfig, guide
+    from steerguide.loading import load_personalization, load_pipeline
+    from steerguide.personalization import Personalization
+    from steerguide.sampling import SampleResult, generate, sample

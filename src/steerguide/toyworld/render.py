@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
-from matplotlib.path import Path as _Polygon
 from PIL import Image
 
 from steerguide.errors import UserError
@@ -77,7 +76,9 @@ def shape_mask(shape: str) -> np.ndarray:
     polygons = {"triangle": np.array([[0.0, -0.95], [-0.97, 0.82], [0.97, 0.82]]), "star": _star()}
     if shape not in polygons:
         raise UserError(f"bad spec: unknown shape {shape!r}")
-    inside = _Polygon(polygons[shape]).contains_points(np.stack([u.ravel(), v.ravel()], axis=1))
+    from matplotlib.path import Path as Polygon  # here: matplotlib costs the CLI's start 0.3 s
+
+    inside = Polygon(polygons[shape]).contains_points(np.stack([u.ravel(), v.ravel()], axis=1))
     return inside.reshape(_GRID, _GRID)
 
 

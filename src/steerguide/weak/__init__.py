@@ -6,7 +6,17 @@
   materialized once per distinct ω and swapped in for the null half.
 """
 
-from steerguide.weak.delta import ParameterDelta
-from steerguide.weak.lora import RowScaledLora
+from typing import TYPE_CHECKING
 
-__all__ = ["ParameterDelta", "RowScaledLora"]
+from steerguide.lazy import lazy_attributes
+
+_WHERE = {"ParameterDelta": "steerguide.weak.delta", "RowScaledLora": "steerguide.weak.lora"}
+__all__ = [
+    "ParameterDelta",
+    "RowScaledLora",
+]
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
+
+if TYPE_CHECKING:
+    from steerguide.weak.delta import ParameterDelta
+    from steerguide.weak.lora import RowScaledLora
