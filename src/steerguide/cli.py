@@ -8,7 +8,6 @@ command by command, is in docs/cli.md.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 import sys
@@ -189,42 +188,19 @@ _registered = False
 def _quiet_libraries() -> None:
     """Our own progress bars and one-line errors are the interface: silence the libraries' bars and chatter.
 
-    Only settings here: importing diffusers and transformers to quiet them takes seconds, which `--help`
-    and a command's bad input should not pay. `_quiet_before_commands` finishes the job as a command starts."""
+    Through the settings the libraries read as they load (tqdm's TQDM_DISABLE covers diffusers' and
+    transformers' loading bars), so that the CLI's start does not import them: seconds that `--help`,
+    bad input and the web UI's first page should not wait for. A library already loaded is told directly."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-
-def _quiet_library_bars() -> None:
-    """diffusers' and transformers' own loading bars off (their verbosity already follows the settings)."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    for lib in (diffusers_logging, transformers_logging):
-        lib.set_verbosity_error()
-        lib.disable_progress_bar()
-
-
-def _quiet_before_commands(command) -> None:
-    """Make every command (not the groups, whose callbacks run before a subcommand's `--help`) quiet the
-    libraries just before it runs."""
-    subcommands = getattr(command, "commands", None)
-    if subcommands is not None:
-        for sub in subcommands.values():
-            _quiet_before_commands(sub)
-        return
-    if command.callback is None:
-        return
-    callback = command.callback
-
-    @functools.wraps(callback)
-    def quiet_then_run(*args, **kwargs):
-        _quiet_library_bars()
-        return callback(*args, **kwargs)
-
-    command.callback = quiet_then_run
+    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
+        if name in sys.modules:
+            sys.modules[name].set_verbosity_error()
+            sys.modules[name].disable_progress_bar()
 
 
 def _say(message: str) -> None:
@@ -248,7 +224,6 @@ def run(argv: list[str] | None = None) -> int:
         _registered = True
     args = sys.argv[1:] if argv is None else list(argv)
     command = typer.main.get_command(app)
-    _quiet_before_commands(command)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default", SteerguideWarning)  # each distinct message once
