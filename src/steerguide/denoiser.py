@@ -34,7 +34,8 @@ import torch
 from steerguide.errors import UserError
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
-from steerguide.weak.gate import enter_gate, exit_gate
+from steerguide.weak.gate import Gate
+from steerguide.weak.stand_in import StandIn
 
 
 @dataclass
@@ -124,7 +125,7 @@ def step_of(scheduler, timestep: Any) -> tuple[int, int]:
     return call, count
 
 
-class CfgRecorder:
+class CfgRecorder(StandIn):
     """Where a pipeline decides CFG in a local variable, the decision as it hands it to `encode_prompt`.
 
     Most pipelines expose `do_classifier_free_guidance` (`guidance_scale > 1`) as an attribute, which the
@@ -134,15 +135,12 @@ class CfgRecorder:
     that argument per thread. Installed once per pipeline, reference-counted like the gates.
     """
 
+    attribute = "encode_prompt"
     PARAMETER = "do_classifier_free_guidance"
 
     def __init__(self, pipe) -> None:
-        self.pipe = pipe
-        self.users = 0
+        super().__init__(pipe)
         self.local = threading.local()
-        self.had_own = "encode_prompt" in vars(pipe)
-        self.previous = vars(pipe).get("encode_prompt")
-        self.original = pipe.encode_prompt
         self.signature = inspect.signature(self.original)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -160,29 +158,6 @@ class CfgRecorder:
     def applies_to(cls, pipe) -> bool:
         encode = getattr(pipe, "encode_prompt", None)
         return encode is not None and cls.PARAMETER in inspect.signature(encode).parameters
-
-
-_RECORDERS_LOCK = threading.Lock()
-
-
-def _enter_recorder(pipe) -> CfgRecorder:
-    with _RECORDERS_LOCK:
-        recorder = vars(pipe).get("encode_prompt")
-        if not isinstance(recorder, CfgRecorder):
-            recorder = CfgRecorder(pipe)
-            pipe.encode_prompt = recorder
-        recorder.users += 1
-        return recorder
-
-
-def _exit_recorder(recorder: CfgRecorder) -> None:
-    with _RECORDERS_LOCK:
-        recorder.users -= 1
-        if recorder.users == 0:
-            if recorder.had_own:
-                recorder.pipe.encode_prompt = recorder.previous
-            else:
-                del recorder.pipe.encode_prompt
 
 
 def exposes_cfg(pipe) -> bool:
@@ -320,12 +295,12 @@ def guided(pipe, personalization: Personalization, config: GuidanceConfig) -> It
     guides), overlap and exit in any order, and run in several threads on pipelines sharing components.
     """
     wrapper = GuidedDenoiser(pipe, personalization, config)
-    gates = [enter_gate(wrapper.denoiser)]
+    gates = [Gate.enter(wrapper.denoiser)]
     recorder = None
     try:
         if not exposes_cfg(pipe) and CfgRecorder.applies_to(pipe):
-            recorder = wrapper.recorder = _enter_recorder(pipe)
-        gates += [enter_gate(m) for m in personalization.text_modules(pipe)]
+            recorder = wrapper.recorder = CfgRecorder.enter(pipe)
+        gates += [Gate.enter(m) for m in personalization.text_modules(pipe)]
         if config.method != "cfg":  # CFG runs the pipeline as it stands
             with gates[0].lock:
                 personalization.prepare(pipe)
@@ -341,6 +316,6 @@ def guided(pipe, personalization: Personalization, config: GuidanceConfig) -> It
                 personalization.release()  # θ_ω caches do not outlive sampling
     finally:
         for gate in reversed(gates):
-            exit_gate(gate)
+            gate.leave()
         if recorder is not None:
-            _exit_recorder(recorder)
+            recorder.leave()
