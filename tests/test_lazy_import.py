@@ -26,7 +26,7 @@ PACKAGES = ["steerguide", "steerguide.train", "steerguide.toyworld", "steerguide
 def _loaded_after(code: str) -> list[str]:
     """The heavy libraries a fresh interpreter holds after running `code`."""
     probe = f"{code}\nimport json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -108,7 +108,7 @@ def test_the_cli_silences_library_bars_and_chatter_whenever_they_load(before):
     """`_quiet_libraries` (the CLI's start) imports neither library, yet their loading bars and warnings stay off."""
     probe = QUIET_PROBE.format(before=before)
     env = {k: v for k, v in os.environ.items() if k not in QUIET_SETTINGS}
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "done"
     assert "Loading pipeline components" not in done.stderr

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from processes import run_tree
 
 from steerguide.cli import run
 from steerguide.errors import UserError
@@ -318,7 +319,8 @@ def test_sharded_under_accelerate_launch(tmp_path):
         str(out),
         "--no-progress",
     ]
-    proc = subprocess.run(cmd, check=False, env=_cli_env(), capture_output=True, text=True, timeout=240)
+    # run_tree: on a timeout or a failure, torchrun's workers (in sessions of their own) end too
+    proc = run_tree(cmd, env=_cli_env(), timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _lines(out / "results.jsonl")
     assert len(rows) == 72 and len({r["key"] for r in rows}) == 72
