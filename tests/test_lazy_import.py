@@ -47,6 +47,18 @@ def test_cli_help_loads_no_heavy_library(args):
     assert _loaded_after(code) == []
 
 
+def test_the_ui_page_is_built_before_torch_is_imported(tmp_path):
+    """`steerguide ui` serves its page first; the model (torch, diffusers) loads behind it."""
+    code = (
+        "from steerguide.ui.studio import Studio\n"
+        "from steerguide.ui.app import build_app\n"
+        f"build_app(Studio(workdir={str(tmp_path)!r}))\n"
+    )
+    loaded = _loaded_after(code)
+    assert "gradio" in loaded  # the page was built
+    assert [m for m in loaded if m != "gradio"] == []
+
+
 @pytest.mark.parametrize("package", PACKAGES)
 def test_lazy_names_resolve_to_their_modules_objects(package):
     module = importlib.import_module(package)

@@ -228,10 +228,11 @@ class Studio:
         dino: str | None = None,
         clip: str | None = None,
     ) -> None:
-        from steerguide.loading import resolve_device, resolve_dtype
+        if (device, dtype) != ("cpu", "float32"):  # the defaults need no check, and no torch (seconds) yet
+            from steerguide.loading import resolve_device, resolve_dtype
 
-        resolve_device(device)
-        resolve_dtype(dtype)
+            resolve_device(device)
+            resolve_dtype(dtype)
         self.toy = base is None
         if base is None:
             from steerguide.toyworld import base_model_path
