@@ -150,7 +150,8 @@ def test_compare_in_a_browser(browser, app_url, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(app_url)
-    WebDriverWait(browser, 30).until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#generate")))
+    # generous waits (they end as soon as the page is ready): under pytest-xdist the other worker shares the cores
+    WebDriverWait(browser, 180).until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#generate")))
     _type(_field(browser, "prompts"), PROMPTS)
     _set_slider(browser, "steps", 12)
     _set_slider(browser, "num-images", 2)
@@ -160,7 +161,7 @@ def test_compare_in_a_browser(browser, app_url, tmp_path):
         By.XPATH, "//*[@id='methods']//label[normalize-space()='AG']"
     ).click()  # CFG and PG only
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
-    done = _wait_status(browser, lambda t: t.startswith("Done") or t.startswith("steerguide: error"), 60)
+    done = _wait_status(browser, lambda t: t.startswith("Done") or t.startswith("steerguide: error"), 300)
     assert done.startswith("Done: CFG w=6.5") and "PG w=6.5 ω=0.2" in done and "AG" not in done, done
 
     cfg, pg = _gallery(browser, app_url, "cfg"), _gallery(browser, app_url, "pg")
