@@ -179,7 +179,7 @@ def test_compare_in_a_browser(browser, app_url, tmp_path):
     # Bad input: the CLI's one line, in the status line, and no images.
     _type(_field(browser, "personalization"), "/nonexistent/lora")
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
-    line = _wait_status(browser, lambda t: t.startswith("steerguide: error"), 30)
+    line = _wait_status(browser, lambda t: t.startswith("steerguide: error"), 120)
     assert line == "steerguide: error: personalization not found: /nonexistent/lora"
     assert "Traceback" not in browser.page_source
     assert not browser.find_elements(By.CSS_SELECTOR, "#gallery-pg img")
