@@ -65,7 +65,8 @@ def tune(
     from steerguide.limits import threads as check_threads
     from steerguide.tune.objective import Target
     from steerguide.tune.problems import real_problem, toy_problem, train_toy
-    from steerguide.tune.tuner import check_budget, check_tune_out, tune as run_tune
+    from steerguide.tune.tuner import check_budget, check_tune_out
+    from steerguide.tune.tuner import tune as run_tune
 
     console = Console(stderr=True)
     goal = Target.parse(target, min_text, min_fidelity)

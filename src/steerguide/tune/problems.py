@@ -111,7 +111,12 @@ def real_problem(
     dtype: str = "float32",
 ) -> Problem:
     """A real personalization's problem: fidelity by DINO or CLIP-I against `references`, text by CLIP-T."""
-    from steerguide.evaluate.metrics import DEFAULT_MODELS, build_metrics, canonical_metric_name, check_available
+    from steerguide.evaluate.metrics import (
+        DEFAULT_MODELS,
+        build_metrics,
+        canonical_metric_name,
+        check_available,
+    )
     from steerguide.limits import image_side
 
     if not Path(personalization).exists():
