@@ -197,7 +197,7 @@ def test_preset_round_trip(tmp_path):
         ("kind: steerguide-preset\nversion: 9\n", "version 9 is not supported"),
         ("kind: steerguide-preset\nversion: 1\nguidance: {method: pg}\n", "guidance.scale: missing"),
         ("kind: steerguide-preset\nversion: 1\nguidance: {method: pg, scale: 3, omga: 1}\n", "guidance.omga: unknown"),
-        ("kind: steerguide-preset\nversion: 1\nguidance: {method: pg, scale: 3, omega: 2}\n", "--omega"),
+        ("kind: steerguide-preset\nversion: 1\nguidance: {method: pg, scale: 3, omega: 2}\n", "outside \\[0, 1\\]"),
         ("kind: steerguide-preset\nversion: 1\nguidance: {method: xg, scale: 3}\n", "unknown method"),
     ],
 )
