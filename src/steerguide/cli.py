@@ -40,6 +40,7 @@ _COMMAND_MODULES: list[str] = [
     "steerguide.toyworld.cli",
     "steerguide.demo",
     "steerguide.ui.cli",
+    "steerguide.tune.cli",
 ]
 
 
@@ -94,15 +95,21 @@ def generate_command(
     personalization: Path | None = typer.Option(
         None, help="LoRA file/folder, fine-tuned model folder or file, or Custom Diffusion folder."
     ),
-    method: str = typer.Option("pg", help="cfg | ag | pg"),
-    scale: float = typer.Option(7.5, help="Guidance scale w (1 = no guidance)."),
+    preset: Path | None = typer.Option(
+        None,
+        help="A preset.yaml written by `steerguide tune` (or its folder): its method, w, ω and schedule, and "
+        "its base and personalization when not given. Options given here win.",
+    ),
+    method: str | None = typer.Option(None, help="cfg | ag | pg (default pg)."),
+    scale: float | None = typer.Option(None, help="Guidance scale w (1 = no guidance; default 7.5)."),
     omega: float | None = typer.Option(
         None,
         help="ω: share of the personalization kept in the weak model "
         "(PG default 0.5, AG default 0.0 = pretrained).",
     ),
-    omega_schedule: str = typer.Option(
-        "constant", help="constant | linear:END | cosine:END | piecewise:T1=V1,T2=V2 (ω starts at --omega)."
+    omega_schedule: str | None = typer.Option(
+        None,
+        help="constant | linear:END | cosine:END | piecewise:T1=V1,T2=V2 (ω starts at --omega; default constant).",
     ),
     allow_extrapolation: bool = typer.Option(False, help="Allow ω outside [0, 1]."),
     guidance_start: float = typer.Option(0.0, help="Apply guidance from this fraction of the steps..."),
@@ -140,15 +147,29 @@ def generate_command(
     from steerguide.guidance import GuidanceConfig
     from steerguide.sampling import generate
 
-    config = GuidanceConfig(
-        method=method,
-        scale=scale,
-        omega=omega,
-        omega_schedule=omega_schedule,
-        interval=(guidance_start, guidance_stop),
-        guidance_rescale=guidance_rescale,
-        allow_extrapolation=allow_extrapolation,
-    )
+    common = {
+        "interval": (guidance_start, guidance_stop),
+        "guidance_rescale": guidance_rescale,
+        "allow_extrapolation": allow_extrapolation,
+    }
+    if preset is not None:
+        from steerguide.tune.preset import read_preset
+
+        tuned = read_preset(preset)
+        config = tuned.guidance_config(
+            method=method, scale=scale, omega=omega, omega_schedule=omega_schedule, **common
+        )
+        base = base if base is not None else tuned.base
+        if personalization is None and tuned.personalization is not None:
+            personalization = Path(tuned.personalization)
+    else:
+        config = GuidanceConfig(
+            method=method or "pg",
+            scale=7.5 if scale is None else scale,
+            omega=omega,
+            omega_schedule=omega_schedule or "constant",
+            **common,
+        )
     prompts = _read_prompts(prompt, prompts_file)
     record = generate(
         _default_base() if base in (None, "toy") else base,
