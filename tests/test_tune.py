@@ -278,8 +278,9 @@ def test_resume_after_kill_continues_without_duplicates(tmp_path):
     env = {**os.environ, "STEERGUIDE_FAKE_DELAY": "0.15", "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env, start_new_session=True)
     probes = out / "probes.jsonl"
-    deadline = time.time() + 60
+    deadline = time.time() + 600  # generous: on a loaded machine the child's imports alone take a minute
     while time.time() < deadline and (not probes.exists() or len(probes.read_text().splitlines()) < 5):
+        assert proc.poll() is None, f"the tuning process ended early (status {proc.returncode})"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
