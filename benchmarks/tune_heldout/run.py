@@ -27,7 +27,7 @@ TUNE, HELD = range(0, 8), range(8, 16)
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bench", default="/work/main/runs/toy_dreambench/default")
+    ap.add_argument("--bench", default="runs/toy_dreambench/default")
     ap.add_argument("--config", default=str(Path(__file__).parents[1] / "toy_dreambench" / "config.yaml"))
     ap.add_argument("--out", default="runs/tune_heldout")
     ap.add_argument("--budget", type=int, default=160)
