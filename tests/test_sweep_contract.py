@@ -339,8 +339,10 @@ def test_sigint_says_what_was_kept_and_a_rerun_continues(tmp_path, capsys, monke
         "--out",
         str(out),
     ]
+    # pytest-xdist workers and background shells ignore SIGINT, and children inherit that: restore it.
     proc = subprocess.Popen(
-        [*cmd, "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*cmd, "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     try:
