@@ -27,6 +27,7 @@ from steerguide.evaluate.sweep_config import SweepConfig, check_sample_size
 from steerguide.evaluate.sweep_grid import Row, batches, expand, shard
 from steerguide.evaluate.sweep_sampler import make_sampler
 from steerguide.files import check_writable, save_image_atomic, write_json_atomic
+from steerguide.progress import start_bar
 
 POLL_SECONDS = 0.5  # how often a sweep looks whether rows another sweep holds are done
 
@@ -168,7 +169,7 @@ def run_sweep(
         if limit is not None:
             mine = mine[:limit]
         stats.assigned = len(mine)
-        bar = _progress(progress and dist.process_index == 0, len(mine), f"sweep {out.name}")
+        bar = start_bar(progress and dist.process_index == 0, len(mine), f"sweep {out.name}")
         runner = _Runner(config, benchmark, subjects, base, out, metrics, sampler, store, claims, stats, bar)
         held = runner.compute(mine)
         if held and log:
@@ -343,28 +344,3 @@ def _record(
         "time": time.time(),
         "process": process_index,
     }
-
-
-def _progress(enabled: bool, total: int, description: str):
-    if not enabled:
-        return None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    task = bar.add_task(description, total=total)
-    bar.start()
-    return bar, task

@@ -18,6 +18,7 @@ from typing import Any
 from steerguide.errors import Interrupted, UserError
 from steerguide.evaluate.benchmarks import BenchSubject
 from steerguide.evaluate.metrics import Metric
+from steerguide.progress import start_bar
 from steerguide.tune.objective import Target
 from steerguide.tune.preset import Preset, write_preset
 from steerguide.tune.probes import Probe, ProbeStore
@@ -231,7 +232,9 @@ def tune(
         log(f"{len(probes)} probes found in {store.path}: continuing")
     out.mkdir(parents=True, exist_ok=True)
     judge = _Judge(problem, default_sampler(problem) if sampler is None else sampler)
-    bar = _progress(progress, max_probes * problem.images_per_probe, f"tune {problem.subject.name}")
+    bar = start_bar(
+        progress, max_probes * problem.images_per_probe, f"tune {problem.subject.name}", unit="images"
+    )
     new = 0
     try:
         if bar is not None:
@@ -335,29 +338,3 @@ def _preset(problem: Problem, target: Target, chosen: Probe, scores: dict, probe
             },
         },
     )
-
-
-def _progress(enabled: bool, total: int, description: str):
-    if not enabled:
-        return None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("images"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    task = bar.add_task(description, total=total)
-    bar.start()
-    return bar, task
