@@ -125,14 +125,7 @@ def test_bad_subjects_file_is_one_line_and_exit_2(tmp_path: Path, capsys):
     assert not (tmp_path / "d").exists()
 
 
-def _sweep_reads_subjects_files() -> bool:
-    from steerguide.evaluate import sweep
-
-    return "subjects_file" in getattr(sweep, "BENCHMARK_KEYS", ())
-
-
 @needs_base
-@pytest.mark.skipif(not _sweep_reads_subjects_files(), reason="the sweep engine does not read subjects files yet")
 def test_demo_on_a_subject_of_a_subjects_file(tmp_path: Path, capsys):
     mine = tmp_path / "subjects.yaml"
     mine.write_text("subjects:\n  - {token: hto, class: heart, look: ring, colors: [red, [1, 2, 3]]}\n")
@@ -146,3 +139,75 @@ def test_demo_on_a_subject_of_a_subjects_file(tmp_path: Path, capsys):
 def test_shrinking_options_are_checked(tmp_path: Path, capsys):
     assert run(["demo", "--out", str(tmp_path / "d"), "--steps", "0"]) == 2
     assert "--steps must be >= 1" in _one_error_line(capsys)
+
+
+def _demo_config_and_subject(name: str | None = None):
+    from steerguide.demo import default_subject, demo_config
+    from steerguide.evaluate.benchmarks import load_benchmark
+    from steerguide.evaluate.sweep import parse_config
+
+    config = parse_config(demo_config(name or default_subject()), source="test")
+    (subject,) = load_benchmark(config.benchmark).subjects
+    return config, subject
+
+
+@needs_base
+def test_the_shipped_lora_is_the_one_the_demo_would_train():
+    """The toy world ships the default subject's LoRA under the demo's cache key: same base, photos,
+    recipe and version. A change to any of them fails here until `steerguide toyworld
+    ship-personalization` is rerun (else the demo silently trains for two minutes again)."""
+    from steerguide.evaluate.sweep_cache import shipped_personalization
+
+    config, subject = _demo_config_and_subject()
+    folder = shipped_personalization(config, subject)
+    assert folder is not None, "rerun `steerguide toyworld ship-personalization`"
+    assert (folder / "pytorch_lora_weights.safetensors").is_file()
+    assert not (folder / "checkpoints").exists()
+    recorded = json.loads((folder / "train.json").read_text())
+    assert recorded["config"]["max_steps"] == 400 and recorded["config"]["rank"] == 4  # the default recipe
+    other, other_subject = _demo_config_and_subject("sks_star")
+    assert shipped_personalization(other, other_subject) is None  # only what was shipped
+
+
+@needs_base
+def test_shipped_lora_is_copied_not_trained_unless_retrain(tmp_path: Path, monkeypatch):
+    from steerguide.evaluate import sweep_cache
+
+    config, subject = _demo_config_and_subject()
+    trained = []
+    monkeypatch.setattr(sweep_cache, "_train", lambda *a, **k: trained.append(a))
+    folder = Path(sweep_cache.ensure_personalization(config, subject, tmp_path))
+    shipped = sweep_cache.shipped_personalization(config, subject)
+    assert trained == [] and folder.parent == tmp_path / "personalizations"
+    for f in shipped.iterdir():
+        assert (folder / f.name).read_bytes() == f.read_bytes()
+    assert not list(tmp_path.rglob("*.copying"))
+    sweep_cache.ensure_personalization(config, subject, tmp_path / "again", shipped=False)
+    assert len(trained) == 1
+
+
+@needs_base
+def test_demo_uses_the_shipped_lora(tmp_path: Path, capsys, monkeypatch):
+    from steerguide.errors import UserError
+    from steerguide.evaluate import sweep_cache
+
+    trained = []
+
+    def refuse_training(config, subject, *args, **kwargs):
+        trained.append(subject.name)
+        raise UserError("training refused by the test")
+
+    monkeypatch.setattr(sweep_cache, "_train", refuse_training)
+    out = tmp_path / "demo"
+    assert run(["demo", "--out", str(out), "--steps", "1", "--num-prompts", "1", "--no-progress"]) == 0
+    assert trained == [] and "the LoRA the toy world ships" in capsys.readouterr().err
+    (folder,) = (out / "personalizations").iterdir()
+    config, subject = _demo_config_and_subject()
+    shipped = sweep_cache.shipped_personalization(config, subject)
+    assert (folder / "pytorch_lora_weights.safetensors").read_bytes() == (
+        shipped / "pytorch_lora_weights.safetensors"
+    ).read_bytes()
+    retrained = tmp_path / "retrained"
+    assert run(["demo", "--out", str(retrained), "--steps", "1", "--num-prompts", "1", "--no-progress",
+                "--retrain"]) == 2
+    assert trained == [subject.name] and "training refused by the test" in capsys.readouterr().err

@@ -133,12 +133,18 @@ def run_demo(
     progress: bool = True,
     console: Any = None,
     subjects_file: str | Path | None = None,
+    retrain: bool = False,
 ) -> DemoResult:
     """Personalize one toy subject with LoRA, sweep CFG / AG / PG on its prompts, and write the report
-    (OUT/report/index.html, its first picture OUT/report/showcase.png). Resumes from what OUT holds."""
+    (OUT/report/index.html, its first picture OUT/report/showcase.png). Resumes from what OUT holds.
+
+    The toy world ships the default subject's LoRA, trained with the same recipe (`steerguide toyworld
+    ship-personalization`): it is copied instead of trained unless `retrain`."""
     from steerguide import toyworld
     from steerguide.evaluate.report import write_report
     from steerguide.evaluate.sweep import parse_config, resolve_base, run_sweep
+    from steerguide.evaluate.benchmarks import load_benchmark
+    from steerguide.evaluate.sweep_cache import shipped_personalization
 
     start = time.perf_counter()
     # UserError when the file is bad or the subject unknown
@@ -162,12 +168,18 @@ def run_demo(
 
     say = console.print if console is not None else (lambda *a, **k: None)
     prompts = found.eval_prompts()[: size.num_prompts]
+    bench_subject = next(s for s in load_benchmark(config.benchmark).subjects if s.name == found.name)
+    shipped = not retrain and shipped_personalization(config, bench_subject) is not None
+    personalizing = (
+        "the LoRA the toy world ships for it (the default recipe; --retrain trains it here)"
+        if shipped else "personalizing with LoRA (cached under OUT/personalizations/)"
+    )
     say(
         f"[bold]steerguide demo[/bold]: {found.name} ({found.instance_prompt!r}) → {out}\n"
-        f"personalizing with LoRA (cached under OUT/personalizations/), then sampling and judging "
+        f"{personalizing}, then sampling and judging "
         f"{len(config.settings)} guidance settings × {len(config.seeds)} seeds × {len(prompts)} prompts"
     )
-    stats = run_sweep(config, out, progress=progress)
+    stats = run_sweep(config, out, progress=progress, shipped=not retrain)
     say("writing the report")
     report_dir = out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -393,6 +405,13 @@ def demo(
     num_prompts: Annotated[int | None, typer.Option("--num-prompts", hidden=True)] = None,
     seeds: Annotated[int, typer.Option("--seeds", hidden=True)] = DemoSize.seeds,
     base: Annotated[str, typer.Option("--base", hidden=True)] = "toy",
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            "--retrain",
+            help="Train the subject's LoRA here even where the toy world ships it (about 2 min more).",
+        ),
+    ] = False,
 ) -> int:
     """Personalize a toy subject, sample it with CFG, AG and PG, judge the images and write a report."""
     import os
@@ -414,6 +433,7 @@ def demo(
                 progress=progress,
                 console=console,
                 subjects_file=subjects_file,
+                retrain=retrain,
             )
     finally:  # the CLI also runs in-process (tests, notebooks): leave torch as it was
         torch.set_num_threads(previous)

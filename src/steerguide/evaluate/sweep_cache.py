@@ -124,18 +124,27 @@ def ensure_personalization(
     progress: bool = False,
     may_train: bool = True,
     log: Callable[[str], None] | None = None,
+    shipped: bool = True,
 ) -> str | None:
     """The personalization folder for `subject`: a given path, or one trained once and cached under
     OUT/personalizations/<subject>-<key>/ (reused when its train.json exists and its cache key matches).
 
     Training runs in `<folder>.partial` with resume on, so a killed sweep continues the training from its
     last checkpoint; the finished folder is renamed into place. Two sweeps into one folder train it once:
-    the second waits on a lock (OUT/claims/train-<folder>) and then finds it cached."""
+    the second waits on a lock (OUT/claims/train-<folder>) and then finds it cached. With `shipped`, a
+    personalization the toy world ships under the same cache key is copied instead of trained."""
     if "train" not in config.personalization:
         return personalization_path(config, subject)
     key = train_cache_key(config, subject)
     folder = out / "personalizations" / f"{subject.name}-{key[:12]}"
     if _cached(folder, key):
+        return str(folder)
+    source = shipped_personalization(config, subject) if shipped else None
+    if source is not None:
+        _copy_into_place(source, folder)
+        if log:
+            log(f"the toy world ships the personalization of {subject.name} (same base, photos and recipe): "
+                "reusing it")
         return str(folder)
     if not may_train:
         raise UserError(
@@ -152,6 +161,27 @@ def ensure_personalization(
             return str(folder)
         _train(config, subject, key, folder, progress)
     return str(folder)
+
+
+def shipped_personalization(config: SweepConfig, subject: BenchSubject) -> Path | None:
+    """The personalization the toy world ships for `subject` under this config's cache key, if any."""
+    if config.benchmark.get("name") != "toy" or "train" not in config.personalization:
+        return None
+    from steerguide.toyworld.assets import shipped_personalization as shipped
+
+    return shipped(subject.name, train_cache_key(config, subject))
+
+
+def _copy_into_place(source: Path, folder: Path) -> None:
+    """Copy a finished personalization folder to `folder` whole or not at all (a copy, then a rename)."""
+    import shutil
+
+    partial = folder.with_name(folder.name + ".copying")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    if folder.exists():  # a stale or mismatching cache entry: replace it whole
+        shutil.rmtree(folder)
+    os.replace(partial, folder)
 
 
 def _train(config: SweepConfig, subject: BenchSubject, key: str, folder: Path, progress: bool) -> None:

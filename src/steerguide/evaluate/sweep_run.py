@@ -109,14 +109,16 @@ def run_sweep(
     limit: int | None = None,
     train_only: bool = False,
     log: Callable[[str], None] | None = None,
+    shipped: bool = True,
 ) -> SweepStats:
     """Run the rows of the grid that `OUT/results.jsonl` does not hold yet (this process's share of them).
 
     `limit` stops after that many rows (for smoke tests); `train_only` stops once the personalizations are
     trained; `metrics` / `sampler` override the config's; `log` gets one-line notes (waiting for another
-    sweep). Rows another sweep into the same folder is
-    computing are left to it and waited for (see `sweep_claims`). Ctrl-C raises `SweepInterrupted` once
-    the claims are released and this process's temporary files removed.
+    sweep); `shipped=False` trains the personalizations the toy world ships instead of copying them. Rows
+    another sweep into the same folder is computing are left to it and waited for (see `sweep_claims`).
+    Ctrl-C raises `SweepInterrupted` once the claims are released and this process's temporary files
+    removed.
     """
     out = check_out(out, create=False)  # before any work; created once the inputs are known good
     t_start = time.perf_counter()
@@ -159,6 +161,7 @@ def run_sweep(
                 progress=progress,
                 may_train=dist.num_processes == 1,
                 log=log,
+                shipped=shipped,
             )
         training.clear()
         dist.barrier()  # everyone has read the same done keys before anyone appends

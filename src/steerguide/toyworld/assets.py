@@ -19,6 +19,27 @@ def train_log_path() -> Path:
     return ASSETS / "base_train_log.json"
 
 
+def shipped_personalizations_path() -> Path:
+    """Personalizations trained here and shipped so that the demo need not train them first (one folder a
+    subject, named `<subject>-<cache key[:12]>` as the sweep's cache names it)."""
+    return ASSETS / "personalizations"
+
+
+def shipped_personalization(subject: str, key: str) -> Path | None:
+    """The shipped personalization of `subject` whose training had cache key `key`, if there is one: the
+    same base, photos, recipe and steerguide version, so it is what training here would produce."""
+    import json
+
+    folder = shipped_personalizations_path() / f"{subject}-{key[:12]}"
+    marker = folder / "steerguide-cache.json"
+    if not marker.is_file():
+        return None
+    try:
+        return folder if json.loads(marker.read_text()).get("key") == key else None
+    except json.JSONDecodeError:
+        return None
+
+
 def load_base_pipeline(path: str | Path | None = None):
     """Load the base model (or the pipeline folder at `path`) with stock `StableDiffusionPipeline`."""
     from diffusers import StableDiffusionPipeline

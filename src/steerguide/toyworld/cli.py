@@ -420,3 +420,31 @@ def check_personalization(
     print(f"{sum(r['passed'] for r in rows)} of {len(rows)} pass")
     if json_out is not None:
         json_out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@toyworld.command("ship-personalization")
+def ship_personalization(
+    subject: Annotated[str | None, typer.Argument(help="toy subject (default: the demo's)")] = None,
+) -> None:
+    """Train the demo's LoRA for a subject and ship it with the package (for maintainers: after a change
+    of the recipe, base or version, `steerguide demo` trains again until this is rerun)."""
+    import shutil
+    import tempfile
+
+    from steerguide.demo import default_subject, demo_config
+    from steerguide.evaluate.sweep import parse_config, run_sweep
+    from steerguide.toyworld.assets import shipped_personalizations_path
+    from steerguide.toyworld.subjects import get_subject
+
+    name = get_subject(subject or default_subject()).name  # UserError when unknown
+    config = parse_config(demo_config(name), source="steerguide toyworld ship-personalization")
+    shipped = shipped_personalizations_path()
+    check_writable(shipped, "the package's assets folder")
+    with tempfile.TemporaryDirectory() as tmp, _interrupted(lambda: "nothing was shipped"):
+        run_sweep(config, tmp, progress=True, train_only=True, shipped=False)
+        (trained,) = (p for p in (Path(tmp) / "personalizations").iterdir() if p.is_dir())
+        for old in shipped.glob(f"{name}-*"):
+            shutil.rmtree(old)
+        target = shipped / trained.name
+        shutil.copytree(trained, target, ignore=shutil.ignore_patterns("checkpoints"))
+    print(f"shipped {target} ({_dir_size(target) / 1e6:.1f} MB)")
