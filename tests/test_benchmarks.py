@@ -233,3 +233,27 @@ def test_verdict_command_reads_one_folder_per_strength(tmp_path):
     saved = json.loads((tmp_path / "verdict.json").read_text())
     assert set(saved) == {"default", "half"} and saved["half"]["interval"]["answer"] == "loses its front"
     assert saved["default"]["b"]["pg_front"]["half_width"] >= 0
+
+
+def test_verdict_compares_the_base_on_the_runs_own_prompts(tmp_path):
+    """A reduced run (fewer prompts) is set against the base model on the same prompts and seeds only.
+    Wrong: the base's every prompt (here its mean text would be 0.5 instead of 0.2)."""
+    import json
+
+    v = _verdict_module()
+
+    def row(subject, prompt, text, i):
+        return {"key": f"k{i}", "subject": subject, "prompt": prompt, "seed": 0, "method": "cfg",
+                "scale": 5.0, "omega": None, "omega_schedule": None, "interval": [0.0, 1.0],
+                "metrics": {"toy_fidelity": 0.1, "toy_text": text}}
+
+    base = [row(s, p, t + 0.1 * k, 2 * k + i) for k, s in enumerate(("a", "b"))
+            for i, (p, t) in enumerate((("p0", 0.15), ("p1", 0.75)))]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in base))
+    main_rows = [{**row(s, "p0", 0.6, k), "metrics": {"toy_fidelity": 0.7, "toy_text": 0.6}}
+                 for k, s in enumerate(("a", "b"))]
+    table = v.Table(main_rows)
+    samples = {v.sample_key(r) for r in main_rows}
+    (entry,) = v.reference_summary(tmp_path, table, n_boot=20, samples=samples).values()
+    assert abs(entry["base_text"][0] - 0.2) < 1e-9
+    assert abs(entry["lora_minus_base_text"][0] - 0.4) < 1e-9

@@ -353,9 +353,20 @@ def analyse(table: Table, n_boot: int = 2000, seed: int = 0) -> dict:
 # ----------------------------------------------------------------------------- reference and breakdown
 
 
-def reference_summary(folder: str | Path, main: Table, n_boot: int, seed: int = 0) -> dict:
-    """The base model alone (no personalization) next to the personalized CFG at the same scale."""
-    ref = Table(load_rows(folder))
+def sample_key(row: dict) -> tuple:
+    return row["subject"], row["prompt"], row["seed"]
+
+
+def reference_summary(
+    folder: str | Path, main: Table, n_boot: int, seed: int = 0, samples: set[tuple] | None = None
+) -> dict:
+    """The base model alone (no personalization) next to the personalized CFG at the same scale, on the
+    samples (subject, prompt, seed) of the personalized run only: a reduced run (fewer prompts) is
+    compared with the base on its own prompts."""
+    rows = load_rows(folder)
+    if samples is not None:
+        rows = [r for r in rows if sample_key(r) in samples]
+    ref = Table(rows)
     common = [s for s in ref.subjects if s in main.subjects]
     rng = np.random.default_rng(seed)
     boots = rng.integers(0, len(common), size=(n_boot, len(common)))
@@ -561,10 +572,12 @@ def main() -> None:
     has_reference = bool(args.reference) and Path(args.reference, "results.jsonl").is_file()
     results: dict[str, dict] = {}
     for k, (label, folder) in enumerate(parse_runs(args.runs).items()):
-        table = Table(load_rows(folder))
+        rows = load_rows(folder)
+        table = Table(rows)
         result = analyse(table, args.bootstrap)
         if has_reference:
-            result["reference"] = reference_summary(args.reference, table, args.bootstrap)
+            samples = {sample_key(r) for r in rows}
+            result["reference"] = reference_summary(args.reference, table, args.bootstrap, samples=samples)
         if args.breakdown and k == 0:
             extra = {"base model": args.reference} if has_reference else None
             result["breakdown"] = attribute_breakdown(folder, args.breakdown.split(","), extra)
