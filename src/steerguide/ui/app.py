@@ -45,7 +45,9 @@ def read_page_preset(studio: Studio, path: str | None) -> tuple[str, dict]:
 
     path = (path or "").strip()
     if not path:
-        raise UserError("no preset given: write the path of a preset.yaml (or its tune folder), or upload one")
+        raise UserError(
+            "no preset given: write the path of a preset.yaml (or its tune folder), or upload one"
+        )
     config, base, personalization = settings_from_preset(Path(path).expanduser())
     controls = preset_controls(config)
     if personalization is not None:
@@ -118,10 +120,24 @@ def build_app(studio: Studio, guidance=None):
                     label="Methods",
                     elem_id="methods",
                 )
-                scale = gr.Slider(1.0, 15.0, value=start.get("scale", 5.0), step=0.5, label="w (guidance scale)", elem_id="scale")
-                omega = gr.Slider(0.0, 1.0, value=start.get("omega", 0.5), step=0.05, label="ω (PG)", elem_id="omega")
+                scale = gr.Slider(
+                    1.0,
+                    15.0,
+                    value=start.get("scale", 5.0),
+                    step=0.5,
+                    label="w (guidance scale)",
+                    elem_id="scale",
+                )
+                omega = gr.Slider(
+                    0.0, 1.0, value=start.get("omega", 0.5), step=0.05, label="ω (PG)", elem_id="omega"
+                )
                 ag_omega = gr.Slider(
-                    0.0, 1.0, value=start.get("ag-omega", 0.0), step=0.05, label="ω (AG weak model)", elem_id="ag-omega"
+                    0.0,
+                    1.0,
+                    value=start.get("ag-omega", 0.0),
+                    step=0.05,
+                    label="ω (AG weak model)",
+                    elem_id="ag-omega",
                 )
                 schedule = gr.Dropdown(
                     SCHEDULES,
@@ -135,7 +151,10 @@ def build_app(studio: Studio, guidance=None):
                     label="Preset (a preset.yaml from steerguide tune, or its folder)", elem_id="preset-path"
                 )
                 preset_file = gr.File(
-                    label="...or upload one", file_types=[".yaml", ".yml"], type="filepath", elem_id="preset-file"
+                    label="...or upload one",
+                    file_types=[".yaml", ".yml"],
+                    type="filepath",
+                    elem_id="preset-file",
                 )
                 load_preset_button = gr.Button("Load preset", elem_id="preset-load")
             generate = gr.Button("Generate", variant="primary", elem_id="generate")
