@@ -308,8 +308,8 @@ def test_a_preset_loaded_in_the_page_fills_compare_and_draws_what_generate_draws
     controls = _filled(loaded)
     assert {k: controls[k] for k in WANT_CONTROLS} == WANT_CONTROLS
     assert controls["personalization"] == str(toy_lora) and "ag-omega" not in controls  # AG's ω: untouched
-    # the upload does the same
-    uploaded = _call(_handler(demo, "preset-file"), {"preset-file": str(preset_file)})
+    # an upload does the same, whatever the path box holds
+    uploaded = _call(_handler(demo, "preset-file"), {"preset-file": str(preset_file), "preset-path": "old.yaml"})
     assert _filled(uploaded) == controls
     # Generate with those controls: the image `generate --preset` writes for the same prompt and seed.
     page = dict(controls, prompts=PROMPTS[0], seed=3, steps=4, **{"num-images": 1})
