@@ -345,6 +345,9 @@ def test_steerguide_ui_preset_sets_the_controls_before_the_server_starts(
         (None, "cannot read it"),
         ("guidance: [", "is not valid YAML"),
         ("kind: steerguide-preset\nversion: 1\nguidance: {method: pg, scale: 3, omega: 2}\n", "outside [0, 1]"),
+        ("kind: steerguide-preset\nversion: 1\nguidance: {method: pg, scale: 3}\npersonalization: /no/lora\n"
+         "base: /other/base\n",
+         "base model not found: /other/base"),
         ("kind: steerguide-preset\nversion: 1\nguidance: {method: pg, scale: 3}\npersonalization: /no/lora\n",
          "personalization not found: /no/lora"),
     ],
@@ -358,8 +361,12 @@ def test_bad_presets_are_one_line_in_the_command_and_the_page(studio, tmp_path, 
     assert run(["ui", "--preset", str(path)]) == 2  # before any server: nothing listens, nothing blocks
     err = capsys.readouterr().err.strip()
     assert err.startswith("steerguide: error: ") and message in err and "\n" not in err
-    if "personalization" in message:
-        return  # a valid preset: the page fills the controls, and Generate says the path is missing
+    if "not found" in message:  # a valid preset: the page fills the controls and says what is missing
+        loaded = _call(_handler(build_app(studio), "preset-load"), {"preset-path": str(path)})
+        assert "Note: its personalization `/no/lora` is not found here" in loaded["compare-status"]
+        assert _filled(loaded)["personalization"] == "/no/lora"
+        assert ("Note: it was tuned on base `/other/base`" in loaded["compare-status"]) == ("/other" in text)
+        return
     loaded = _call(_handler(build_app(studio), "preset-load"), {"preset-path": str(path)})
     assert loaded["compare-status"].startswith("steerguide: error: --preset") and message in loaded["compare-status"]
     assert "\n" not in loaded["compare-status"] and _filled(loaded) == {}  # the controls stay as they were

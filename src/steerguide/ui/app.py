@@ -55,6 +55,8 @@ def read_page_preset(studio: Studio, path: str | None) -> tuple[str, dict]:
     status = f"Loaded preset {path}: {controls['methods'][0]} w={config.scale:g}" + (
         f" ω={config.omega:g} {config.omega_schedule}" if config.method != "cfg" else ""
     )
+    if personalization is not None and not Path(personalization).expanduser().exists():
+        status += f". Note: its personalization `{personalization}` is not found here"
     if base is not None and not studio.serves(base):
         status += f". Note: it was tuned on base `{base}`; this page serves `{studio.base}` (start `steerguide ui --preset` to use its base)"
     return status + ".", controls
