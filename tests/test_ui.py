@@ -48,7 +48,7 @@ def arrays(images):
 def test_ui_help(capsys):
     assert run(["ui", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "--personalization" in out and "--port" in out and "toy world" in out
+    assert "--personalization" in out and "--port" in out and "toy world" in out and "--preset" in out
 
 
 @pytest.mark.parametrize(
