@@ -376,3 +376,47 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     line = _one_line(capsys)
     assert line.startswith("steerguide: error: ") and message.replace("{tmp}", str(tmp_path)) in line
     assert not (tmp_path / "new-out").exists()  # nothing left behind
+
+
+# ------------------------------------------------------------------------------------------- real models
+
+
+def test_real_models_end_to_end_and_resume(tiny_model_dir, tmp_path, capsys):
+    """`tune --personalization --base --references --prompts-file --model` on tiny random models saved to disk:
+    a tiny SD 1.5 pipeline with a random LoRA, a tiny ViT as DINO and a tiny CLIP as CLIP-T, by their folders."""
+    from PIL import Image
+
+    from steerguide.evaluate.testing import save_tiny_clip, save_tiny_vit
+    from steerguide.loading import load_pipeline
+    from steerguide.testing import save_random_lora
+    from steerguide.tune.search import COARSE
+
+    base = tiny_model_dir("sd15")
+    lora = save_random_lora(load_pipeline(base), tmp_path / "lora", std=0.1)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32), (200, 60 * i, 30)).save(refs / f"photo{i}.png")
+    (tmp_path / "prompts.txt").write_text("a photo of sks dog\n")
+    out = tmp_path / "tuned"
+    args = ["tune", "--personalization", str(lora), "--base", str(base), "--references", str(refs),
+            "--prompts-file", str(tmp_path / "prompts.txt"), "--out", str(out),
+            "--model", f"dino={save_tiny_vit(tmp_path / 'vit')}",
+            "--model", f"clip_t={save_tiny_clip(tmp_path / 'clip')}",
+            "--budget", str(len(COARSE)), "--steps", "2", "--height", "32", "--width", "32", "--no-progress"]  # fmt: skip
+    assert run(args) == 0, capsys.readouterr().err
+    assert {"preset.yaml", "probes.jsonl", "probes.png"} <= {p.name for p in out.iterdir()}
+    rows = [json.loads(line) for line in (out / "probes.jsonl").read_text().splitlines()]
+    assert len(rows) == len(COARSE)  # the smallest budget: the coarse pass, one image a probe
+    preset = read_preset(out / "preset.yaml")
+    assert (preset.base, preset.personalization) == (str(base), str(lora))
+    assert {"dino", "clip_t", "objective"} <= set(preset.extra["scores"])
+    assert preset.extra["tuned_on"]["steps"] == 2 and preset.extra["images"] == len(COARSE)
+    # the judges saw different images: the probes' scores are not all the same
+    assert len({r["fidelity"][0] for r in rows}) > 1 and len({r["text"][0] for r in rows}) > 1
+    capsys.readouterr()
+    before = (out / "probes.jsonl").read_text()
+    assert run(args) == 0  # a rerun resumes: nothing new to probe
+    assert (out / "probes.jsonl").read_text() == before
+    assert "0 new" in capsys.readouterr().err
+    assert read_preset(out / "preset.yaml") == preset

@@ -48,7 +48,7 @@ def arrays(images):
 def test_ui_help(capsys):
     assert run(["ui", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "--personalization" in out and "--port" in out and "toy world" in out
+    assert "--personalization" in out and "--port" in out and "toy world" in out and "--preset" in out
 
 
 @pytest.mark.parametrize(
@@ -255,3 +255,118 @@ def test_ui_port_in_use_is_one_line(capsys):
         err
         == f"steerguide: error: cannot serve on 127.0.0.1:{port}: the port is in use (choose another with --port)"
     )
+
+
+# -- presets from `steerguide tune` ------------------------------------------------------------------------------
+# A tuned setting off the sliders' steps (w 4.243, ω 0.3) with a schedule: a page that rounds, swaps ω and w, or
+# drops the schedule shows other controls and draws other images than `generate --preset`.
+PRESET = dict(method="pg", scale=4.243, omega=0.3, omega_schedule="linear:1")
+
+
+@pytest.fixture
+def preset_file(tmp_path, toy_lora):
+    from steerguide.toyworld import base_model_path
+    from steerguide.tune.preset import Preset, write_preset
+
+    # as a toy tuning writes it: the toy base by its folder
+    return write_preset(
+        tmp_path / "tuned" / "preset.yaml",
+        Preset(**PRESET, base=str(base_model_path()), personalization=str(toy_lora)),
+    )
+
+
+def _handler(demo, trigger: str):
+    """The page's function behind the component with this elem_id (its click or upload), as gradio calls it."""
+    for fn in demo.fns.values():
+        if any(demo.blocks[block_id].elem_id == trigger for block_id, _ in fn.targets if block_id in demo.blocks):
+            return fn
+    raise AssertionError(f"no handler on {trigger}")
+
+
+def _call(fn, values: dict):
+    """Call a handler with the page's current values (by elem_id; defaults for the rest), outputs by elem_id."""
+    result = fn.fn(*[values.get(c.elem_id, c.value) for c in fn.inputs])
+    return {c.elem_id: out for c, out in zip(fn.outputs, result, strict=True)}
+
+
+def _filled(outputs: dict) -> dict:
+    """The values a handler's updates set (gr.update() without a value leaves the control as it was)."""
+    return {k: v["value"] for k, v in outputs.items() if isinstance(v, dict) and "value" in v}
+
+
+WANT_CONTROLS = {"methods": ["PG"], "scale": 4.243, "omega": 0.3, "schedule": "linear:1"}
+
+
+def test_a_preset_loaded_in_the_page_fills_compare_and_draws_what_generate_draws(
+    studio, toy_lora, preset_file, tmp_path
+):
+    from steerguide.ui.app import build_app
+
+    demo = build_app(studio)
+    loaded = _call(_handler(demo, "preset-load"), {"preset-path": str(preset_file.parent)})  # a tune folder
+    assert loaded["compare-status"].startswith("Loaded preset") and "Note" not in loaded["compare-status"]
+    controls = _filled(loaded)
+    assert {k: controls[k] for k in WANT_CONTROLS} == WANT_CONTROLS
+    assert controls["personalization"] == str(toy_lora) and "ag-omega" not in controls  # AG's ω: untouched
+    # an upload does the same, whatever the path box holds
+    uploaded = _call(_handler(demo, "preset-file"), {"preset-file": str(preset_file), "preset-path": "old.yaml"})
+    assert _filled(uploaded) == controls
+    # Generate with those controls: the image `generate --preset` writes for the same prompt and seed.
+    page = dict(controls, prompts=PROMPTS[0], seed=3, steps=4, **{"num-images": 1})
+    shown = _call(_handler(demo, "generate"), page)
+    assert shown["compare-status"].startswith("Done"), shown["compare-status"]
+    (image, _caption), = shown["gallery-pg"]["value"]
+    args = ["generate", "--preset", str(preset_file), "-p", PROMPTS[0], "--seed", "3", "--steps", "4"]
+    assert run([*args, "--out", str(tmp_path / "gen")]) == 0
+    (png,) = sorted((tmp_path / "gen").glob("*.png"))
+    want = np.asarray(Image.open(png).convert("RGB"))
+    factor = image.width // want.shape[1]  # the page enlarges toy images (nearest neighbour)
+    assert np.array_equal(np.asarray(image)[::factor, ::factor], want)
+
+
+def test_steerguide_ui_preset_sets_the_controls_before_the_server_starts(
+    monkeypatch, toy_lora, preset_file
+):
+    import steerguide.ui.app as app
+
+    started = {}
+    monkeypatch.setattr(app, "launch", lambda studio, **kw: started.update(studio=studio, **kw))
+    assert run(["ui", "--preset", str(preset_file), "--port", "7861"]) == 0
+    studio = started["studio"]
+    assert studio.toy and studio.personalization == str(toy_lora)  # the preset's base and personalization
+    demo = app.build_app(studio, started["guidance"])
+    shown = {b.elem_id: b.value for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert {k: shown[k] for k in WANT_CONTROLS} == WANT_CONTROLS and shown["ag-omega"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "cannot read it"),
+        ("guidance: [", "is not valid YAML"),
+        ("kind: steerguide-preset\nversion: 1\nguidance: {method: pg, scale: 3, omega: 2}\n", "outside [0, 1]"),
+        ("kind: steerguide-preset\nversion: 1\nguidance: {method: pg, scale: 3}\npersonalization: /no/lora\n"
+         "base: /other/base\n",
+         "base model not found: /other/base"),
+        ("kind: steerguide-preset\nversion: 1\nguidance: {method: pg, scale: 3}\npersonalization: /no/lora\n",
+         "personalization not found: /no/lora"),
+    ],
+)  # fmt: skip
+def test_bad_presets_are_one_line_in_the_command_and_the_page(studio, tmp_path, capsys, text, message):
+    from steerguide.ui.app import build_app
+
+    path = tmp_path / "preset.yaml"
+    if text is not None:
+        path.write_text(text)
+    assert run(["ui", "--preset", str(path)]) == 2  # before any server: nothing listens, nothing blocks
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("steerguide: error: ") and message in err and "\n" not in err
+    if "not found" in message:  # a valid preset: the page fills the controls and says what is missing
+        loaded = _call(_handler(build_app(studio), "preset-load"), {"preset-path": str(path)})
+        assert "Note: its personalization `/no/lora` is not found here" in loaded["compare-status"]
+        assert _filled(loaded)["personalization"] == "/no/lora"
+        assert ("Note: it was tuned on base `/other/base`" in loaded["compare-status"]) == ("/other" in text)
+        return
+    loaded = _call(_handler(build_app(studio), "preset-load"), {"preset-path": str(path)})
+    assert loaded["compare-status"].startswith("steerguide: error: --preset") and message in loaded["compare-status"]
+    assert "\n" not in loaded["compare-status"] and _filled(loaded) == {}  # the controls stay as they were

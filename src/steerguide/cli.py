@@ -153,15 +153,15 @@ def generate_command(
         "allow_extrapolation": allow_extrapolation,
     }
     if preset is not None:
-        from steerguide.tune.preset import read_preset
+        from steerguide.tune.preset import settings_from_preset
 
-        tuned = read_preset(preset)
-        config = tuned.guidance_config(
-            method=method, scale=scale, omega=omega, omega_schedule=omega_schedule, **common
-        )
-        base = base if base is not None else tuned.base
-        if personalization is None and tuned.personalization is not None:
-            personalization = Path(tuned.personalization)
+        config, base, chosen = settings_from_preset(
+            preset,
+            base=base,
+            personalization=str(personalization) if personalization is not None else None,
+            method=method, scale=scale, omega=omega, omega_schedule=omega_schedule, **common,
+        )  # fmt: skip
+        personalization = Path(chosen) if chosen is not None else None
     else:
         config = GuidanceConfig(
             method=method or "pg",

@@ -9,7 +9,7 @@ import typer
 
 from steerguide.errors import UserError
 
-DEFAULT_BUDGET = 256  # images: 32 probes of 8 toy prompts, about 3 minutes with training on 2 CPU cores
+DEFAULT_BUDGET = 192  # images: 24 probes of 8 toy prompts, ≈3 min of CPU on one core (docs/tune.md, Cost)
 
 
 def tune(

@@ -56,6 +56,21 @@ class Preset:
         return data
 
 
+def settings_from_preset(
+    path: str | Path, *, base: str | None = None, personalization: str | None = None, **overrides: Any
+):
+    """What `generate --preset` and the UI take from a preset: (GuidanceConfig, base, personalization).
+
+    The preset's guidance with the overrides that are not None on top (options given win), and its base
+    and personalization where none is given. One function, so that the page and the CLI cannot differ."""
+    preset = read_preset(path)
+    return (
+        preset.guidance_config(**overrides),
+        base if base is not None else preset.base,
+        personalization if personalization is not None else preset.personalization,
+    )
+
+
 def write_preset(path: str | Path, preset: Preset) -> Path:
     """Write the preset whole or not at all (a temporary file, then a rename)."""
     import yaml

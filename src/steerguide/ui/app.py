@@ -27,6 +27,41 @@ def error_line(error: Exception) -> str:
     return f"steerguide: error: {error}"
 
 
+def preset_controls(config) -> dict:
+    """The Compare controls that show a `GuidanceConfig` (from `settings_from_preset`, as `generate --preset`
+    reads it): its method alone ticked, its w, its ω on the method's slider, its schedule. Keys: elem ids."""
+    controls = {"methods": [METHOD_NAMES[config.method]], "scale": float(config.scale)}
+    if config.method != "cfg":
+        controls["omega" if config.method == "pg" else "ag-omega"] = float(config.omega)
+        controls["schedule"] = config.omega_schedule
+    else:
+        controls["schedule"] = "constant"
+    return controls
+
+
+def read_page_preset(studio: Studio, path: str | None) -> tuple[str, dict]:
+    """(status line, controls to set) for a preset loaded in the page; a bad preset raises `UserError`."""
+    from steerguide.tune.preset import settings_from_preset
+
+    path = (path or "").strip()
+    if not path:
+        raise UserError(
+            "no preset given: write the path of a preset.yaml (or its tune folder), or upload one"
+        )
+    config, base, personalization = settings_from_preset(Path(path).expanduser())
+    controls = preset_controls(config)
+    if personalization is not None:
+        controls["personalization"] = personalization
+    status = f"Loaded preset {path}: {controls['methods'][0]} w={config.scale:g}" + (
+        f" ω={config.omega:g} {config.omega_schedule}" if config.method != "cfg" else ""
+    )
+    if personalization is not None and not Path(personalization).expanduser().exists():
+        status += f". Note: its personalization `{personalization}` is not found here"
+    if base is not None and not studio.serves(base):
+        status += f". Note: it was tuned on base `{base}`; this page serves `{studio.base}` (start `steerguide ui --preset` to use its base)"
+    return status + ".", controls
+
+
 def _shown(image: Image.Image) -> Image.Image:
     if max(image.size) >= DISPLAY_SIZE:
         return image
@@ -45,11 +80,13 @@ def _row_label(row: MethodImages) -> str:
     return row.label + (f" (mean {', '.join(means)})" if means else "")
 
 
-def build_app(studio: Studio):
+def build_app(studio: Studio, guidance=None):
+    """The page; `guidance` (a `GuidanceConfig`, from `steerguide ui --preset`) sets the Compare controls."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
     import gradio as gr
 
     plot_dir = Path(tempfile.mkdtemp(prefix="steerguide-ui-"))
+    start = preset_controls(guidance) if guidance is not None else {}
     sweeps: dict[str, object] = {}
 
     with gr.Blocks(title="steerguide") as demo:
@@ -81,22 +118,47 @@ def build_app(studio: Studio):
             with gr.Row():
                 methods = gr.CheckboxGroup(
                     list(METHOD_NAMES.values()),
-                    value=list(METHOD_NAMES.values()),
+                    value=start.get("methods", list(METHOD_NAMES.values())),
                     label="Methods",
                     elem_id="methods",
                 )
-                scale = gr.Slider(1.0, 15.0, value=5.0, step=0.5, label="w (guidance scale)", elem_id="scale")
-                omega = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="ω (PG)", elem_id="omega")
+                scale = gr.Slider(
+                    1.0,
+                    15.0,
+                    value=start.get("scale", 5.0),
+                    step=0.5,
+                    label="w (guidance scale)",
+                    elem_id="scale",
+                )
+                omega = gr.Slider(
+                    0.0, 1.0, value=start.get("omega", 0.5), step=0.05, label="ω (PG)", elem_id="omega"
+                )
                 ag_omega = gr.Slider(
-                    0.0, 1.0, value=0.0, step=0.05, label="ω (AG weak model)", elem_id="ag-omega"
+                    0.0,
+                    1.0,
+                    value=start.get("ag-omega", 0.0),
+                    step=0.05,
+                    label="ω (AG weak model)",
+                    elem_id="ag-omega",
                 )
                 schedule = gr.Dropdown(
                     SCHEDULES,
-                    value="constant",
+                    value=start.get("schedule", "constant"),
                     allow_custom_value=True,
                     label="ω schedule (ω starts at the slider's value)",
                     elem_id="schedule",
                 )
+            with gr.Row():
+                preset_path = gr.Textbox(
+                    label="Preset (a preset.yaml from steerguide tune, or its folder)", elem_id="preset-path"
+                )
+                preset_file = gr.File(
+                    label="...or upload one",
+                    file_types=[".yaml", ".yml"],
+                    type="filepath",
+                    elem_id="preset-file",
+                )
+                load_preset_button = gr.Button("Load preset", elem_id="preset-load")
             generate = gr.Button("Generate", variant="primary", elem_id="generate")
             status = gr.Markdown("", elem_id="compare-status")
             galleries = {
@@ -205,6 +267,22 @@ def build_app(studio: Studio):
             concurrency_id="pipeline",
         )
 
+        preset_outputs = [status, methods, scale, omega, ag_omega, schedule, personalization]
+
+        def load_preset(path_text, uploaded=None):
+            """Fill the Compare controls from a preset (the path typed, or the file uploaded)."""
+            try:
+                line, controls = read_page_preset(studio, uploaded or path_text)
+            except UserError as e:
+                return [error_line(e)] + [gr.update() for _ in preset_outputs[1:]]
+            return [line] + [
+                gr.update(value=controls[c.elem_id]) if c.elem_id in controls else gr.update()
+                for c in preset_outputs[1:]
+            ]
+
+        load_preset_button.click(load_preset, inputs=[preset_path], outputs=preset_outputs)
+        preset_file.upload(load_preset, inputs=[preset_path, preset_file], outputs=preset_outputs)
+
         def run_open(folder):
             try:
                 view = open_sweep(folder, plot_dir)
@@ -273,11 +351,18 @@ def build_app(studio: Studio):
     return demo
 
 
-def launch(studio: Studio, host: str = "127.0.0.1", port: int = 7860, warm: bool = True, block: bool = True):
+def launch(
+    studio: Studio,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    warm: bool = True,
+    block: bool = True,
+    guidance=None,
+):
     """Start the page; the default pipeline then loads in the background (the page answers at once)."""
     import threading
 
-    demo = build_app(studio)
+    demo = build_app(studio, guidance)
     try:
         demo.launch(
             server_name=host,

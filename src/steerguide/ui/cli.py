@@ -27,6 +27,11 @@ def ui(
     clip: Path | None = typer.Option(
         None, help="CLIP weights (a local folder): CLIP-T text scores on real models."
     ),
+    preset: Path | None = typer.Option(
+        None,
+        help="A preset.yaml written by `steerguide tune` (or its folder): sets Compare's method, w, ω and "
+        "schedule, and the base and personalization when not given (as `generate --preset`).",
+    ),
     workdir: Path = typer.Option(
         Path("steerguide-ui"), help="Where personalizations trained in the page go."
     ),
@@ -34,6 +39,14 @@ def ui(
     """Open a web page to compare CFG, AG and PG side by side, explore a sweep, and train a personalization."""
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be from 1 to 65535, got {port}")
+    guidance = None
+    if preset is not None:  # checked before the server starts, by the loader generate --preset uses
+        from steerguide.tune.preset import settings_from_preset
+
+        guidance, base, chosen = settings_from_preset(
+            preset, base=base, personalization=str(personalization) if personalization else None
+        )
+        personalization = Path(chosen) if chosen is not None else None
     from steerguide.ui.studio import Studio
 
     studio = Studio(  # checks the paths and the device before anything is started
@@ -52,7 +65,7 @@ def ui(
         raise UserError("the web UI needs gradio: pip install 'steerguide[ui]'") from None
     from steerguide.ui.app import launch
 
-    launch(studio, host=host, port=port)
+    launch(studio, host=host, port=port, guidance=guidance)
 
 
 def register(app: typer.Typer) -> None:

@@ -233,8 +233,8 @@ class Studio:
 
             resolve_device(device)
             resolve_dtype(dtype)
-        self.toy = base is None
-        if base is None:
+        self.toy = base is None or base == "toy" or _is_toy_base(base)  # "toy", or its folder (a preset's)
+        if self.toy:
             from steerguide.toyworld import base_model_path
 
             base = str(base_model_path())
@@ -253,6 +253,15 @@ class Studio:
         self._judges: Judges | None = None
         self._loaded: OrderedDict[str, tuple] = OrderedDict()
         self._lock = threading.Lock()  # one sampling call at a time on the shared pipelines
+
+    def serves(self, base: str) -> bool:
+        """Whether `base` (a preset's, say) names the base model this studio samples with."""
+        if base == "toy" or _is_toy_base(base):
+            return self.toy
+        if base == self.base:
+            return True
+        mine, theirs = Path(self.base).expanduser(), Path(base).expanduser()
+        return mine.exists() and theirs.exists() and mine.resolve() == theirs.resolve()
 
     # -- models --------------------------------------------------------------------------------------------
     @property
@@ -433,6 +442,16 @@ class Studio:
         if on_progress is not None:
             on_progress(total, total, "training")
         return folder
+
+
+def _is_toy_base(base: str) -> bool:
+    """A path to the toy world's shipped base model (what a toy tuning writes into its preset)."""
+    path = Path(base).expanduser()
+    if not path.is_dir():
+        return False
+    from steerguide.toyworld.assets import base_model_path
+
+    return path.resolve() == base_model_path().resolve()
 
 
 def _label(config) -> str:
