@@ -420,3 +420,15 @@ def test_real_models_end_to_end_and_resume(tiny_model_dir, tmp_path, capsys):
     assert (out / "probes.jsonl").read_text() == before
     assert "0 new" in capsys.readouterr().err
     assert read_preset(out / "preset.yaml") == preset
+
+
+def test_a_toy_preset_names_the_toy_base_portably(tmp_path):
+    """A preset tuned on the toy world says `base: toy`, not the folder of the install that wrote it
+    (another install of steerguide could not read that path); any other base keeps its name."""
+    from steerguide.evaluate.sweep_cache import resolve_base
+    from steerguide.tune.tuner import _portable_base
+
+    assert _portable_base(resolve_base("toy")) == "toy"
+    assert _portable_base(Path(resolve_base("toy"))) == "toy"
+    assert _portable_base(str(tmp_path / "my-base")) == str(tmp_path / "my-base")
+    assert _portable_base("runwayml/stable-diffusion-v1-5") == "runwayml/stable-diffusion-v1-5"

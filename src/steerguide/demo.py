@@ -141,9 +141,9 @@ def run_demo(
     The toy world ships the default subject's LoRA, trained with the same recipe (`steerguide toyworld
     ship-personalization`): it is copied instead of trained unless `retrain`."""
     from steerguide import toyworld
+    from steerguide.evaluate.benchmarks import load_benchmark
     from steerguide.evaluate.report import write_report
     from steerguide.evaluate.sweep import parse_config, resolve_base, run_sweep
-    from steerguide.evaluate.benchmarks import load_benchmark
     from steerguide.evaluate.sweep_cache import shipped_personalization
 
     start = time.perf_counter()

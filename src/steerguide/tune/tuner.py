@@ -318,7 +318,7 @@ def _preset(problem: Problem, target: Target, chosen: Probe, scores: dict, probe
         scale=knob.scale,
         omega=None if knob.is_cfg else knob.omega,
         omega_schedule=knob.schedule,
-        base=str(problem.base),
+        base=_portable_base(problem.base),
         personalization=None if problem.personalization is None else str(problem.personalization),
         extra={
             "subject": problem.subject.name,
@@ -338,3 +338,11 @@ def _preset(problem: Problem, target: Target, chosen: Probe, scores: dict, probe
             },
         },
     )
+
+
+def _portable_base(base) -> str:
+    """The base as a preset names it: 'toy' for the toy world's, whose folder lies inside the installed
+    package (an absolute path would tie the preset to the install that wrote it)."""
+    from steerguide.evaluate.sweep_cache import resolve_base
+
+    return "toy" if Path(str(base)).resolve() == Path(resolve_base("toy")).resolve() else str(base)
