@@ -33,3 +33,52 @@ def tiny_model_dir(tmp_path_factory):
         return cache[arch]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory) -> Path:
+    """Three random 32×32 photos to train on (test_train_resume.py, test_train_distributed.py)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+# -- balancing the two xdist workers ---------------------------------------------------------------------
+# The README runs `-n auto --dist loadfile`: each file goes whole to one worker, and the wall time is the
+# busier worker's. xdist hands out files most-tests-first by default, which puts the long one-test files
+# (trainings, the browser) last, where one of them can leave a worker alone for a minute. Handed out
+# longest first instead (measured CPU time, heaviest first; the rest follow in their usual order), the
+# short files fill the gaps at the end.
+LONG_FILES = [
+    "test_train_distributed.py",
+    "test_train_base.py",
+    "test_ui_browser.py",
+    "test_reference.py",
+    "test_ui.py",
+    "test_train_methods.py",
+    "test_train_resume.py",
+    "test_properties.py",
+    "test_cli_contract.py",
+    "test_tune.py",
+    "test_sweep.py",
+    "test_toy_calibration.py",
+    "test_sweep_kill.py",
+    "test_sweep_contract.py",
+    "test_guiders.py",
+    "test_engine_cases.py",
+]
+
+
+def pytest_configure(config):
+    if getattr(config.option, "dist", "no") == "loadfile":
+        config.option.loadscopereorder = False  # keep the order below
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: files stay whole

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from processes import run_tree
+from results_writer import append_many
 
 from steerguide.cli import run
 from steerguide.errors import UserError
@@ -165,17 +166,11 @@ def test_store_ignores_and_repairs_a_torn_last_line(tmp_path):
     assert [(r["key"], r["v"]) for r in _lines(path)] == [("a", 1), ("b", 2), ("c", 3)]
 
 
-def _append_many(path: str, worker: int) -> None:
-    store = ResultsStore(path)
-    for i in range(60):  # both workers write the same keys, in opposite orders
-        k = i if worker == 0 else 59 - i
-        store.append([{"key": f"k{k}", "worker": worker, "pad": "x" * 500}])
-
-
 def test_concurrent_writers_never_interleave_or_duplicate(tmp_path):
     path = str(tmp_path / "results.jsonl")
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_append_many, args=(path, w)) for w in (0, 1)]
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=append_many, args=(path, w, barrier)) for w in (0, 1)]
     for p in procs:
         p.start()
     for p in procs:

@@ -1,4 +1,7 @@
-"""Checkpoints and --resume: a resumed run continues the interrupted one exactly, even after SIGKILL."""
+"""Checkpoints and --resume: a resumed run continues the interrupted one exactly, even after SIGKILL.
+
+Data-parallel resume: test_train_distributed.py.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from steerguide.errors import UserError
@@ -29,15 +30,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
 
 
 def config(base, images, out, **extra) -> TrainConfig:
@@ -104,7 +96,9 @@ def test_checkpoints_are_pruned_to_the_last_k(tiny_model_dir, photo_dir, tmp_pat
 
 def test_sigkill_then_resume(tiny_model_dir, photo_dir, tmp_path):
     """SIGKILLed after a checkpoint, a run resumes with the same command and ends on the exact step."""
-    out, every, steps = tmp_path / "run", 3, 40
+    # 20 steps: killed at its first checkpoint (step 3), the run has 17 to go, seconds of CPU, far more
+    # than the 20 ms poll; the assertion below says so if it ever is not.
+    out, every, steps = tmp_path / "run", 3, 20
     command = [
         sys.executable,
         "-c",
@@ -154,65 +148,3 @@ def test_sigkill_then_resume(tiny_model_dir, photo_dir, tmp_path):
     assert record["steps"] == steps and len(record["losses"]) == steps
     assert record["resumed_from"] == [step]
     assert np.isfinite(record["losses"]).all()
-
-
-def test_two_processes_with_torch_distributed(tiny_model_dir, photo_dir, tmp_path):
-    """Data-parallel training (what `accelerate launch --multi_gpu` starts), as 2 CPU processes over gloo,
-    checkpointed and resumed; the result loads with stock diffusers."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(port),
-        "-m",
-        "steerguide.train",
-        "--base",
-        str(tiny_model_dir("sd15")),
-        "--images",
-        str(photo_dir),
-        "--out",
-        str(out),
-        "--instance-prompt",
-        "sks dog",
-        "--method",
-        "lora",
-        "--train-text-encoder",
-        "--checkpoint-every",
-        "2",
-        "--validation-images",
-        "1",
-        "--validation-inference-steps",
-        "2",
-        "--quiet",
-    ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    for steps, resume in (("2", []), ("4", ["--resume"])):
-        done = subprocess.run(
-            command + ["--steps", steps, *resume],
-            check=False,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stderr.count("steerguide: warning:") == 1  # shown by the main process only
-    record = json.loads((out / "train.json").read_text())
-    assert record["num_processes"] == 2 and record["steps"] == 4 and record["resumed_from"] == [2]
-    assert sorted(p.name for p in (out / "checkpoints" / "step-4").glob("random_states_*")) == [
-        "random_states_0.pkl",
-        "random_states_1.pkl",
-    ]
-    from diffusers import DiffusionPipeline
-
-    pipe = DiffusionPipeline.from_pretrained(tiny_model_dir("sd15"))
-    pipe.load_lora_weights(out)
