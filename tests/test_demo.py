@@ -211,3 +211,8 @@ def test_demo_uses_the_shipped_lora(tmp_path: Path, capsys, monkeypatch):
     assert run(["demo", "--out", str(retrained), "--steps", "1", "--num-prompts", "1", "--no-progress",
                 "--retrain"]) == 2
     assert trained == [subject.name] and "training refused by the test" in capsys.readouterr().err
+
+
+def test_ship_personalization_refuses_an_unknown_subject(capsys):
+    assert run(["toyworld", "ship-personalization", "unicorn"]) == 2
+    assert "unknown subject 'unicorn'" in _one_error_line(capsys)
