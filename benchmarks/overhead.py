@@ -2,7 +2,10 @@
 
     python benchmarks/overhead.py                       # CPU, SD 1.5 architecture, 5.8 M-parameter UNet
     python benchmarks/overhead.py --model sd15-full     # the real SD 1.5 UNet (860 M, random weights)
-    python benchmarks/overhead.py --model sd15-full --device cuda --resolution 1024 --steps 10
+    python benchmarks/overhead.py --model sd15-full --device cuda --resolution 128 --steps 10
+
+The test pipelines' autoencoder downsamples by 2 (SD 1.5's by 8): `--resolution 128` gives SD 1.5's
+native 64×64 latents (a 512 px image); the header prints the latent size.
 
 Methods (all at w = 5, same prompts, seeds and scheduler):
   cfg-lora / cfg-full   CFG on the LoRA personalization / on a full fine-tune (the LoRA fused, then every
@@ -244,12 +247,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="default 10 (toy), 2 (sd15-full)")
     parser.add_argument("--prompts", type=int, default=None, help="prompts per batch (CFG rows = 2×); 4 / 2")
     parser.add_argument(
-        "--resolution", type=int, default=None, help="image size; latents are half of it here; 64 / 16"
+        "--resolution",
+        type=int,
+        default=None,
+        help="image size; latents are half of it here (128: SD 1.5's native 64×64 latents); 64 / 16",
     )
     parser.add_argument("--channels", default="64,128,128", help="UNet block widths")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--scale", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--warmups",
+        type=int,
+        default=1,
+        help="untimed samplings per method first (0 where one step takes minutes: a first call's extra cost "
+        "is then negligible)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument(
@@ -293,21 +306,25 @@ def main() -> None:
 
             pipe = load_pipeline(models["base"])
         unet_params = sum(p.numel() for n, p in pipe.unet.named_parameters() if "lora_" not in n)
+        latent = args.resolution // pipe.vae_scale_factor
         del pipe
         print(
             f"{'SD 1.5 UNet configuration' if full_size else 'SD 1.5 architecture'}, "
             f"UNet {unet_params / 1e6:.1f} M parameters, LoRA rank {args.rank}, "
-            f"{args.prompts} prompts ({2 * args.prompts} CFG rows), {args.resolution}px, {args.steps} steps, "
+            f"{args.prompts} prompts ({2 * args.prompts} CFG rows), {args.resolution}px ({latent}×{latent} latents), {args.steps} steps, "
             f"device {args.device}, torch threads {torch.get_num_threads()}, {args.clock} clock",
             flush=True,
         )
-        for once in runners.values():
-            once()  # warm-up: first calls pay for kernel selection and allocator growth
+        for _ in range(args.warmups):
+            for once in runners.values():
+                once()  # warm-up: first calls pay for kernel selection and allocator growth
         times: dict[str, list[float]] = {m: [] for m in methods}
         for r in range(args.rounds):
             order = methods if r % 2 == 0 else methods[::-1]
             for m in order:
                 times[m].append(runners[m]() / args.steps)
+                # each figure as it comes: a long run stopped early still leaves what it measured
+                print(f"round {r + 1}: {m} {times[m][-1] * 1e3:.1f} ms/step", flush=True)
         held = {m: runners[m].held_mib() for m in methods}
         builds = {m: runners[m].build_ms_per_step() for m in methods}
         peaks = {m: float("nan") for m in methods}
