@@ -7,6 +7,8 @@ saved as a full diffusers fine-tune: the cross-check between the two realization
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -43,9 +45,33 @@ def models(tiny_model_dir, tmp_path_factory):
     return get
 
 
-def run(base, personalization, config, **kw):
+@functools.cache
+def _loaded(base, personalization):
+    """The engine's pipeline with `personalization` installed, loaded once per file and shared by every
+    `run`: `sample` leaves a pipeline as it found it (the guidance wrapper is taken off, θ_ω caches are
+    released), which is how a caller sampling several configurations uses it. The references below load
+    their own pipelines, so a state that sampling left behind would show as a mismatch, not cancel out."""
     pipe = load_pipeline(base)
-    personal = load_personalization(pipe, personalization)
+    return pipe, load_personalization(pipe, personalization)
+
+
+@functools.cache
+def _reference_pipes(base, personalization):
+    """The two-model reference's own pipelines (the personalized one, the base one), shared by its calls."""
+    pipe = load_pipeline(base)
+    load_personalization(pipe, personalization)
+    return pipe, load_pipeline(base)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_loaded_pipelines():
+    yield
+    _loaded.cache_clear()
+    _reference_pipes.cache_clear()
+
+
+def run(base, personalization, config, **kw):
+    pipe, personal = _loaded(base, personalization)
     result = sample(
         pipe,
         personal,
@@ -75,9 +101,7 @@ def _half(value, rows, which):
 def reference_two_models(base, personalization, scale, null_model_personalized: bool):
     """A reference CFG loop whose null half runs a separately loaded model: the base model with no
     personalization (PG at ω = 0), and whose prompt half runs the personalized model."""
-    pipe = load_pipeline(base)
-    load_personalization(pipe, personalization)
-    base_pipe = load_pipeline(base)
+    pipe, base_pipe = _reference_pipes(base, personalization)
     denoiser = pipe.transformer if getattr(pipe, "transformer", None) is not None else pipe.unet
     null_denoiser = (
         base_pipe.transformer if getattr(base_pipe, "transformer", None) is not None else base_pipe.unet
@@ -96,16 +120,19 @@ def reference_two_models(base, personalization, scale, null_model_personalized: 
 
     denoiser.forward = forward
     generators = [torch.Generator().manual_seed(7 + i) for _ in PROMPTS for i in range(2)]
-    with torch.no_grad():
-        out = pipe(
-            prompt=[p for p in PROMPTS for _ in range(2)],
-            num_inference_steps=STEPS,
-            guidance_scale=scale,
-            generator=generators,
-            height=32,
-            width=32,
-            output_type="latent",
-        ).images
+    try:
+        with torch.no_grad():
+            out = pipe(
+                prompt=[p for p in PROMPTS for _ in range(2)],
+                num_inference_steps=STEPS,
+                guidance_scale=scale,
+                generator=generators,
+                height=32,
+                width=32,
+                output_type="latent",
+            ).images
+    finally:
+        del denoiser.forward  # the pipelines are shared: the next reference gets the stock forward
     return out.reshape(len(PROMPTS), 2, *out.shape[1:])
 
 
