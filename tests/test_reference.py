@@ -8,6 +8,8 @@ these samples by far more than the tolerance.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from reference_impl import cosine, lerp_into, load, reference_latents, second_order_step
@@ -52,9 +54,38 @@ def loras(tiny_model_dir, tmp_path_factory):
     return get
 
 
-def engine(base, personalization, config, steps=4, negative=None, scheduler=None, **kw):
+@functools.cache
+def _engine_pipe(base, personalization, scheduler):
+    """The engine's pipeline with the personalization installed, loaded once per file and shared by its
+    runs (`sample` leaves a pipeline as it found it); the references load their own pipelines."""
     pipe = load_pipeline(base, scheduler=scheduler)
-    personal = load_personalization(pipe, personalization)
+    return pipe, load_personalization(pipe, personalization)
+
+
+@functools.cache
+def _reference_pipes(base, lora, scheduler):
+    """The reference's two stock pipelines (`ft`, `weak`) with the LoRA as adapter "p", shared by its calls:
+    `reference_latents` sets `weak`'s adapter scale before each use and puts `ft`'s forward back."""
+    ft, weak = load(base), load(base)
+    for pipe in (ft, weak):
+        pipe.load_lora_weights(str(lora), adapter_name="p")
+    if scheduler is not None:
+        import diffusers
+
+        cls = getattr(diffusers, scheduler + "Scheduler")
+        ft.scheduler = cls.from_config(ft.scheduler.config)
+    return ft, weak
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_loaded_pipelines():
+    yield
+    _engine_pipe.cache_clear()
+    _reference_pipes.cache_clear()
+
+
+def engine(base, personalization, config, steps=4, negative=None, scheduler=None, **kw):
+    pipe, personal = _engine_pipe(base, personalization, scheduler)
     result = sample(
         pipe,
         personal,
@@ -74,14 +105,7 @@ def engine(base, personalization, config, steps=4, negative=None, scheduler=None
 
 
 def reference(base, lora, method, scale, omega, scheduler=None, **kw):
-    ft, weak = load(base), load(base)
-    for pipe in (ft, weak):
-        pipe.load_lora_weights(str(lora), adapter_name="p")
-    if scheduler is not None:
-        import diffusers
-
-        cls = getattr(diffusers, scheduler + "Scheduler")
-        ft.scheduler = cls.from_config(ft.scheduler.config)
+    ft, weak = _reference_pipes(base, lora, scheduler)
     return reference_latents(ft, weak, method=method, scale=scale, omega=omega, prompts=PROMPTS, seed=5, **kw)
 
 
