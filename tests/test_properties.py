@@ -21,6 +21,10 @@ ARCHS = ["sd15", "sdxl", "sd3"]
 PROMPTS = ["a dog on the beach", "a red cat"]
 STEPS = 4
 ATOL = 2e-4
+# 16×16 images (8×8 latents): the properties are identities of the guidance rule and of θ_ω, true at
+# every latent position alike, so the image size adds nothing to what they pin, and a sampling run costs
+# 40-80 % of one at 32×32 (SD 1.5: 0.24 s against 0.60 s).
+SIDE = 16
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +84,8 @@ def run(base, personalization, config, **kw):
         num_images=2,
         seed=7,
         steps=STEPS,
-        height=32,
-        width=32,
+        height=SIDE,
+        width=SIDE,
         progress=False,
         output_type="latent",
         **kw,
@@ -127,8 +131,8 @@ def reference_two_models(base, personalization, scale, null_model_personalized: 
                 num_inference_steps=STEPS,
                 guidance_scale=scale,
                 generator=generators,
-                height=32,
-                width=32,
+                height=SIDE,
+                width=SIDE,
                 output_type="latent",
             ).images
     finally:
@@ -164,8 +168,8 @@ def test_p1_scale_one_returns_the_personalized_prediction(models, arch, method):
             num_inference_steps=STEPS,
             guidance_scale=1.0,
             generator=generators,
-            height=32,
-            width=32,
+            height=SIDE,
+            width=SIDE,
             output_type="latent",
         ).images
     torch.testing.assert_close(got.reshape(want.shape), want, atol=1e-5, rtol=1e-5)
@@ -202,8 +206,8 @@ def test_p2_cfg_reproduces_the_stock_pipeline(models):
                     prompt,
                     num_inference_steps=STEPS,
                     guidance_scale=5.0,
-                    height=32,
-                    width=32,
+                    height=SIDE,
+                    width=SIDE,
                     generator=torch.Generator().manual_seed(7 + i),
                     output_type="latent",
                 ).images[0]
