@@ -54,23 +54,27 @@ def photo_dir(tmp_path_factory) -> Path:
 # (trainings, the browser) last, where one of them can leave a worker alone for a minute. Handed out
 # longest first instead (measured CPU time, heaviest first; the rest follow in their usual order), the
 # short files fill the gaps at the end.
-LONG_FILES = [
-    "test_train_distributed.py",
-    "test_train_base.py",
-    "test_ui_browser.py",
-    "test_reference.py",
-    "test_ui.py",
-    "test_train_methods.py",
-    "test_train_resume.py",
-    "test_properties.py",
-    "test_cli_contract.py",
-    "test_tune.py",
-    "test_sweep.py",
-    "test_toy_calibration.py",
-    "test_sweep_kill.py",
-    "test_sweep_contract.py",
-    "test_guiders.py",
-    "test_engine_cases.py",
+LONG_FILES = [  # worker CPU seconds per file in a full `-n 2 --dist loadfile` run (with a loaded machine)
+    "test_cli_contract.py",  # 52
+    "test_train_distributed.py",  # 49
+    "test_train_base.py",  # 31
+    "test_ui_browser.py",  # 17, but Chromium's own time besides
+    "test_properties.py",  # 29
+    "test_reference.py",  # 26
+    "test_train_resume.py",  # 26
+    "test_ui.py",  # 25
+    "test_train_methods.py",  # 24
+    "test_demo.py",  # 23
+    "test_guiders.py",  # 23
+    "test_engine_cases.py",  # 23
+    "test_lazy_import.py",  # 22
+    "test_benchmarks.py",  # 19
+    "test_tune.py",  # 16
+    "test_sweep.py",  # 13
+    "test_sweep_kill.py",  # 12
+    "test_toy_calibration.py",  # 12
+    "test_formats.py",  # 11
+    "test_sweep_contract.py",  # 11
 ]
 
 

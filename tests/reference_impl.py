@@ -77,12 +77,14 @@ def reference_latents(
     other_adapters: dict[str, float] | None = None,
     full_weak: Callable[[float], None] | None = None,
     step_of_call: Callable[[int], int] = lambda call: call,
+    side: int = 32,
     **call_kwargs,
 ) -> torch.Tensor:
     """Latents [prompt, image, ...] of `method` ("pg" or "ag") computed from the two pipelines.
 
     `full_weak(ω)`, when given, puts θ_ω into `weak` itself (full fine-tunes) instead of adapter scales.
-    The interval follows diffusers' guiders: step i is guided iff int(start·N) ≤ i < int(stop·N).
+    The interval follows diffusers' guiders: step i is guided iff int(start·N) ≤ i < int(stop·N). Images
+    are `side` pixels square.
     """
     omega_fn = omega if callable(omega) else (lambda tau, value=omega: value)
     others = other_adapters or {}
@@ -135,8 +137,8 @@ def reference_latents(
                 num_inference_steps=steps,
                 guidance_scale=scale,
                 generator=generators,
-                height=32,
-                width=32,
+                height=side,
+                width=side,
                 output_type="latent",
                 **call_kwargs,
             ).images

@@ -25,6 +25,9 @@ PROMPTS = ["a red star", "a dog on the beach"]
 STEPS = 5  # start/stop 0.2/0.8 fall on whole steps, where diffusers' and steerguide's intervals agree
 ATOL = 1e-4
 SCALE = 5.0
+# 16×16 images (8×8 latents): guider and wrapper agree, or differ, at every latent position alike, so the
+# size adds nothing to these comparisons; SDXL samples in 0.23 s instead of 0.36.
+SIDE = 16
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +76,8 @@ def wrapper_latents(pipe, personal, config, negative=""):
             guidance_scale=config.scale,
             **extra,
             num_inference_steps=STEPS,
-            height=32,
-            width=32,
+            height=SIDE,
+            width=SIDE,
             generator=generators(),
             output_type="latent",
         ).images
@@ -86,8 +89,8 @@ def guider_latents(modular, guider, negative=""):
         prompt=PROMPTS,
         negative_prompt=[negative] * len(PROMPTS),
         num_inference_steps=STEPS,
-        height=32,
-        width=32,
+        height=SIDE,
+        width=SIDE,
         generator=generators(),
         output="latents",
     )
