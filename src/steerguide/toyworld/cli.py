@@ -130,12 +130,17 @@ def render(
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     # prompts.jsonl grows with the images (each line after its image): stopped at any point, it lists
-    # exactly the images made
-    made = [0]
-    with _progress("render", n) as tick, (out / "prompts.jsonl").open("w") as manifest, _interrupted(
-        lambda: f"the first {made[0]} images are in {out}, listed in prompts.jsonl; "
-        "the same command renders them all again"
-    ):
+    # exactly the images made, and the message counts its lines (a counter could lag a line behind)
+
+    def kept() -> str:
+        manifest.flush()
+        lines = (out / "prompts.jsonl").read_text().splitlines()
+        return (
+            f"the first {len(lines)} images are in {out}, listed in prompts.jsonl; "
+            "the same command renders them all again"
+        )
+
+    with _progress("render", n) as tick, (out / "prompts.jsonl").open("w") as manifest, _interrupted(kept):
         for i in range(n):
             spec = complete(stated.replace(pattern=stated.pattern or ("plain" if subj else None)), rng)
             img = subj.render(spec, seed + i) if subj else render_image(spec, seed + i)
@@ -143,7 +148,6 @@ def render(
             save_image_atomic(img, out / name)
             manifest.write(json.dumps({"image": name, "prompt": caption or caption_of(spec)}) + "\n")
             manifest.flush()
-            made[0] += 1
             tick()
     print(f"wrote {n} images and prompts.jsonl to {out}")
 
