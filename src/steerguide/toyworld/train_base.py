@@ -45,6 +45,7 @@ class TrainConfig:
     vae_steps: int = 2400
     vae_batch: int = 24
     vae_diverse: float = 0.25  # share of each VAE batch that is random instances, so subjects survive it
+    vae_val: int = 512  # the first scenes, held out of the VAE's training to measure it
     unet_steps: int = 4500
     unet_batch: int = 48
     lr: float = 8e-4
@@ -189,7 +190,7 @@ def train_vae(images: np.ndarray, cfg: TrainConfig, progress: Progress | None = 
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=cfg.vae_steps, pct_start=0.1)
     g = torch.Generator().manual_seed(cfg.seed)
-    n_val = 512
+    n_val = cfg.vae_val
     n_new = round(cfg.vae_batch * cfg.vae_diverse)
     for step in range(cfg.vae_steps):
         idx = torch.randint(n_val, len(images), (cfg.vae_batch - n_new,), generator=g).numpy()
