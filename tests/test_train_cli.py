@@ -56,6 +56,11 @@ def test_bad_input(tiny_model_dir, photos, tmp_path, capsys):
     fails(capsys, args + ["--images", str(photos), "--method", "textual-inversion"], "unknown method")
     fails(capsys, args + ["--images", str(photos), "--rank", "0"], "--rank must be at least 1")
     fails(capsys, args + ["--images", str(photos), "--lr-scheduler", "wavy"], "unknown --lr-scheduler 'wavy'")
+    cd = args + ["--images", str(photos), "--method", "custom-diffusion"]
+    fails(capsys, cd + ["--embedding-lr", "0"], "--embedding-learning-rate must be positive")
+    fails(capsys, cd + ["--embedding-lr", "nan"], "--embedding-learning-rate must be a finite number")
+    lora = args + ["--images", str(photos), "--embedding-lr", "1e-2"]
+    fails(capsys, lora, "only for --method custom-diffusion")
     fails(
         capsys, args + ["--images", str(photos), "--instance-prompt", "a dog"], "does not contain the token"
     )

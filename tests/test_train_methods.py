@@ -177,6 +177,30 @@ def test_custom_diffusion_keeps_other_token_embeddings(tiny_model_dir, tmp_path)
     assert tokenizer.tokenize("sks dog")[0] == "sks"
 
 
+def test_custom_diffusion_embedding_learning_rate(tiny_model_dir, tmp_path):
+    """One Adam step moves each weight by about its group's rate (m/sqrt(v) = g/|g| at the first step): the
+    new token's row by --embedding-lr, the k/v weights by --lr."""
+    from safetensors.torch import load_file
+
+    base_dir = tiny_model_dir("sd15")
+    rates = {"learning_rate": 1e-3, "embedding_learning_rate": 3e-2}
+    config = tiny_config(
+        base_dir, tmp_path / "cd", "custom-diffusion", validation_images=0, steps=1, max_grad_norm=0.0,
+        adam_weight_decay=0.0, **rates
+    )
+    out = train(config, progress=False)
+    base = load_base(base_dir)
+    params = dict(base.unet.named_parameters())
+    kv = load_file(out / "custom_diffusion.safetensors")
+    kv_moves = [(w - params[n]).abs().max().item() for n, w in kv.items()]
+    pieces = base.tokenizer.convert_tokens_to_ids(base.tokenizer.tokenize("sks"))
+    start = base.text_encoder.get_input_embeddings().weight[pieces].mean(0)
+    row = load_file(out / "learned_embeds.safetensors")["sks"][0]
+    assert max(kv_moves) == pytest.approx(1e-3, rel=0.02)
+    assert (row - start).abs().max().item() == pytest.approx(3e-2, rel=0.02)
+    assert json.loads((out / "train.json").read_text())["config"]["embedding_lr"] == 3e-2
+
+
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
 @pytest.mark.parametrize("method", ["lora", "dreambooth", "custom-diffusion"])
 def test_generate_accepts_each_output(tiny_model_dir, tmp_path, method, arch, capsys):

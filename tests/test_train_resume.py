@@ -55,12 +55,14 @@ def config(base, images, out, **extra) -> TrainConfig:
 @pytest.mark.parametrize("method", ["lora", "custom-diffusion"])
 def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, photo_dir, tmp_path, method):
     base = tiny_model_dir("sd15")
-    whole = train(config(base, photo_dir, tmp_path / "whole", method=method), progress=False)
+    # Custom Diffusion: the token at its own rate (a second optimizer parameter group to restore)
+    rates = {"embedding_learning_rate": 3e-2} if method == "custom-diffusion" else {}
+    whole = train(config(base, photo_dir, tmp_path / "whole", method=method, **rates), progress=False)
     # The same run stopped after its step-2 checkpoint, then resumed to 4 steps.
     part = tmp_path / "part"
-    train(config(base, photo_dir, part, method=method, steps=2), progress=False)
+    train(config(base, photo_dir, part, method=method, steps=2, **rates), progress=False)
     assert [p.name for p in checkpoints(part)] == ["step-2"]
-    train(config(base, photo_dir, part, method=method, resume=True), progress=False)
+    train(config(base, photo_dir, part, method=method, resume=True, **rates), progress=False)
 
     a, b = (json.loads((d / "train.json").read_text()) for d in (whole, part))
     assert b["steps"] == 4 and b["resumed_from"] == [2] and a["resumed_from"] == []
@@ -68,6 +70,9 @@ def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, photo_dir, tmp_pat
     weights = "pytorch_lora_weights.safetensors" if method == "lora" else "custom_diffusion.safetensors"
     wa, wb = load_file(whole / weights), load_file(part / weights)
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    if method == "custom-diffusion":
+        ea, eb = (load_file(d / "learned_embeds.safetensors") for d in (whole, part))
+        assert all(torch.allclose(ea[k], eb[k], atol=1e-6) for k in ea)
     assert [p.name for p in checkpoints(part)] == ["step-2", "step-4"]
 
 

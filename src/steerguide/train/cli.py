@@ -54,6 +54,14 @@ def train_command(
     learning_rate: Annotated[
         float | None, typer.Option("--learning-rate", "--lr", help="Default per method: 1e-4/5e-6/1e-5.")
     ] = None,
+    embedding_learning_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--embedding-learning-rate",
+            "--embedding-lr",
+            help="Custom Diffusion: the new token's embedding at this rate (default: the learning rate).",
+        ),
+    ] = None,
     lr_scheduler: Annotated[
         str, typer.Option("--lr-scheduler", help="constant, linear, cosine, ...")
     ] = "constant",
@@ -145,6 +153,7 @@ def train_command(
         instance_prompt=instance_prompt,
         steps=steps,
         learning_rate=learning_rate,
+        embedding_learning_rate=embedding_learning_rate,
         lr_scheduler=lr_scheduler,
         lr_warmup_steps=lr_warmup_steps,
         batch_size=batch_size,

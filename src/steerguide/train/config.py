@@ -67,6 +67,9 @@ class TrainConfig:
     # optimisation
     steps: int | None = None
     learning_rate: float | None = None
+    # Custom Diffusion: the new token's embedding at its own rate (None: the learning rate). Adam moves each
+    # weight by about the rate whatever its size, and a word embedding may be far larger than a k/v weight.
+    embedding_learning_rate: float | None = None
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
     batch_size: int = 1
@@ -133,6 +136,10 @@ class TrainConfig:
         )
 
     @property
+    def embedding_lr(self) -> float:
+        return self.embedding_learning_rate if self.embedding_learning_rate is not None else self.lr
+
+    @property
     def alpha(self) -> float:
         return float(self.lora_alpha if self.lora_alpha is not None else self.rank)
 
@@ -149,8 +156,9 @@ class TrainConfig:
         """Raise `UserError` for options that cannot work, before anything is loaded."""
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}; expected one of: {', '.join(METHODS)}")
-        for name in ("learning_rate", "max_grad_norm", "adam_weight_decay", "snr_gamma", "noise_offset",
-                     "lora_alpha", "prior_loss_weight", "validation_guidance_scale"):
+        for name in ("learning_rate", "embedding_learning_rate", "max_grad_norm", "adam_weight_decay",
+                     "snr_gamma", "noise_offset", "lora_alpha", "prior_loss_weight",
+                     "validation_guidance_scale"):
             if getattr(self, name) is not None:  # NaN passes every comparison below
                 limits.finite(f"--{name.replace('_', '-')}", getattr(self, name))
         if self.threads is not None:
@@ -188,6 +196,15 @@ class TrainConfig:
             raise UserError(f"--steps must be at least 1 (got {self.steps})")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise UserError(f"--learning-rate must be positive (got {self.learning_rate})")
+        if self.embedding_learning_rate is not None:
+            if not self.embedding_learning_rate > 0:
+                raise UserError(
+                    f"--embedding-learning-rate must be positive (got {self.embedding_learning_rate})"
+                )
+            if self.method != "custom-diffusion":
+                raise UserError(
+                    "--embedding-learning-rate is only for --method custom-diffusion (its new token)"
+                )
         if self.checkpoints_total_limit < 1:
             raise UserError(
                 f"--checkpoints-total-limit must be at least 1 (got {self.checkpoints_total_limit})"
@@ -219,5 +236,5 @@ class TrainConfig:
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
-        out.update(max_steps=self.max_steps, lr=self.lr, alpha=self.alpha)
+        out.update(max_steps=self.max_steps, lr=self.lr, embedding_lr=self.embedding_lr, alpha=self.alpha)
         return out

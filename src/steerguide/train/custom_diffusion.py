@@ -78,6 +78,7 @@ def setup(base: Base, config: TrainConfig) -> Trainable:
         prompt_token=new,
         after_step=restore_other_rows,
         notes={"modifier_token": new, "token_ids": ids},
+        embeddings=[encoder.get_input_embeddings().weight for encoder in base.text_encoders],
     )
 
 

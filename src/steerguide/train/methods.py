@@ -15,7 +15,8 @@ class Trainable:
     `modules` go through `accelerator.prepare` (the UNet first); `text_encoders_trained[i]` says whether
     text encoder i is among them (otherwise its prompt embeddings are computed once, frozen).
     `prompt_token` replaces the user's token in prompts (Custom Diffusion's new token); `after_step`
-    runs after each optimizer step.
+    runs after each optimizer step; `embeddings` are trained word embeddings, optimised at
+    `config.embedding_lr` (the rest at `config.lr`).
     """
 
     modules: list[torch.nn.Module]
@@ -23,6 +24,7 @@ class Trainable:
     prompt_token: str
     after_step: Callable[[], None] = lambda: None
     notes: dict = field(default_factory=dict)
+    embeddings: list[torch.nn.Parameter] = field(default_factory=list)
 
 
 def freeze(*modules: torch.nn.Module) -> None:

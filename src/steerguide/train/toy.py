@@ -27,7 +27,9 @@ TOY_LORA_TARGETS = (
 # The LoRA recipe is calibrated by `steerguide toyworld check-personalization` (text >= 0.80 x the base
 # model's, normalized fidelity in [0.35, 0.85] at CFG w=5; chosen by that criterion only, before any
 # guidance was run; docs/train.md has the runs). DreamBooth's default, checked the same way, passes on 7
-# of 10 subjects; Custom Diffusion's on none (it loses the prompt): it awaits recalibration.
+# of 10 subjects; Custom Diffusion's on none (its k/v rewrite loses the prompt), and no recipe tried in its
+# recalibration (the token at its own rate, --embedding-lr; prior preservation) passed on any subject: the
+# candidates keep the prompt but learn too little of the subject, so the default is left as it was.
 TOY_DEFAULTS: dict[str, dict[str, Any]] = {
     "lora": {
         "steps": 400,

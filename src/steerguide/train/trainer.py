@@ -328,7 +328,14 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
 
     noise_scheduler = DDPMScheduler.from_pretrained(base.path, subfolder="scheduler")
     prediction_type = noise_scheduler.config.prediction_type
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.adam_weight_decay)
+    embeddings = {id(p) for p in trainable.embeddings}
+    groups = [
+        {"params": [p for p in params if id(p) not in embeddings], "lr": config.lr},
+        {"params": [p for p in params if id(p) in embeddings], "lr": config.embedding_lr},
+    ]
+    optimizer = torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=config.lr, weight_decay=config.adam_weight_decay
+    )
     lr_scheduler = get_scheduler(
         config.lr_scheduler,
         optimizer,
