@@ -170,6 +170,21 @@ def test_the_shipped_lora_is_the_one_the_demo_would_train():
 
 
 @needs_base
+def test_the_cache_key_follows_the_trained_methods_defaults_only(monkeypatch):
+    """Recalibrating Custom Diffusion must not make the shipped LoRA stale; a new LoRA recipe must."""
+    from steerguide.evaluate.sweep_cache import train_cache_key
+    from steerguide.train.toy import TOY_DEFAULTS
+
+    config, subject = _demo_config_and_subject()
+    key = train_cache_key(config, subject)
+    monkeypatch.setitem(TOY_DEFAULTS["custom-diffusion"], "steps", 999)
+    monkeypatch.setitem(TOY_DEFAULTS["dreambooth"], "learning_rate", 1e-5)
+    assert train_cache_key(config, subject) == key
+    monkeypatch.setitem(TOY_DEFAULTS["lora"], "steps", 401)
+    assert train_cache_key(config, subject) != key
+
+
+@needs_base
 def test_shipped_lora_is_copied_not_trained_unless_retrain(tmp_path: Path, monkeypatch):
     from steerguide.evaluate import sweep_cache
 

@@ -103,7 +103,10 @@ def _trainer_identity(config: SweepConfig) -> dict:
     if config.benchmark.get("name") == "toy":
         from steerguide.train.toy import TOY_COMMON, TOY_DEFAULTS
 
-        identity["toy"] = {"defaults": TOY_DEFAULTS, "common": TOY_COMMON}
+        # only the defaults of the method trained: recalibrating another method keeps these caches (and
+        # the toy world's shipped personalizations) valid
+        method = (config.personalization.get("train") or {}).get("method", "lora")
+        identity["toy"] = {"defaults": {method: TOY_DEFAULTS.get(method, {})}, "common": TOY_COMMON}
     return identity
 
 
