@@ -18,6 +18,8 @@ def test_overhead_benchmark_smoke():
             "cfg-lora,pg-lora,naive-3pass,cfg-full,pg-full",
             "--rounds",
             "1",
+            "--warmups",
+            "0",
             "--steps",
             "2",
             "--skip-memory",
