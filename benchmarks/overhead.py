@@ -275,6 +275,8 @@ def main() -> None:
     parser.add_argument("--models", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.warmups < 0:
+        parser.error(f"--warmups must be at least 0, got {args.warmups}")
     full_size = args.model == "sd15-full"
     defaults = {"steps": (10, 2), "prompts": (4, 2), "resolution": (64, 16)}
     for name, (toy, full) in defaults.items():

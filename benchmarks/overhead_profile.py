@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--rows", type=int, default=14, help="operators listed per table")
     args = parser.parse_args()
+    for name in ("prompts", "resolution", "rows"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     torch.set_num_threads(1)
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     from overhead import build_models
