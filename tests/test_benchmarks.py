@@ -259,3 +259,56 @@ def test_verdict_compares_the_base_on_the_runs_own_prompts(tmp_path):
     (entry,) = v.reference_summary(tmp_path, table, n_boot=20, samples=samples).values()
     assert abs(entry["base_text"][0] - 0.2) < 1e-9
     assert abs(entry["lora_minus_base_text"][0] - 0.4) < 1e-9
+
+
+def test_verdict_pools_folders_joined_by_plus(tmp_path):
+    """`DIR+DIR`: the same grid run on more subjects in a second folder counts all of them, and every
+    image path points into its own folder. Wrong: reading only the first folder (6 subjects, not 12)."""
+    import json
+
+    v = _verdict_module()
+    rows = [{**r, "key": f"k{i}", "image": f"images/{i}.png"} for i, r in enumerate(_synthetic_rows(0.0, 0.05))]
+    for part, wanted in (("a", {f"s{j}" for j in range(6)}), ("b", {f"s{j}" for j in range(6, 12)})):
+        (tmp_path / part).mkdir()
+        mine = [r for r in rows if r["subject"] in wanted]
+        (tmp_path / part / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mine))
+    pooled = v.load_rows(f"{tmp_path / 'a'}+{tmp_path / 'b'}")
+    assert sorted(r["key"] for r in pooled) == sorted(r["key"] for r in rows)
+    assert all(r["image"] == str(tmp_path / ("a" if int(r["subject"][1:]) < 6 else "b") / "images" /
+                                 f"{r['key'][1:]}.png") for r in pooled)
+    assert len(v.analyse(v.Table(pooled), n_boot=20)["subjects"]) == 12
+
+
+def _draw_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "toy_draw_subjects", ROOT / "benchmarks" / "toy_dreambench" / "draw_subjects.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_drawn_subjects_are_new_reproducible_and_the_shipped_file_is_their_draw(tmp_path):
+    """The extra subjects are drawn by the fixed rule: new names only (40 draws from 60 names force
+    collisions with the built-ins to be redrawn), the same draw for the same seed, and
+    subjects-extra.yaml is exactly the draw its header names (not edited by hand)."""
+    from steerguide.toyworld.subjects import SUBJECTS, load_subjects, subjects_yaml
+
+    d = _draw_module()
+    many = d.draw_subjects(40, seed=1)
+    names = [s.name for s in many]
+    assert len(set(names)) == 40 and not set(names) & set(SUBJECTS)
+    assert all(len(set(s.photos)) == 5 for s in many)
+    shipped = ROOT / "benchmarks" / "toy_dreambench" / "subjects-extra.yaml"
+    header, _, body = shipped.read_text().partition("\n")
+    assert header.endswith("--n 10 --seed 2026") and body == subjects_yaml(d.draw_subjects(10, 2026))
+    assert list(load_subjects(shipped)) == [s.name for s in d.draw_subjects(10, 2026)]
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "toy_dreambench" / "draw_subjects.py"), "--n", "0",
+         "--out", str(tmp_path / "s.yaml")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2 and "--n must be at least 1, got 0" in out.stderr
+    assert not (tmp_path / "s.yaml").exists()

@@ -1,11 +1,13 @@
 """Run a toy DreamBench sweep subject by subject, in several single-threaded worker processes.
 
-    python benchmarks/toy_dreambench/run.py CONFIG --out DIR [--workers 2] [--subjects a,b,...] [--deadline HH:MM]
+    python benchmarks/toy_dreambench/run.py CONFIG --out DIR [--workers 2] [--subjects a,b,...]
+        [--subjects-file F] [--deadline HH:MM]
 
 Worker k takes subjects k, k + N, ... of the config's benchmark and, for each, trains (or finds cached) its
 LoRA and runs its rows, so that a run cut short holds whole subjects, and a rerun resumes (the sweep's rows
 and personalizations are keyed and cached; every worker appends to the one DIR/results.jsonl under its lock).
-One thread per process: on 2 busy cores two 1-thread processes sample a small model faster than one
+`--subjects-file F` runs the config's grid on the subjects of F instead (e.g. more subjects drawn by
+draw_subjects.py, to narrow the verdicts' intervals). One thread per process: on 2 busy cores two 1-thread processes sample a small model faster than one
 2-thread process (docs/evaluate.md, "Throughput on a CPU").
 """
 
@@ -20,7 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 
 
-def run_subjects(config_path: str, out: str, subjects: list[str], deadline: str | None = None) -> None:
+def run_subjects(
+    config_path: str, out: str, subjects: list[str], deadline: str | None = None, subjects_file: str | None = None
+) -> None:
     import torch
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -32,6 +36,8 @@ def run_subjects(config_path: str, out: str, subjects: list[str], deadline: str 
         lib.set_verbosity_error()
         lib.disable_progress_bar()
     config = load_config(config_path)
+    if subjects_file:
+        config = replace(config, benchmark={**config.benchmark, "subjects_file": subjects_file})
     for name in subjects:
         if deadline and time.strftime("%H:%M", time.gmtime()) >= deadline:
             print(
@@ -57,11 +63,12 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--subjects", help="comma-separated subset (default: the config's)")
+    parser.add_argument("--subjects-file", help="run the grid on this subjects file's subjects (YAML)")
     parser.add_argument("--deadline", help="HH:MM (UTC): start no subject after this time")
     parser.add_argument("--worker-subjects", help=argparse.SUPPRESS)  # internal: one worker's share
     args = parser.parse_args()
     if args.worker_subjects is not None:
-        run_subjects(args.config, args.out, args.worker_subjects.split(","), args.deadline)
+        run_subjects(args.config, args.out, args.worker_subjects.split(","), args.deadline, args.subjects_file)
         return
 
     from steerguide.evaluate.benchmarks import load_benchmark
@@ -71,6 +78,8 @@ def main() -> None:
     spec = dict(config.benchmark)
     if args.subjects:
         spec["subjects"] = args.subjects.split(",")
+    if args.subjects_file:
+        spec["subjects_file"] = args.subjects_file
     names = [s.name for s in load_benchmark(spec).subjects]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -85,6 +94,7 @@ def main() -> None:
                 "--worker-subjects",
                 ",".join(names[k :: args.workers]),
                 *(["--deadline", args.deadline] if args.deadline else []),
+                *(["--subjects-file", args.subjects_file] if args.subjects_file else []),
             ],
             env=env,
         )
@@ -96,4 +106,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from steerguide.errors import UserError
+
+    try:
+        main()
+    except UserError as e:  # a bad config or subjects file: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -2,6 +2,10 @@
 
     python benchmarks/toy_dreambench/verdict.py [LABEL=]DIR... [--reference DIR] [--json FILE] [--bootstrap 2000]
 
+A DIR may join several folders with "+" (the same grid run on more subjects elsewhere, e.g. a subjects
+file drawn by draw_subjects.py): their rows are pooled; pass `--breakdown ''` then (the attribute
+breakdown knows the built-in subjects only).
+
 One DIR per personalization strength (run.sh passes default=, half= and triple=): verdicts (a)-(c) for
 each, with the half-width of each claim's CI beside it (the issue asks for at most ±0.03), and where a
 run has the interval-guided PG variant, the answer to the interval question.
@@ -50,12 +54,17 @@ METHOD_ORDER = {"cfg": 0, "ag": 1, "pg": 2}
 
 
 def load_rows(folder: str | Path) -> list[dict]:
+    """The rows of a sweep folder, or of several joined by "+" (the same grid run on more subjects in
+    another folder); each row's image path is made to point into its own folder."""
     from steerguide.evaluate.results import ResultsStore
 
-    path = Path(folder) / "results.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"{path} does not exist: run the sweep first")
-    return ResultsStore(path).read()
+    rows = []
+    for part in str(folder).split("+"):
+        path = Path(part) / "results.jsonl"
+        if not path.is_file():
+            raise SystemExit(f"{path} does not exist: run the sweep first")
+        rows += [{**r, "image": str(Path(part) / r["image"])} for r in ResultsStore(path).read()]
+    return rows
 
 
 FULL = (0.0, 1.0)
@@ -410,7 +419,7 @@ def attribute_breakdown(
             name = (prefix + " " if prefix else "") + setting_name(setting_of(r))
             if prefix == "" and setting_name(setting_of(r)) not in wanted:
                 continue
-            with Image.open(root / r["image"]) as im:
+            with Image.open(r["image"]) as im:
                 image = im.convert("RGB")
             attrs = out.setdefault(name, {})
             for attribute, ok in judge.breakdown(image, r["prompt"]).items():
@@ -559,7 +568,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("runs", nargs="+", help="[LABEL=]DIR: one sweep folder per personalization strength")
+    parser.add_argument("runs", nargs="+", help="[LABEL=]DIR[+DIR...]: one sweep (its folders pooled) per personalization strength")
     parser.add_argument("--reference", help="sweep folder of the base model alone (config-base.yaml)")
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument(
@@ -569,7 +578,9 @@ def main() -> None:
     )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    has_reference = bool(args.reference) and Path(args.reference, "results.jsonl").is_file()
+    has_reference = bool(args.reference) and all(
+        Path(part, "results.jsonl").is_file() for part in args.reference.split("+")
+    )
     results: dict[str, dict] = {}
     for k, (label, folder) in enumerate(parse_runs(args.runs).items()):
         rows = load_rows(folder)
