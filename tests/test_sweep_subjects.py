@@ -151,6 +151,34 @@ def test_subjects_file_config_errors(tmp_path):
         load_benchmark(parse_config(toy_config(path, subjects=["kfp_star"])).benchmark)
 
 
+def test_sweep_offers_its_trainings_to_continue_from_the_given_folders(tmp_path, monkeypatch):
+    """`run_sweep(continue_from=...)` hands the folders to the warm start with the training's own settings
+    (the exactness of the warm start itself: tests/test_train_resume.py). Wrong: the folders dropped on
+    the way, or the warm start tried before the steps factor is applied."""
+    import json
+
+    import steerguide.evaluate.sweep_cache as sweep_cache
+    import steerguide.train
+    from steerguide.train.toy import TOY_DEFAULTS
+
+    seen = []
+
+    def train(config, progress=True):
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train.json").write_text(json.dumps({}))
+        return out
+
+    monkeypatch.setattr(steerguide.train, "train", train)
+    monkeypatch.setattr(
+        sweep_cache, "seed_from_shorter", lambda target, subject, sweeps: seen.append((target.steps, subject, sweeps))
+    )
+    config = toy_config(None, subjects=["sks_star"], num_prompts=1)
+    config["personalization"]["train"]["steps_factor"] = 3
+    run_sweep(parse_config(config), tmp_path / "out", sampler=NoiseSampler(), continue_from=[tmp_path / "short"])
+    assert seen == [(3 * TOY_DEFAULTS["lora"]["steps"], "sks_star", [tmp_path / "short"])]
+
+
 def test_steps_factor_trains_a_multiple_of_the_recipes_steps(tmp_path, monkeypatch):
     import json
 

@@ -76,6 +76,41 @@ def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, photo_dir, tmp_pat
     assert [p.name for p in checkpoints(part)] == ["step-2", "step-4"]
 
 
+def test_a_longer_training_continues_a_shorter_one_exactly(tiny_model_dir, photo_dir, tmp_path):
+    """The sweep's warm start (`seed_from_shorter`): a 4-step training seeded from a finished 2-step one of
+    the same recipe equals a fresh 4-step training. It is refused where it would not be exact or not the
+    same recipe. Wrong: seeding whatever has fewer steps (another learning rate, a cosine schedule that
+    depends on the total steps), or a shorter run that is not the longest available."""
+    from steerguide.evaluate.sweep_cache import seed_from_shorter
+
+    base = tiny_model_dir("sd15")
+    fresh = train(config(base, photo_dir, tmp_path / "fresh"), progress=False)
+    sweep = tmp_path / "short-sweep"
+    shorter = {n: sweep / "personalizations" / f"sks_dog-{n}" for n in (1, 2)}
+    for n, folder in shorter.items():
+        train(config(base, photo_dir, folder, steps=n, checkpoint_every=1), progress=False)
+    (sweep / "personalizations" / "sks_dog-x.partial").mkdir()  # an unfinished training: never a source
+
+    def target(name, **extra):
+        return config(base, photo_dir, tmp_path / name / "out.partial", resume=True, **extra)
+
+    assert seed_from_shorter(target("lr", learning_rate=2e-2), "sks_dog", [sweep]) is None
+    cosine = dict(checkpoint_every=1, lr_scheduler="cosine")
+    train(config(base, photo_dir, sweep / "personalizations" / "sks_dog-cos", steps=2, **cosine), progress=False)
+    assert seed_from_shorter(target("cos", steps=4, **cosine), "sks_dog", [sweep]) is None
+    assert seed_from_shorter(target("same", steps=2, checkpoint_every=1), "sks_dog", [sweep]) == (shorter[1], 1)
+    assert seed_from_shorter(target("other", steps=4), "sks_cat", [sweep]) is None
+
+    continued = target("continued", checkpoint_every=1)
+    assert seed_from_shorter(continued, "sks_dog", [tmp_path / "empty", sweep]) == (shorter[2], 2)
+    assert seed_from_shorter(continued, "sks_dog", [sweep]) is None  # its folder exists now: resume it
+    out = train(continued, progress=False)
+    record = json.loads((out / "train.json").read_text())
+    assert record["resumed_from"] == [2] and record["steps"] == 4
+    wa, wb = (load_file(d / "pytorch_lora_weights.safetensors") for d in (fresh, out))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_resume_refuses_other_settings(tiny_model_dir, photo_dir, tmp_path):
     base = tiny_model_dir("sd15")
     train(config(base, photo_dir, tmp_path / "run", steps=2), progress=False)

@@ -1,14 +1,17 @@
 """Run a toy DreamBench sweep subject by subject, in several single-threaded worker processes.
 
     python benchmarks/toy_dreambench/run.py CONFIG --out DIR [--workers 2] [--subjects a,b,...]
-        [--subjects-file F] [--deadline HH:MM]
+        [--subjects-file F] [--continue-from DIR] [--deadline HH:MM]
 
 Worker k takes subjects k, k + N, ... of the config's benchmark and, for each, trains (or finds cached) its
 LoRA and runs its rows, so that a run cut short holds whole subjects, and a rerun resumes (the sweep's rows
 and personalizations are keyed and cached; every worker appends to the one DIR/results.jsonl under its lock).
 `--subjects-file F` runs the config's grid on the subjects of F instead (e.g. more subjects drawn by
-draw_subjects.py, to narrow the verdicts' intervals). One thread per process: on 2 busy cores two 1-thread processes sample a small model faster than one
-2-thread process (docs/evaluate.md, "Throughput on a CPU").
+draw_subjects.py, to narrow the verdicts' intervals). `--continue-from DIR` (a sweep folder of a shorter
+strength) continues its trainings instead of starting at step 0: the same LoRA, bit for bit, under the toy
+recipe's constant learning rate (`steerguide.evaluate.sweep_cache.seed_from_shorter`). One thread per
+process: on 2 busy cores two 1-thread processes sample a small model faster than one 2-thread process
+(docs/evaluate.md, "Throughput on a CPU").
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ from pathlib import Path
 
 
 def run_subjects(
-    config_path: str, out: str, subjects: list[str], deadline: str | None = None, subjects_file: str | None = None
+    config_path: str,
+    out: str,
+    subjects: list[str],
+    deadline: str | None = None,
+    subjects_file: str | None = None,
+    continue_from: list[str] | None = None,
 ) -> None:
     import torch
     from diffusers.utils import logging as diffusers_logging
@@ -47,7 +55,8 @@ def run_subjects(
             )
             return
         t0 = time.perf_counter()
-        stats = run_sweep(replace(config, benchmark={**config.benchmark, "subjects": [name]}), out)
+        one = replace(config, benchmark={**config.benchmark, "subjects": [name]})
+        stats = run_sweep(one, out, continue_from=continue_from or (), log=lambda line: print(line, flush=True))
         print(
             f"{time.strftime('%H:%M:%S')} {name}: {stats.written} new rows ({stats.done_before} done before) "
             f"in {time.perf_counter() - t0:.0f} s, sampling {stats.images_per_second:.1f} images/s",
@@ -64,11 +73,21 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--subjects", help="comma-separated subset (default: the config's)")
     parser.add_argument("--subjects-file", help="run the grid on this subjects file's subjects (YAML)")
+    parser.add_argument(
+        "--continue-from", action="append", metavar="DIR",
+        help="a sweep folder whose shorter trainings of the same recipe are continued (repeatable)",
+    )
     parser.add_argument("--deadline", help="HH:MM (UTC): start no subject after this time")
     parser.add_argument("--worker-subjects", help=argparse.SUPPRESS)  # internal: one worker's share
     args = parser.parse_args()
+    for folder in args.continue_from or ():
+        if not Path(folder).is_dir():
+            parser.error(f"--continue-from {folder}: no such sweep folder")
     if args.worker_subjects is not None:
-        run_subjects(args.config, args.out, args.worker_subjects.split(","), args.deadline, args.subjects_file)
+        run_subjects(
+            args.config, args.out, args.worker_subjects.split(","), args.deadline, args.subjects_file,
+            args.continue_from,
+        )
         return
 
     from steerguide.evaluate.benchmarks import load_benchmark
@@ -95,6 +114,7 @@ def main() -> None:
                 ",".join(names[k :: args.workers]),
                 *(["--deadline", args.deadline] if args.deadline else []),
                 *(["--subjects-file", args.subjects_file] if args.subjects_file else []),
+                *[a for d in args.continue_from or () for a in ("--continue-from", d)],
             ],
             env=env,
         )

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,7 @@ def ensure_personalization(
     may_train: bool = True,
     log: Callable[[str], None] | None = None,
     shipped: bool = True,
+    continue_from: Sequence[str | Path] = (),
 ) -> str | None:
     """The personalization folder for `subject`: a given path, or one trained once and cached under
     OUT/personalizations/<subject>-<key>/ (reused when its train.json exists and its cache key matches).
@@ -135,7 +136,9 @@ def ensure_personalization(
     Training runs in `<folder>.partial` with resume on, so a killed sweep continues the training from its
     last checkpoint; the finished folder is renamed into place. Two sweeps into one folder train it once:
     the second waits on a lock (OUT/claims/train-<folder>) and then finds it cached. With `shipped`, a
-    personalization the toy world ships under the same cache key is copied instead of trained."""
+    personalization the toy world ships under the same cache key is copied instead of trained. With
+    `continue_from` (other sweep folders), a shorter training of the same recipe found there is continued
+    instead of starting at step 0 (`seed_from_shorter`)."""
     if "train" not in config.personalization:
         return personalization_path(config, subject)
     key = train_cache_key(config, subject)
@@ -162,7 +165,7 @@ def ensure_personalization(
     with exclusive(out / "claims" / f"train-{folder.name}", on_wait=waiting):
         if _cached(folder, key):  # trained by the sweep we waited for
             return str(folder)
-        _train(config, subject, key, folder, progress)
+        _train(config, subject, key, folder, progress, continue_from, log)
     return str(folder)
 
 
@@ -187,10 +190,36 @@ def _copy_into_place(source: Path, folder: Path) -> None:
     os.replace(partial, folder)
 
 
-def _train(config: SweepConfig, subject: BenchSubject, key: str, folder: Path, progress: bool) -> None:
-    from steerguide.train import TrainConfig, train
+def _train(
+    config: SweepConfig,
+    subject: BenchSubject,
+    key: str,
+    folder: Path,
+    progress: bool,
+    continue_from: Sequence[str | Path] = (),
+    log: Callable[[str], None] | None = None,
+) -> None:
+    from steerguide.train import train
 
     partial = folder.with_name(folder.name + ".partial")
+    train_config = train_config_for(config, subject, partial)
+    seeded = seed_from_shorter(train_config, subject.name, continue_from)
+    if seeded is not None and log:
+        log(f"continuing the {seeded[1]}-step personalization of {subject.name} in {seeded[0]} "
+            f"to {train_config.max_steps} steps")
+    trained = Path(train(train_config, progress=progress))
+    write_json_atomic(trained / "steerguide-cache.json", {"key": key, "subject": subject.name})
+    if folder.exists():  # a stale or mismatching cache entry: replace it whole
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(trained, folder)
+
+
+def train_config_for(config: SweepConfig, subject: BenchSubject, partial: Path):
+    """The `TrainConfig` a sweep trains `subject` with, writing into `partial` (resume on)."""
+    from steerguide.train import TrainConfig
+
     settings = {"method": "lora", "resume": True, **(config.personalization.get("train") or {})}
     steps_factor = settings.pop("steps_factor", None)
     try:
@@ -221,10 +250,51 @@ def _train(config: SweepConfig, subject: BenchSubject, key: str, folder: Path, p
         train_config = dataclasses.replace(
             train_config, steps=max(1, round(steps_factor * train_config.max_steps))
         )
-    trained = Path(train(train_config, progress=progress))
-    write_json_atomic(trained / "steerguide-cache.json", {"key": key, "subject": subject.name})
-    if folder.exists():  # a stale or mismatching cache entry: replace it whole
-        import shutil
+    return train_config
 
-        shutil.rmtree(folder)
-    os.replace(trained, folder)
+
+# What may differ between a training and a longer one that continues it (everything else must match).
+_LENGTH_ONLY = {"steps", "max_steps", "out", "resume", "overwrite"}
+
+
+def seed_from_shorter(target, subject: str, sweeps: Sequence[str | Path]) -> tuple[Path, int] | None:
+    """Start `target` (a TrainConfig whose `out` does not exist yet) from the last checkpoint of the
+    longest finished training of `subject` in the sweep folders `sweeps` that has fewer steps and
+    otherwise every setting of `target`. Returns (that training's folder, its steps), or None.
+
+    Exact, not approximate: the checkpoint holds the weights, optimizer, scheduler and RNG states, and a run
+    continued from a checkpoint equals an uninterrupted one (tests/test_train_resume.py). Only when the
+    learning rate does not depend on the total number of steps (constant, or constant after a warm-up the
+    shorter run finished); under another schedule the shorter run followed another curve: None."""
+    import shutil
+
+    out = Path(target.out)
+    if out.exists() or not sweeps:  # an interrupted training resumes from its own checkpoints
+        return None
+    if target.lr_scheduler not in ("constant", "constant_with_warmup"):
+        return None
+    want = {k: v for k, v in target.to_json().items() if k not in _LENGTH_ONLY}
+    best: tuple[int, Path] | None = None
+    for sweep in sweeps:
+        for folder in sorted(Path(sweep, "personalizations").glob(f"{subject}-*")):
+            if folder.suffix in (".partial", ".copying"):
+                continue
+            try:
+                record = json.loads((folder / "train.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            steps, settings = record.get("steps"), record.get("config") or {}
+            same = {k: v for k, v in settings.items() if k not in _LENGTH_ONLY} == want
+            if (same and isinstance(steps, int) and target.lr_warmup_steps <= steps < target.max_steps
+                    and (folder / "checkpoints" / f"step-{steps}").is_dir()
+                    and (best is None or steps > best[0])):
+                best = (steps, folder)
+    if best is None:
+        return None
+    steps, folder = best
+    seeding = out.with_name(out.name + ".seeding")  # whole or not at all
+    shutil.rmtree(seeding, ignore_errors=True)
+    shutil.copytree(folder / "checkpoints" / f"step-{steps}", seeding / "checkpoints" / f"step-{steps}")
+    shutil.copy2(folder / "checkpoints" / "run.json", seeding / "checkpoints" / "run.json")
+    os.replace(seeding, out)
+    return folder, steps

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -110,12 +110,15 @@ def run_sweep(
     train_only: bool = False,
     log: Callable[[str], None] | None = None,
     shipped: bool = True,
+    continue_from: Sequence[str | Path] = (),
 ) -> SweepStats:
     """Run the rows of the grid that `OUT/results.jsonl` does not hold yet (this process's share of them).
 
     `limit` stops after that many rows (for smoke tests); `train_only` stops once the personalizations are
     trained; `metrics` / `sampler` override the config's; `log` gets one-line notes (waiting for another
-    sweep); `shipped=False` trains the personalizations the toy world ships instead of copying them. Rows
+    sweep); `shipped=False` trains the personalizations the toy world ships instead of copying them;
+    `continue_from` (other sweep folders) lets a personalization continue a shorter training of the same
+    recipe found there (exact under a constant learning rate: `seed_from_shorter`). Rows
     another sweep into the same folder is computing are left to it and waited for (see `sweep_claims`).
     Ctrl-C raises `SweepInterrupted` once the claims are released and this process's temporary files
     removed.
@@ -162,6 +165,7 @@ def run_sweep(
                 may_train=dist.num_processes == 1,
                 log=log,
                 shipped=shipped,
+                continue_from=continue_from,
             )
         training.clear()
         dist.barrier()  # everyone has read the same done keys before anyone appends
