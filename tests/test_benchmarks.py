@@ -312,3 +312,20 @@ def test_drawn_subjects_are_new_reproducible_and_the_shipped_file_is_their_draw(
     )
     assert out.returncode == 2 and "--n must be at least 1, got 0" in out.stderr
     assert not (tmp_path / "s.yaml").exists()
+
+
+def test_toy_dreambench_runner_refuses_bad_folders_and_files_in_one_line(tmp_path):
+    """Bad input to run.py: one line naming it, exit 2, before any work (no output folder made)."""
+    runner = ROOT / "benchmarks" / "toy_dreambench" / "run.py"
+    config = ROOT / "benchmarks" / "toy_dreambench" / "config.yaml"
+    cases = (
+        (["--continue-from", str(tmp_path / "nope")], "--continue-from " + str(tmp_path / "nope")),
+        (["--subjects-file", str(tmp_path / "none.yaml")], "does not exist"),
+    )
+    for extra, said in cases:
+        out = subprocess.run(
+            [sys.executable, str(runner), str(config), "--out", str(tmp_path / "out"), *extra],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert out.returncode == 2 and said in out.stderr.strip().splitlines()[-1], out.stderr[-500:]
+        assert "Traceback" not in out.stderr and not (tmp_path / "out").exists()
