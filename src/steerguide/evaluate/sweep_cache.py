@@ -203,7 +203,7 @@ def _train(
 
     partial = folder.with_name(folder.name + ".partial")
     train_config = train_config_for(config, subject, partial)
-    seeded = seed_from_shorter(train_config, subject.name, continue_from)
+    seeded = seed_from_shorter(train_config, subject.name, continue_from) if continue_from else None
     if seeded is not None and log:
         log(f"continuing the {seeded[1]}-step personalization of {subject.name} in {seeded[0]} "
             f"to {train_config.max_steps} steps")
@@ -269,7 +269,7 @@ def seed_from_shorter(target, subject: str, sweeps: Sequence[str | Path]) -> tup
     import shutil
 
     out = Path(target.out)
-    if out.exists() or not sweeps:  # an interrupted training resumes from its own checkpoints
+    if out.exists():  # an interrupted training resumes from its own checkpoints
         return None
     if target.lr_scheduler not in ("constant", "constant_with_warmup"):
         return None
