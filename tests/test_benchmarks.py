@@ -277,6 +277,11 @@ def test_verdict_pools_folders_joined_by_plus(tmp_path):
     assert all(r["image"] == str(tmp_path / ("a" if int(r["subject"][1:]) < 6 else "b") / "images" /
                                  f"{r['key'][1:]}.png") for r in pooled)
     assert len(v.analyse(v.Table(pooled), n_boot=20)["subjects"]) == 12
+    import pytest
+
+    with pytest.raises(SystemExit) as stop:  # a missing part is bad input: exit 2, not a partial pool
+        v.load_rows(f"{tmp_path / 'a'}+{tmp_path / 'missing'}")
+    assert stop.value.code == 2
 
 
 def _draw_module():

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,8 +62,9 @@ def load_rows(folder: str | Path) -> list[dict]:
     rows = []
     for part in str(folder).split("+"):
         path = Path(part) / "results.jsonl"
-        if not path.is_file():
-            raise SystemExit(f"{path} does not exist: run the sweep first")
+        if not path.is_file():  # one line, exit 2, as for every bad input
+            print(f"error: {path} does not exist: run the sweep first", file=sys.stderr)
+            raise SystemExit(2)
         rows += [{**r, "image": str(Path(part) / r["image"])} for r in ResultsStore(path).read()]
     return rows
 

@@ -277,7 +277,7 @@ def seed_from_shorter(target, subject: str, sweeps: Sequence[str | Path]) -> tup
     best: tuple[int, Path] | None = None
     for sweep in sweeps:
         for folder in sorted(Path(sweep, "personalizations").glob(f"{subject}-*")):
-            if folder.suffix in (".partial", ".copying"):
+            if folder.suffix in (".partial", ".copying", ".seeding"):  # unfinished: never a source
                 continue
             try:
                 record = json.loads((folder / "train.json").read_text())
