@@ -65,7 +65,8 @@ def load_rows(folder: str | Path) -> list[dict]:
         if not path.is_file():  # one line, exit 2, as for every bad input
             print(f"error: {path} does not exist: run the sweep first", file=sys.stderr)
             raise SystemExit(2)
-        rows += [{**r, "image": str(Path(part) / r["image"])} for r in ResultsStore(path).read()]
+        rows += [{**r, "image": str(Path(part) / r["image"])} if "image" in r else r
+                 for r in ResultsStore(path).read()]
     return rows
 
 
