@@ -20,8 +20,16 @@ run "$here/config-base.yaml" --out "$out/base-reference"
 run "$here/config-half.yaml" --out "$out/half"
 run "$here/config.yaml" --out "$out/default" --continue-from "$out/half"
 run "$here/config-triple.yaml" --out "$out/triple" --continue-from "$out/default" --continue-from "$out/half"
+# The three reports and the verdicts read finished rows only: run them side by side (each report logs to
+# its folder, shown once all are done).
+pids=()
 for strength in default half triple; do
-  steerguide report "$out/$strength"
+  steerguide report "$out/$strength" > "$out/$strength/report.log" 2>&1 &
+  pids+=($!)
 done
 python "$here/verdict.py" default="$out/default" half="$out/half" triple="$out/triple" \
   --reference "$out/base-reference" --json "$out/verdict.json"
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+for strength in default half triple; do cat "$out/$strength/report.log"; done
+exit $status
