@@ -123,11 +123,12 @@ def test_toy_dreambench_configs_expand_to_the_documented_grids():
     assert all(s.prompts == prompts[s.name][:12] for s in load_benchmark(half.benchmark).subjects)
 
 
-def _verdict_module():
+def _script(name: str):
+    """One of the toy DreamBench's scripts (benchmarks/toy_dreambench/NAME.py) as a module."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "toy_verdict", ROOT / "benchmarks" / "toy_dreambench" / "verdict.py"
+        f"toy_{name}", ROOT / "benchmarks" / "toy_dreambench" / f"{name}.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -165,7 +166,7 @@ def _synthetic_rows(interval_shift: float, pg_gain: float, spread: float = 0.0) 
 
 
 def test_verdict_answers_the_interval_question_and_prints_half_widths():
-    v = _verdict_module()
+    v = _script("verdict")
     same = v.analyse(v.Table(_synthetic_rows(interval_shift=0.0, pg_gain=0.05)), n_boot=50)
     assert same["interval"]["variant"] == "PG ω=0.5 [0,0.6]" and same["interval"]["against"] == "PG ω=0.5"
     assert same["interval"]["answer"] == "keeps its front"
@@ -242,7 +243,7 @@ def test_verdict_compares_the_base_on_the_runs_own_prompts(tmp_path):
     Wrong: the base's every prompt (here its mean text would be 0.5 instead of 0.2)."""
     import json
 
-    v = _verdict_module()
+    v = _script("verdict")
 
     def row(subject, prompt, text, i):
         return {"key": f"k{i}", "subject": subject, "prompt": prompt, "seed": 0, "method": "cfg",
@@ -266,7 +267,7 @@ def test_verdict_pools_folders_joined_by_plus(tmp_path):
     image path points into its own folder. Wrong: reading only the first folder (6 subjects, not 12)."""
     import json
 
-    v = _verdict_module()
+    v = _script("verdict")
     rows = [{**r, "key": f"k{i}", "image": f"images/{i}.png"} for i, r in enumerate(_synthetic_rows(0.0, 0.05))]
     for part, wanted in (("a", {f"s{j}" for j in range(6)}), ("b", {f"s{j}" for j in range(6, 12)})):
         (tmp_path / part).mkdir()
@@ -284,24 +285,13 @@ def test_verdict_pools_folders_joined_by_plus(tmp_path):
     assert stop.value.code == 2
 
 
-def _draw_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "toy_draw_subjects", ROOT / "benchmarks" / "toy_dreambench" / "draw_subjects.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_drawn_subjects_are_new_reproducible_and_the_shipped_file_is_their_draw(tmp_path):
     """The extra subjects are drawn by the fixed rule: new names only (40 draws from 60 names force
     collisions with the built-ins to be redrawn), the same draw for the same seed, and
     subjects-extra.yaml is exactly the draw its header names (not edited by hand)."""
     from steerguide.toyworld.subjects import SUBJECTS, load_subjects, subjects_yaml
 
-    d = _draw_module()
+    d = _script("draw_subjects")
     many = d.draw_subjects(40, seed=1)
     names = [s.name for s in many]
     assert len(set(names)) == 40 and not set(names) & set(SUBJECTS)
@@ -330,6 +320,33 @@ def test_toy_dreambench_runner_refuses_bad_folders_and_files_in_one_line(tmp_pat
     for extra, said in cases:
         out = subprocess.run(
             [sys.executable, str(runner), str(config), "--out", str(tmp_path / "out"), *extra],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert out.returncode == 2 and said in out.stderr.strip().splitlines()[-1], out.stderr[-500:]
+        assert "Traceback" not in out.stderr and not (tmp_path / "out").exists()
+
+
+def test_continue_check_refuses_bad_folders_in_one_line(tmp_path):
+    """Bad input to check_continue.py: one line naming it, exit 2, before any training (no --out made);
+    a --shorter folder without a finished training of the subject's recipe is bad input too."""
+    script = ROOT / "benchmarks" / "toy_dreambench" / "check_continue.py"
+    config = ROOT / "benchmarks" / "toy_dreambench" / "config.yaml"
+    (tmp_path / "empty" / "personalizations" / "kfp_star-0123.partial").mkdir(parents=True)
+    (tmp_path / "fresh" / "personalizations" / "kfp_star-0123").mkdir(parents=True)
+    (tmp_path / "fresh" / "personalizations" / "kfp_star-0123" / "pytorch_lora_weights.safetensors").touch()
+    cases = (
+        (tmp_path / "none.yaml", tmp_path / "empty", "kfp_star", "none.yaml: no such file"),
+        (config, tmp_path / "nope", "kfp_star", "--shorter " + str(tmp_path / "nope")),
+        (config, tmp_path / "empty", "kfp_star", "no finished shorter training of kfp_star"),
+        (config, tmp_path / "empty", "nobody_star", "nobody_star"),
+    )
+    for cfg, shorter, subject, said in cases:
+        if subject == "nobody_star":  # a fresh LoRA for the unknown name, so that the name check is reached
+            (tmp_path / "fresh" / "personalizations" / "kfp_star-0123").rename(
+                tmp_path / "fresh" / "personalizations" / "nobody_star-0123")
+        out = subprocess.run(
+            [sys.executable, str(script), str(cfg), "--shorter", str(shorter), "--fresh", str(tmp_path / "fresh"),
+             "--subject", subject, "--out", str(tmp_path / "out")],
             capture_output=True, text=True, timeout=120,
         )
         assert out.returncode == 2 and said in out.stderr.strip().splitlines()[-1], out.stderr[-500:]

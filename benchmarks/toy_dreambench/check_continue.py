@@ -26,6 +26,10 @@ def main() -> None:
     parser.add_argument("--subject", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if not Path(args.config).is_file():
+        parser.error(f"config {args.config}: no such file")
+    if not Path(args.shorter, "personalizations").is_dir():
+        parser.error(f"--shorter {args.shorter}: no sweep folder with personalizations")
     fresh = [
         p for p in sorted(Path(args.fresh, "personalizations").glob(f"{args.subject}-*/pytorch_lora_weights.safetensors"))
         if not p.parent.suffix  # not an unfinished `.partial` one
@@ -50,7 +54,7 @@ def main() -> None:
     target = train_config_for(config, subject, out)
     seeded = seed_from_shorter(target, subject.name, [args.shorter])
     if seeded is None:
-        sys.exit(f"no shorter training of {subject.name} with the same recipe in {args.shorter}")
+        parser.error(f"--shorter {args.shorter}: no finished shorter training of {subject.name} with the same recipe")
     t0 = time.perf_counter()
     trained = Path(train(target, progress=True))
     a, b = load_file(fresh[0]), load_file(trained / "pytorch_lora_weights.safetensors")
@@ -63,4 +67,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from steerguide.errors import UserError
+
+    try:
+        main()
+    except UserError as e:  # a bad config or subject name: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
