@@ -88,7 +88,7 @@ def test_toy_dreambench_configs_expand_to_the_documented_grids():
         "settings": {"cfg": 3, "ag": 3, "pg constant": 6},
         "scales": [3.0, 5.0, 7.5],
         "omegas": {"ag": [0.0], "pg constant": [0.25, 0.75]},
-        "described": "1440 rows (12 settings × 1 seed × 12 prompts × 10 subjects)",
+        "described": "960 rows (12 settings × 1 seed × 8 prompts × 10 subjects)",
     }
     assert grids == {
         "config.yaml": {
@@ -120,7 +120,7 @@ def test_toy_dreambench_configs_expand_to_the_documented_grids():
     recipe = {k: v for k, v in half.personalization["train"].items() if k != "steps_factor"}
     assert recipe == default.personalization["train"]
     prompts = {s.name: s.prompts for s in load_benchmark(default.benchmark).subjects}
-    assert all(s.prompts == prompts[s.name][:12] for s in load_benchmark(half.benchmark).subjects)
+    assert all(s.prompts == prompts[s.name][:8] for s in load_benchmark(half.benchmark).subjects)
 
 
 def _script(name: str):
@@ -283,6 +283,24 @@ def test_verdict_pools_folders_joined_by_plus(tmp_path):
     with pytest.raises(SystemExit) as stop:  # a missing part is bad input: exit 2, not a partial pool
         v.load_rows(f"{tmp_path / 'a'}+{tmp_path / 'missing'}")
     assert stop.value.code == 2
+
+
+def test_verdict_reads_a_larger_grid_as_its_first_prompts(tmp_path):
+    """`--prompts N`: a run of 12 prompts read as the reduced grid of its first N (rows of later prompts
+    dropped). Wrong: an off-by-one keeping prompt N."""
+    import json
+
+    v = _script("verdict")
+    rows = [{**r, "key": f"k{i}", "prompt_index": i % 3} for i, r in enumerate(_synthetic_rows(0.0, 0.05))]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert sorted(r["key"] for r in v.load_rows(tmp_path, prompts=2)) == sorted(
+        r["key"] for r in rows if r["prompt_index"] in (0, 1))
+    assert len(v.load_rows(tmp_path)) == len(rows)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "toy_dreambench" / "verdict.py"), str(tmp_path), "--prompts", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2 and "--prompts must be at least 1, got 0" in out.stderr.strip().splitlines()[-1]
 
 
 def test_drawn_subjects_are_new_reproducible_and_the_shipped_file_is_their_draw(tmp_path):

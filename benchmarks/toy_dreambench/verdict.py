@@ -1,6 +1,7 @@
 """Verdicts on the paper's claims from a toy DreamBench run, with 95% confidence intervals.
 
     python benchmarks/toy_dreambench/verdict.py [LABEL=]DIR... [--reference DIR] [--json FILE] [--bootstrap 2000]
+        [--prompts N]
 
 A DIR may join several folders with "+" (the same grid run on more subjects elsewhere, e.g. a subjects
 file drawn by draw_subjects.py): their rows are pooled; pass `--breakdown ''` then (the attribute
@@ -54,9 +55,10 @@ METHOD_ORDER = {"cfg": 0, "ag": 1, "pg": 2}
 # ----------------------------------------------------------------------------- data
 
 
-def load_rows(folder: str | Path) -> list[dict]:
+def load_rows(folder: str | Path, prompts: int | None = None) -> list[dict]:
     """The rows of a sweep folder, or of several joined by "+" (the same grid run on more subjects in
-    another folder); each row's image path is made to point into its own folder."""
+    another folder); each row's image path is made to point into its own folder. With `prompts`, only the
+    rows of each subject's first that many prompts (a larger grid's rows read as a reduced grid's)."""
     from steerguide.evaluate.results import ResultsStore
 
     rows = []
@@ -66,7 +68,8 @@ def load_rows(folder: str | Path) -> list[dict]:
             print(f"error: {path} does not exist: run the sweep first", file=sys.stderr)
             raise SystemExit(2)
         rows += [{**r, "image": str(Path(part) / r["image"])} if "image" in r else r
-                 for r in ResultsStore(path).read()]
+                 for r in ResultsStore(path).read()
+                 if prompts is None or r["prompt_index"] < prompts]
     return rows
 
 
@@ -405,7 +408,8 @@ def reference_summary(
 
 
 def attribute_breakdown(
-    folder: str | Path, wanted: list[str], extra: dict[str, str | Path] | None = None
+    folder: str | Path, wanted: list[str], extra: dict[str, str | Path] | None = None,
+    prompts: int | None = None,
 ) -> dict:
     """Per setting, the share of each prompt attribute (background, position, size, color, second object,
     shape) that the images obey, and `copied_bg`: the share of images asked for another background that
@@ -418,7 +422,7 @@ def attribute_breakdown(
     sources = {"": Path(folder), **{k: Path(v) for k, v in (extra or {}).items()}}
     out: dict[str, dict[str, list]] = {}
     for prefix, root in sources.items():
-        for r in load_rows(root):
+        for r in load_rows(root, prompts):
             name = (prefix + " " if prefix else "") + setting_name(setting_of(r))
             if prefix == "" and setting_name(setting_of(r)) not in wanted:
                 continue
@@ -579,14 +583,20 @@ def main() -> None:
         default="CFG w=3,CFG w=7.5,AG ω=0 w=3,PG ω=0 w=3,PG ω=0.5 w=3,PG ω=0.5 w=7.5",
         help="settings whose attribute breakdown to print for the first run ('' for none)",
     )
+    parser.add_argument(
+        "--prompts", type=int,
+        help="read only each subject's first N prompts (a larger grid's rows as the reduced grid's)",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    if args.prompts is not None and args.prompts < 1:
+        parser.error(f"--prompts must be at least 1, got {args.prompts}")
     has_reference = bool(args.reference) and all(
         Path(part, "results.jsonl").is_file() for part in args.reference.split("+")
     )
     results: dict[str, dict] = {}
     for k, (label, folder) in enumerate(parse_runs(args.runs).items()):
-        rows = load_rows(folder)
+        rows = load_rows(folder, args.prompts)
         table = Table(rows)
         result = analyse(table, args.bootstrap)
         if has_reference:
@@ -594,7 +604,7 @@ def main() -> None:
             result["reference"] = reference_summary(args.reference, table, args.bootstrap, samples=samples)
         if args.breakdown and k == 0:
             extra = {"base model": args.reference} if has_reference else None
-            result["breakdown"] = attribute_breakdown(folder, args.breakdown.split(","), extra)
+            result["breakdown"] = attribute_breakdown(folder, args.breakdown.split(","), extra, args.prompts)
         results[label] = result
         print(f"## {label} ({folder})\n\n{render(result)}\n")
     if len(results) > 1:
