@@ -10,8 +10,8 @@ from typing import Any
 
 from steerguide.train.config import TrainConfig
 
-# LoRA reaches the ResNet convolutions and feed-forward layers as well as the attention projections: the
-# 16x16 latent level, where a look's fine detail (an inset, stripes, a ring) is drawn, has no attention here.
+# LoRA reaches the ResNet convolutions and feed-forward layers as well as the attention projections:
+# attention alone learns too little of a subject in the toy UNet (docs/train.md, recipes A-C).
 TOY_LORA_TARGETS = (
     "to_k",
     "to_q",
