@@ -52,29 +52,30 @@ def photo_dir(tmp_path_factory) -> Path:
 # The README runs `-n auto --dist loadfile`: each file goes whole to one worker, and the wall time is the
 # busier worker's. xdist hands out files most-tests-first by default, which puts the long one-test files
 # (trainings, the browser) last, where one of them can leave a worker alone for a minute. Handed out
-# longest first instead (measured CPU time, heaviest first; the rest follow in their usual order), the
+# longest first instead (measured seconds, heaviest first; the rest follow in their usual order), the
 # short files fill the gaps at the end.
-LONG_FILES = [  # worker CPU seconds per file in a full `-n 2 --dist loadfile` run (with a loaded machine)
-    "test_cli_contract.py",  # 52
-    "test_train_distributed.py",  # 49
-    "test_train_base.py",  # 31
-    "test_ui_browser.py",  # 17, but Chromium's own time besides
-    "test_properties.py",  # 29
-    "test_reference.py",  # 26
-    "test_train_resume.py",  # 26
-    "test_ui.py",  # 25
-    "test_train_methods.py",  # 24
-    "test_demo.py",  # 23
-    "test_guiders.py",  # 23
-    "test_engine_cases.py",  # 23
-    "test_lazy_import.py",  # 22
-    "test_benchmarks.py",  # 19
-    "test_tune.py",  # 16
-    "test_sweep.py",  # 13
-    "test_sweep_kill.py",  # 12
-    "test_toy_calibration.py",  # 12
-    "test_formats.py",  # 11
-    "test_sweep_contract.py",  # 11
+LONG_FILES = [  # seconds per file in a full `-n 2 --dist loadfile` run (idle machine, session 11)
+    "test_cli_contract.py",  # 79
+    "test_train_distributed.py",  # 50
+    "test_ui_browser.py",  # 29, and Chromium's own time besides
+    "test_reference.py",  # 37
+    "test_ui.py",  # 36
+    "test_properties.py",  # 35
+    "test_lazy_import.py",  # 32
+    "test_train_methods.py",  # 28
+    "test_demo.py",  # 27
+    "test_guiders.py",  # 27
+    "test_engine_cases.py",  # 27
+    "test_train_resume.py",  # 22
+    "test_tune.py",  # 22
+    "test_sweep_contract.py",  # 17
+    "test_sweep.py",  # 17
+    "test_formats.py",  # 17
+    "test_train_base.py",  # 16
+    "test_sweep_kill.py",  # 15
+    "test_toy_calibration.py",  # 15
+    "test_generate_cli.py",  # 11
+    "test_benchmarks.py",  # 10
 ]
 
 

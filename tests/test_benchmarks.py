@@ -2,40 +2,27 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
 
 
-def test_overhead_benchmark_smoke():
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "overhead.py"),
-            "--methods",
-            "cfg-lora,pg-lora,naive-3pass,cfg-full,pg-full",
-            "--rounds",
-            "1",
-            "--warmups",
-            "0",
-            "--steps",
-            "2",
-            "--skip-memory",
-            "--channels",
-            "32,64",
-            "--resolution",
-            "32",
-            "--prompts",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.splitlines()
+def test_overhead_benchmark_smoke(capsys):
+    from diffusers.utils import logging as diffusers_logging
+
+    bars = diffusers_logging.is_progress_bar_enabled()
+    try:
+        code, stdout, stderr = _run_script(
+            capsys, "overhead", "--methods", "cfg-lora,pg-lora,naive-3pass,cfg-full,pg-full", "--rounds", "1",
+            "--warmups", "0", "--steps", "2", "--skip-memory", "--channels", "32,64", "--resolution", "32",
+            "--prompts", "2",
+        )
+    finally:  # the script turns diffusers' bars off for the whole process
+        if bars:
+            diffusers_logging.enable_progress_bar()
+    assert code == 0, stderr[-2000:]
+    lines = stdout.splitlines()
     table = {
         line.split()[0]: line.split()[1:]
         for line in lines
@@ -135,6 +122,27 @@ def _script(name: str):
     return module
 
 
+def _run_script(capsys, name: str, *argv) -> tuple[int, str, str]:
+    """`python benchmarks/NAME.py ARGV...` run in this process, its `__main__` block included (the
+    one-line error handling lives there): (exit status, stdout, stderr). A fresh interpreter would only add
+    the seconds of importing torch and diffusers again."""
+    import runpy
+
+    script = ROOT / "benchmarks" / f"{name}.py"
+    capsys.readouterr()
+    saved = sys.argv
+    sys.argv = [str(script), *map(str, argv)]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        sys.argv = saved
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def _synthetic_rows(interval_shift: float, pg_gain: float, spread: float = 0.0) -> list[dict]:
     """12 subjects; on every method the scale trades text for fidelity along one line; PG lies `pg_gain`
     above CFG and AG in fidelity; the interval variant is PG shifted by `interval_shift` in fidelity (plus
@@ -195,10 +203,8 @@ def test_verdict_answers_the_interval_question_and_prints_half_widths():
     )
 
 
-def test_verdict_command_reads_one_folder_per_strength(tmp_path):
+def test_verdict_command_reads_one_folder_per_strength(capsys, tmp_path):
     import json
-    import subprocess
-    import sys
 
     for label, shift in (("default", 0.0), ("half", -0.1)):
         folder = tmp_path / label
@@ -207,27 +213,14 @@ def test_verdict_command_reads_one_folder_per_strength(tmp_path):
             {**r, "key": f"k{i}"} for i, r in enumerate(_synthetic_rows(interval_shift=shift, pg_gain=0.05))
         ]
         (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "toy_dreambench" / "verdict.py"),
-            f"default={tmp_path / 'default'}",
-            f"half={tmp_path / 'half'}",
-            "--bootstrap",
-            "50",
-            "--breakdown",
-            "",
-            "--json",
-            str(tmp_path / "verdict.json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    code, stdout, stderr = _run_script(
+        capsys, "toy_dreambench/verdict", f"default={tmp_path / 'default'}", f"half={tmp_path / 'half'}",
+        "--bootstrap", "50", "--breakdown", "", "--json", tmp_path / "verdict.json",
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "## default (" in out.stdout and "## half (" in out.stdout
-    assert "## Verdicts by personalization strength" in out.stdout
-    summary = out.stdout.split("## Verdicts by personalization strength")[1]
+    assert code == 0, stderr[-2000:]
+    assert "## default (" in stdout and "## half (" in stdout
+    assert "## Verdicts by personalization strength" in stdout
+    summary = stdout.split("## Verdicts by personalization strength")[1]
     assert (
         "| default | 12 | holds" in summary
         and "keeps its front |" in summary
@@ -285,7 +278,7 @@ def test_verdict_pools_folders_joined_by_plus(tmp_path):
     assert stop.value.code == 2
 
 
-def test_verdict_reads_a_larger_grid_as_its_first_prompts(tmp_path):
+def test_verdict_reads_a_larger_grid_as_its_first_prompts(capsys, tmp_path):
     """`--prompts N`: a run of 12 prompts read as the reduced grid of its first N (rows of later prompts
     dropped). Wrong: an off-by-one keeping prompt N."""
     import json
@@ -296,14 +289,11 @@ def test_verdict_reads_a_larger_grid_as_its_first_prompts(tmp_path):
     assert sorted(r["key"] for r in v.load_rows(tmp_path, prompts=2)) == sorted(
         r["key"] for r in rows if r["prompt_index"] in (0, 1))
     assert len(v.load_rows(tmp_path)) == len(rows)
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "toy_dreambench" / "verdict.py"), str(tmp_path), "--prompts", "0"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert out.returncode == 2 and "--prompts must be at least 1, got 0" in out.stderr.strip().splitlines()[-1]
+    code, _, err = _run_script(capsys, "toy_dreambench/verdict", tmp_path, "--prompts", "0")
+    assert code == 2 and "--prompts must be at least 1, got 0" in err.strip().splitlines()[-1]
 
 
-def test_drawn_subjects_are_new_reproducible_and_the_shipped_file_is_their_draw(tmp_path):
+def test_drawn_subjects_are_new_reproducible_and_the_shipped_file_is_their_draw(capsys, tmp_path):
     """The extra subjects are drawn by the fixed rule: new names only (40 draws from 60 names force
     collisions with the built-ins to be redrawn), the same draw for the same seed, and
     subjects-extra.yaml is exactly the draw its header names (not edited by hand)."""
@@ -318,36 +308,27 @@ def test_drawn_subjects_are_new_reproducible_and_the_shipped_file_is_their_draw(
     header, _, body = shipped.read_text().partition("\n")
     assert header.endswith("--n 10 --seed 2026") and body == subjects_yaml(d.draw_subjects(10, 2026))
     assert list(load_subjects(shipped)) == [s.name for s in d.draw_subjects(10, 2026)]
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "toy_dreambench" / "draw_subjects.py"), "--n", "0",
-         "--out", str(tmp_path / "s.yaml")],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert out.returncode == 2 and "--n must be at least 1, got 0" in out.stderr
+    code, _, err = _run_script(capsys, "toy_dreambench/draw_subjects", "--n", "0", "--out", tmp_path / "s.yaml")
+    assert code == 2 and "--n must be at least 1, got 0" in err
     assert not (tmp_path / "s.yaml").exists()
 
 
-def test_toy_dreambench_runner_refuses_bad_folders_and_files_in_one_line(tmp_path):
+def test_toy_dreambench_runner_refuses_bad_folders_and_files_in_one_line(capsys, tmp_path):
     """Bad input to run.py: one line naming it, exit 2, before any work (no output folder made)."""
-    runner = ROOT / "benchmarks" / "toy_dreambench" / "run.py"
     config = ROOT / "benchmarks" / "toy_dreambench" / "config.yaml"
     cases = (
         (["--continue-from", str(tmp_path / "nope")], "--continue-from " + str(tmp_path / "nope")),
         (["--subjects-file", str(tmp_path / "none.yaml")], "does not exist"),
     )
     for extra, said in cases:
-        out = subprocess.run(
-            [sys.executable, str(runner), str(config), "--out", str(tmp_path / "out"), *extra],
-            capture_output=True, text=True, timeout=120,
-        )
-        assert out.returncode == 2 and said in out.stderr.strip().splitlines()[-1], out.stderr[-500:]
-        assert "Traceback" not in out.stderr and not (tmp_path / "out").exists()
+        code, _, err = _run_script(capsys, "toy_dreambench/run", config, "--out", tmp_path / "out", *extra)
+        assert code == 2 and said in err.strip().splitlines()[-1], err[-500:]
+        assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
-def test_continue_check_refuses_bad_folders_in_one_line(tmp_path):
+def test_continue_check_refuses_bad_folders_in_one_line(capsys, tmp_path):
     """Bad input to check_continue.py: one line naming it, exit 2, before any training (no --out made);
     a --shorter folder without a finished training of the subject's recipe is bad input too."""
-    script = ROOT / "benchmarks" / "toy_dreambench" / "check_continue.py"
     config = ROOT / "benchmarks" / "toy_dreambench" / "config.yaml"
     (tmp_path / "empty" / "personalizations" / "kfp_star-0123.partial").mkdir(parents=True)
     (tmp_path / "fresh" / "personalizations" / "kfp_star-0123").mkdir(parents=True)
@@ -362,10 +343,7 @@ def test_continue_check_refuses_bad_folders_in_one_line(tmp_path):
         if subject == "nobody_star":  # a fresh LoRA for the unknown name, so that the name check is reached
             (tmp_path / "fresh" / "personalizations" / "kfp_star-0123").rename(
                 tmp_path / "fresh" / "personalizations" / "nobody_star-0123")
-        out = subprocess.run(
-            [sys.executable, str(script), str(cfg), "--shorter", str(shorter), "--fresh", str(tmp_path / "fresh"),
-             "--subject", subject, "--out", str(tmp_path / "out")],
-            capture_output=True, text=True, timeout=120,
-        )
-        assert out.returncode == 2 and said in out.stderr.strip().splitlines()[-1], out.stderr[-500:]
-        assert "Traceback" not in out.stderr and not (tmp_path / "out").exists()
+        code, _, err = _run_script(capsys, "toy_dreambench/check_continue", cfg, "--shorter", shorter,
+                                   "--fresh", tmp_path / "fresh", "--subject", subject, "--out", tmp_path / "out")
+        assert code == 2 and said in err.strip().splitlines()[-1], err[-500:]
+        assert "Traceback" not in err and not (tmp_path / "out").exists()

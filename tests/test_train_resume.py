@@ -180,10 +180,10 @@ def test_sigkill_then_resume(tiny_model_dir, photo_dir, tmp_path):
     step = int(kept[0].name[5:])
     assert step % every == 0 and every <= step < steps
 
-    resumed = subprocess.run(
-        command + ["--resume"], check=False, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    # The same command with --resume, run in this process (a second interpreter would only import again).
+    from steerguide.cli import run
+
+    assert run(command[3:] + ["--resume"]) == 0
     record = json.loads((out / "train.json").read_text())
     assert record["steps"] == steps and len(record["losses"]) == steps
     assert record["resumed_from"] == [step]
