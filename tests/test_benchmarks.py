@@ -135,8 +135,10 @@ def _run_script(capsys, name: str, *argv) -> tuple[int, str, str]:
     try:
         runpy.run_path(str(script), run_name="__main__")
         code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
+    except SystemExit as stop:  # as the interpreter reads it: None is 0, a message goes to stderr as 1
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+        code = 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
     finally:
         sys.argv = saved
     out, err = capsys.readouterr()
