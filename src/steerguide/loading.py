@@ -28,6 +28,7 @@ import torch
 from steerguide.errors import UserError
 from steerguide.personalization import Personalization
 from steerguide.weak import ParameterDelta
+from steerguide.weak.gate import guard_modules
 from steerguide.weak.lora import tuner_layers
 
 ADAPTER = "personal"
@@ -653,6 +654,8 @@ def load_personalization(
         pipe._steerguide_personalization = None
     personal = _load_personalization(pipe, path, adapter_name)
     pipe._steerguide_personalization = personal if personal.kind != "none" else None
+    if personal.kind != "none":  # calls of these modules are counted from now on (`weak.gate.Guard`)
+        guard_modules(denoiser_of_pipe(pipe), *(m for _, m in _text_encoders(pipe)))
     return personal
 
 
