@@ -9,6 +9,7 @@ import threading
 import pytest
 import torch
 
+from steerguide.denoiser import guided
 from steerguide.guidance import GuidanceConfig
 from steerguide.loading import load_personalization, load_pipeline
 from steerguide.sampling import sample
@@ -106,3 +107,20 @@ def test_plain_call_under_way_when_guidance_starts_in_another_thread(personaliza
     torch.testing.assert_close(plain(twin), want, atol=0, rtol=0)  # nothing stays behind
     assert "pg" in got
 
+
+def test_plain_call_of_another_pipeline_inside_a_guided_block_is_not_guided(personalizations):
+    base, paths = personalizations
+    pipe = load_pipeline(base)
+    pipe.set_progress_bar_config(disable=True)
+    personal = load_personalization(pipe, paths["lora"])
+    twin = twin_of(pipe)
+    want_cfg, want_w1 = plain(pipe), plain(pipe, scale=1.0)  # w = 1: no CFG, 4 prompt rows
+    with guided(twin, personal, PG):
+        twin_pg = plain(twin)  # the block's own pipeline is guided (and now says it runs CFG)
+        got_w1, got_cfg = plain(pipe, scale=1.0), plain(pipe)
+    torch.testing.assert_close(got_cfg, want_cfg, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(got_w1, want_w1, atol=1e-6, rtol=1e-6)
+    assert (twin_pg - want_cfg).abs().max() > 1e-3
+    with guided(pipe, personal, PG):  # and the other way round
+        torch.testing.assert_close(plain(pipe), twin_pg, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(plain(twin), want_cfg, atol=1e-6, rtol=1e-6)

@@ -3,8 +3,8 @@
 LoRA row scales and θ_ω swaps are state on the denoiser and text encoder modules, which several pipelines
 (txt2img and img2img built from one another) and several threads may share. While any `guided` block
 uses a module, its `forward` is a `Gate`: a reference-counted `StandIn` (the last user to leave, in
-whatever order, puts the original back), dispatching each thread's calls to the innermost guidance that
-thread installed (or to the plain module).
+whatever order, puts the original back), dispatching each call to the innermost guidance of its thread
+that owns it (`owns_call`: the block's pipeline is the one calling), or to the plain module.
 
 Every call of a guarded module, through the gate or not, holds the module's re-entrant lock: a `Guard`
 (forward pre-hook and hook, registered once per module and kept) takes it for each call made while a
@@ -126,9 +126,9 @@ class Gate(StandIn):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with self.lock:
-            stack = self.stack()
-            if stack:
-                return stack[-1](*args, **kwargs)
+            for wrapper in reversed(self.stack()):
+                if wrapper.owns_call():  # the pipeline call under way is the block's
+                    return wrapper(*args, **kwargs)
             return self.original(*args, **kwargs)
 
 
