@@ -399,6 +399,7 @@ def _adapter_personalization(pipe, name: str, source: str | None, info: dict) ->
     """The personalization that adapter `name` (already on the pipeline) stands for."""
     personal = Personalization(kind="lora", source=source, adapter=name, info={**info, "adapter": name})
     personal.prepare(pipe)
+    personal.release()  # nothing stays merged between runs
     encoders = [n for n in personal.adapter_components(pipe) if n != "denoiser"]
     others = sorted(_adapter_names(pipe) - {name})
     personal.info.update(
