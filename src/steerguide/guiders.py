@@ -37,6 +37,7 @@ from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_n
 from steerguide.errors import UserError
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
+from steerguide.pipeline_call import calling_components
 from steerguide.weak.gate import module_lock
 from steerguide.weak.lora import tuner_layers
 
@@ -208,7 +209,23 @@ class _WeakModelGuidance(BaseGuidance):
                 )
             personal = Personalization(kind="lora", source=names[0], adapter=names[0])
             self._found[denoiser] = personal
+        self._refuse_text_encoder_adapter(denoiser, personal.adapter)
         return personal
+
+    def _refuse_text_encoder_adapter(self, denoiser: torch.nn.Module, adapter: str) -> None:
+        """diffusers loads a LoRA's text encoder part under the same adapter name; the guider sees only the
+        prompt embeddings (θ_ft's), so it cannot give the weak branch θ_ω's text encoders: refused."""
+        components = calling_components(
+            lambda c: getattr(c, "unet", None) is denoiser or getattr(c, "transformer", None) is denoiser
+        )
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            encoder = getattr(components, name, None)
+            if isinstance(encoder, torch.nn.Module) and tuner_layers(encoder, adapter):
+                raise UserError(
+                    f"{type(self).__name__}: the LoRA {adapter!r} is also in the {name}, whose θ_ω the weak "
+                    "branch would need (the guider sees only prompt embeddings); use steerguide.guided / "
+                    "sample, or load the LoRA into the denoiser alone"
+                )
 
     def _prepare(self, denoiser: torch.nn.Module) -> Personalization:
         """θ_ω's realization chosen as the engine chooses it (`Personalization.prepare`): per-row LoRA

@@ -25,3 +25,16 @@ def calling_pipeline() -> Any:
         frame = frame.f_back
     return None
 
+
+
+def calling_components(predicate) -> Any:
+    """The nearest `components` argument on this thread's stack for which `predicate` holds (diffusers'
+    modular blocks are called as `block(components, state, ...)`, `components` the modular pipeline)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if "components" in frame.f_code.co_varnames[: frame.f_code.co_argcount]:
+            components = frame.f_locals.get("components")
+            if components is not None and predicate(components):
+                return components
+        frame = frame.f_back
+    return None
