@@ -16,9 +16,10 @@ call raises. ω, its schedule and the interval are the guider's config (`save_pr
 `from_pretrained`, `guider_config.json`); the personalization is runtime state, not config.
 
 `start`/`stop` mean what they mean for diffusers' guiders: guidance runs at steps
-int(start·N) <= i < int(stop·N). (steerguide's `GuidanceConfig.interval` runs at start <= i/N < stop;
-the two agree whenever start·N and stop·N are whole numbers.) ω(τ) is evaluated at τ = i/N, as in
-steerguide's sampler.
+int(start·N) <= i < int(stop·N), the rule of steerguide's `GuidanceConfig.interval`. ω(τ) is evaluated
+at τ = i/N, as in steerguide's sampler. On second-order schedulers (Heun, KDPM2: 2N−1 denoiser calls)
+i is the step, a step's predictor and corrector counted as one, as `steerguide.guided` counts them
+(diffusers' `ClassifierFreeGuidance` counts the 2N−1 calls against N instead).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_noise_cfg
 
+from steerguide.denoiser import step_of
 from steerguide.errors import UserError
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
@@ -129,6 +131,12 @@ class _WeakModelGuidance(BaseGuidance):
 
     def set_state(self, step: int, num_inference_steps: int, timestep: torch.LongTensor) -> None:
         self._release()  # a step whose cleanup never ran (an exception) leaves nothing behind
+        components = calling_components(lambda c: getattr(c, "scheduler", None) is not None)
+        scheduler = getattr(components, "scheduler", None)
+        if getattr(scheduler, "order", 1) == 2:
+            # Heun/KDPM2: the loop index runs over 2N−1 calls; count a step's predictor and corrector as one
+            # step, as `steerguide.guided` does (τ = step/N, the interval over steps)
+            step, num_inference_steps = step_of(scheduler, timestep)
         super().set_state(step, num_inference_steps, timestep)
 
     def get_state(self) -> dict[str, Any]:
