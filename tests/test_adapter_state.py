@@ -24,9 +24,10 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def _config(kind):
-    from peft import LoHaConfig, LoKrConfig, LoraConfig
+    from peft import LoHaConfig, LoKrConfig, LoraConfig, OFTConfig
 
     return {
+        "oft": OFTConfig(r=0, oft_block_size=4, target_modules=TARGETS),
         "dora": LoraConfig(r=4, lora_alpha=4, target_modules=TARGETS, use_dora=True),
         "loha": LoHaConfig(r=4, alpha=4, target_modules=TARGETS),
         "lokr": LoKrConfig(r=4, alpha=4, target_modules=TARGETS),
@@ -40,7 +41,7 @@ def adapters(tiny_model_dir, tmp_path_factory):
 
     base = tiny_model_dir("sd15")
     out = {}
-    for kind in ("dora", "loha", "lokr"):
+    for kind in ("dora", "loha", "lokr", "oft"):
         unet = load(base).unet
         inject_adapter_in_model(_config(kind), unet, adapter_name="default")
         g = torch.Generator().manual_seed(7)
@@ -144,3 +145,23 @@ def test_dora_stacked_before_a_style_lora_keeps_theta_ft(adapters, style_weight)
                             adapter=None, full_weak=lerp_into(weak.unet, pre, fine))
     torch.testing.assert_close(ours_pg, ref.reshape(ours_pg.shape), atol=ATOL, rtol=1e-4)
     assert (ours_pg - cfg).abs().max() > 50 * ATOL  # ω matters here
+
+
+def test_an_adapter_type_merged_for_a_run_is_unmerged_after_it(adapters):
+    """OFT is not additive: merged for the run (weight space), then unmerged, CFG as stock again."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    base, found, _ = adapters
+    folder, state = found["oft"]
+    ours = load_pipeline(base)
+    ours.set_progress_bar_config(disable=True)
+    personal = load_personalization(ours, folder)
+    reference = stock(base, "oft", state)
+    layers = [m for m in ours.unet.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers and not any(m.merged for m in layers)
+    ours_pg = pg(ours, personal, 0.3)
+    assert personal.info["realization"] == "weight space (Linear adapter)"  # OFT's Linear layer
+    assert not any(m.merged for m in layers)
+    cfg = latents(reference)
+    torch.testing.assert_close(latents(ours), cfg, atol=1e-5, rtol=1e-5)
+    assert (ours_pg - cfg).abs().max() > 50 * ATOL  # the run was guided
