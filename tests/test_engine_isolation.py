@@ -18,7 +18,7 @@ from steerguide.testing import save_random_lora
 PROMPTS = ["a dog on the beach", "a red cat"]
 SIDE = 16
 PG = GuidanceConfig("pg", scale=4.0, omega=0.3)
-WAIT = 2.0  # seconds a paused call waits for the other thread before it goes on alone
+WAIT = 1.0  # seconds a paused call waits for the other thread before it goes on alone
 
 
 @pytest.fixture(scope="module")
