@@ -14,7 +14,8 @@ prompt, generators, schedulers, callbacks and guidance_rescale keep working unch
 
 Installation is shared and reference-counted: the first `guided` block on a denoiser replaces its
 `forward` by a gate; blocks push their wrapper on a per-thread stack (the innermost block of a thread
-guides that thread's calls; other threads see their own blocks or the plain model); the last block to
+whose pipeline is the one calling guides the call; other threads and other pipelines sharing the
+denoiser see their own blocks or the plain model); the last block to
 exit, in whatever order, puts the original `forward` back. The gate holds a per-module re-entrant lock
 for every call, because LoRA row scales and θ_ω swaps are state on modules that pipelines may share.
 """
@@ -34,6 +35,7 @@ import torch
 from steerguide.errors import UserError
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
+from steerguide.pipeline_call import calling_pipeline
 from steerguide.weak.gate import Gate
 from steerguide.weak.stand_in import StandIn
 
@@ -209,6 +211,12 @@ class GuidedDenoiser:
         self.steps.setdefault(step, {"step": step, "tau": tau, "omega": omega, "guided": omega is not None})
 
     # -- the wrapped call ---------------------------------------------------------------------------
+    def owns_call(self) -> bool:
+        """Whether the denoiser call under way is this block's: made by its pipeline's call (another pipeline
+        sharing the denoiser gets the plain model), or by no pipeline at all (the denoiser called directly)."""
+        caller = calling_pipeline()
+        return caller is None or caller is self.pipe
+
     def _runs_cfg(self) -> bool:
         """Whether the pipeline call under way batches [null; prompt] (the pipeline's own decision)."""
         if self.recorder is None:

@@ -16,9 +16,10 @@ call raises. ω, its schedule and the interval are the guider's config (`save_pr
 `from_pretrained`, `guider_config.json`); the personalization is runtime state, not config.
 
 `start`/`stop` mean what they mean for diffusers' guiders: guidance runs at steps
-int(start·N) <= i < int(stop·N). (steerguide's `GuidanceConfig.interval` runs at start <= i/N < stop;
-the two agree whenever start·N and stop·N are whole numbers.) ω(τ) is evaluated at τ = i/N, as in
-steerguide's sampler.
+int(start·N) <= i < int(stop·N), the rule of steerguide's `GuidanceConfig.interval`. ω(τ) is evaluated
+at τ = i/N, as in steerguide's sampler. On second-order schedulers (Heun, KDPM2: 2N−1 denoiser calls)
+i is the step, a step's predictor and corrector counted as one, as `steerguide.guided` counts them
+(diffusers' `ClassifierFreeGuidance` counts the 2N−1 calls against N instead).
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_noise_cfg
 
+from steerguide.denoiser import step_of
 from steerguide.errors import UserError
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
+from steerguide.pipeline_call import calling_components
 from steerguide.weak.gate import module_lock
 from steerguide.weak.lora import tuner_layers
 
@@ -128,6 +131,12 @@ class _WeakModelGuidance(BaseGuidance):
 
     def set_state(self, step: int, num_inference_steps: int, timestep: torch.LongTensor) -> None:
         self._release()  # a step whose cleanup never ran (an exception) leaves nothing behind
+        components = calling_components(lambda c: getattr(c, "scheduler", None) is not None)
+        scheduler = getattr(components, "scheduler", None)
+        if getattr(scheduler, "order", 1) == 2:
+            # Heun/KDPM2: the loop index runs over 2N−1 calls; count a step's predictor and corrector as one
+            # step, as `steerguide.guided` does (τ = step/N, the interval over steps)
+            step, num_inference_steps = step_of(scheduler, timestep)
         super().set_state(step, num_inference_steps, timestep)
 
     def get_state(self) -> dict[str, Any]:
@@ -208,7 +217,23 @@ class _WeakModelGuidance(BaseGuidance):
                 )
             personal = Personalization(kind="lora", source=names[0], adapter=names[0])
             self._found[denoiser] = personal
+        self._refuse_text_encoder_adapter(denoiser, personal.adapter)
         return personal
+
+    def _refuse_text_encoder_adapter(self, denoiser: torch.nn.Module, adapter: str) -> None:
+        """diffusers loads a LoRA's text encoder part under the same adapter name; the guider sees only the
+        prompt embeddings (θ_ft's), so it cannot give the weak branch θ_ω's text encoders: refused."""
+        components = calling_components(
+            lambda c: getattr(c, "unet", None) is denoiser or getattr(c, "transformer", None) is denoiser
+        )
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            encoder = getattr(components, name, None)
+            if isinstance(encoder, torch.nn.Module) and tuner_layers(encoder, adapter):
+                raise UserError(
+                    f"{type(self).__name__}: the LoRA {adapter!r} is also in the {name}, whose θ_ω the weak "
+                    "branch would need (the guider sees only prompt embeddings); use steerguide.guided / "
+                    "sample, or load the LoRA into the denoiser alone"
+                )
 
     def _prepare(self, denoiser: torch.nn.Module) -> Personalization:
         """θ_ω's realization chosen as the engine chooses it (`Personalization.prepare`): per-row LoRA

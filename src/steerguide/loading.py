@@ -28,6 +28,7 @@ import torch
 from steerguide.errors import UserError
 from steerguide.personalization import Personalization
 from steerguide.weak import ParameterDelta
+from steerguide.weak.gate import guard_modules
 from steerguide.weak.lora import tuner_layers
 
 ADAPTER = "personal"
@@ -398,6 +399,7 @@ def _adapter_personalization(pipe, name: str, source: str | None, info: dict) ->
     """The personalization that adapter `name` (already on the pipeline) stands for."""
     personal = Personalization(kind="lora", source=source, adapter=name, info={**info, "adapter": name})
     personal.prepare(pipe)
+    personal.release()  # nothing stays merged between runs
     encoders = [n for n in personal.adapter_components(pipe) if n != "denoiser"]
     others = sorted(_adapter_names(pipe) - {name})
     personal.info.update(
@@ -653,6 +655,8 @@ def load_personalization(
         pipe._steerguide_personalization = None
     personal = _load_personalization(pipe, path, adapter_name)
     pipe._steerguide_personalization = personal if personal.kind != "none" else None
+    if personal.kind != "none":  # calls of these modules are counted from now on (`weak.gate.Guard`)
+        guard_modules(denoiser_of_pipe(pipe), *(m for _, m in _text_encoders(pipe)))
     return personal
 
 

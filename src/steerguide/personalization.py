@@ -7,7 +7,13 @@ from typing import Any
 
 from steerguide.errors import UserError
 from steerguide.weak import ParameterDelta, RowScaledLora
-from steerguide.weak.lora import adapter_active, row_scalable, tuner_layers
+from steerguide.weak.lora import (
+    AdapterOutputDelta,
+    adapter_active,
+    output_scalable,
+    row_scalable,
+    tuner_layers,
+)
 from steerguide.weak.merged import merge_state, merged_adapter_delta, unmerge_adapter
 
 KINDS = ("none", "lora", "full", "partial")
@@ -48,6 +54,7 @@ class Personalization:
     info: dict[str, Any] = field(default_factory=dict)
     tokens: list[str] = field(default_factory=list)
     _adapter_states: dict[str, tuple] = field(default_factory=dict, repr=False)
+    _merged_here: dict[str, list] = field(default_factory=dict, repr=False)  # layers merged by `prepare`
 
     def weak_condition(self, inputs: dict, omega: float, prompt_side: bool) -> dict:
         """The first half's denoiser inputs for the weak model θ_ω (unchanged unless a text encoder differs)."""
@@ -75,9 +82,10 @@ class Personalization:
     def prepare(self, pipe) -> None:
         """Choose θ_ω's realization for the adapter's current state (called when guidance starts).
 
-        A plain, active, unmerged LoRA gets per-row scales; one merged by `fuse_lora`, DoRA and LoHa/LoKr
-        are merged and realized in weight space. An inactive personalization is refused: guidance would
-        silently become CFG.
+        A plain, active, unmerged LoRA gets per-row scales; DoRA and LoHa/LoKr get θ_ω's layer outputs in a
+        call of their own (`AdapterOutputDelta`, nothing merged); a LoRA merged by `fuse_lora` is realized
+        in weight space, and other adapter types are merged for the run and unmerged by `release`. An
+        inactive personalization is refused: guidance would silently become CFG.
         """
         if self.kind != "lora":
             return
@@ -96,22 +104,38 @@ class Personalization:
                     f"pipe.set_adapters([{self.adapter!r}, ...]) with every adapter you want"
                 )
             reason = row_scalable(module, self.adapter)
-            state = ("rows",) if reason is None else ("merged", merge_state(module, self.adapter))
+            unmerged = reason is not None and output_scalable(module, self.adapter) is None
+            if reason is None:
+                state: tuple = ("rows",)
+            elif unmerged:
+                state = ("output",)
+            else:
+                state = ("merged", merge_state(module, self.adapter))
             if self._adapter_states.get(name) == state:
                 continue
             old = self.lora if name == "denoiser" else self.text_realizations.get(name)
+            if name == "denoiser" and old is None:
+                old = self.denoiser_delta
             if isinstance(old, RowScaledLora):
                 old.remove()
             if reason is None:
                 realization = RowScaledLora(module, adapter=self.adapter)
+                how = "row-scaled LoRA"
+            elif unmerged:
+                # θ_ω by linearity, nothing merged: the pipeline stays as diffusers has it (weak.lora)
+                realization = AdapterOutputDelta(module, adapter=self.adapter)
+                how = f"weight space ({reason}, unmerged: θ_ω's layers as base + ω·adapter output)"
             else:
+                fresh = [layer for layer in tuner_layers(module, self.adapter) if not layer.merged_adapters]
+                self._merged_here[name] = fresh
                 realization = merged_adapter_delta(module, self.adapter)
                 state = ("merged", merge_state(module, self.adapter))
+                how = f"weight space ({reason})"
             self._adapter_states[name] = state
             if name == "denoiser":
                 self.lora = realization if reason is None else None
                 self.denoiser_delta = None if reason is None else realization
-                self.info["realization"] = "row-scaled LoRA" if reason is None else f"weight space ({reason})"
+                self.info["realization"] = how
             else:
                 self.text_realizations[name] = realization
 
@@ -122,11 +146,17 @@ class Personalization:
         ]
 
     def release(self) -> None:
-        """Drop every cached θ_ω and re-encoded condition (sampling is over)."""
+        """Drop every cached θ_ω and re-encoded condition (sampling is over); adapters merged by `prepare`
+        are unmerged, so that between runs the pipeline is what the user loaded."""
         if self.denoiser_delta is not None:
             self.denoiser_delta.release()
         for realization in self.text_realizations.values():
             realization.release()
+        for name, layers in self._merged_here.items():
+            for layer in layers:
+                layer.unmerge()
+            self._adapter_states.pop(name, None)  # the next `prepare` merges again
+        self._merged_here = {}
         if self.weak_condition_fn is not None and hasattr(self.weak_condition_fn, "clear"):
             self.weak_condition_fn.clear()
 
@@ -135,8 +165,9 @@ class Personalization:
         if self.weak_condition_fn is not None and hasattr(self.weak_condition_fn, "uninstall"):
             self.weak_condition_fn.uninstall()
         if self.kind == "lora":
-            if self.lora is not None:
-                self.lora.remove()
+            for realization in (self.lora, self.denoiser_delta):
+                if isinstance(realization, RowScaledLora):
+                    realization.remove()
             for realization in self.text_realizations.values():
                 if isinstance(realization, RowScaledLora):
                     realization.remove()
@@ -159,3 +190,4 @@ class Personalization:
         self.lora = self.denoiser_delta = None
         self.text_realizations = {}
         self._adapter_states = {}
+        self._merged_here = {}

@@ -6,6 +6,11 @@ whole, text encoder included, so its half of the batch must be conditioned on wh
 pipeline's `encode_prompt` call, re-encode with the text encoder(s) at θ_ω (once per distinct ω), and hand
 that to the denoiser's first half. Where the pipeline zeroes the empty negative prompt (SDXL's
 `force_zeros_for_empty_prompt`) the text encoder plays no part in PG's null half and nothing changes.
+
+Embeddings passed instead of text are θ_ft's. With `prompt_embeds` alone, PG's null half is still the
+negative prompt's text (or ""), re-encoded at θ_ω for a batch of len(prompt_embeds), as the stock
+pipeline batches it. Where the weak half's own condition is given only as embeddings
+(`negative_prompt_embeds` for PG, `prompt_embeds` for AG) there is no text to encode at θ_ω: refused.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from contextlib import ExitStack
 
 import torch
 
+from steerguide.errors import UserError
 from steerguide.weak.gate import module_lock
 
 
@@ -64,14 +70,20 @@ def text_encoder_weak_condition(pipe, realizations: dict) -> WeakCondition:
         if call is None:
             return None
         new_call = dict(call)
-        if prompt_side:
-            if call.get("prompt_embeds") is not None:
-                return None  # the caller passed embeddings: nothing to re-encode
-        else:
-            if call.get("negative_prompt_embeds") is not None:
-                return None
+        given = "prompt_embeds" if prompt_side else "negative_prompt_embeds"
+        if call.get(given) is not None:
+            # θ_ft's embeddings, and no text to encode at θ_ω: the weak half's condition is unknown
+            raise UserError(
+                f"{given} given with a personalization that changes the text encoder(s): the weak half "
+                f"needs {'the prompt' if prompt_side else 'the negative prompt'} encoded by the text encoder "
+                f"at θ_ω; pass {'prompt' if prompt_side else 'negative_prompt'} as text instead"
+            )
+        if not prompt_side:
             prompt = call.get("prompt")
-            batch = len(prompt) if isinstance(prompt, list) else 1
+            if prompt is None and call.get("prompt_embeds") is not None:
+                batch = call["prompt_embeds"].shape[0]  # the stock pipeline's batch size then
+            else:
+                batch = len(prompt) if isinstance(prompt, list) else 1
             negative = call.get("negative_prompt")
             if is_sdxl and negative is None and pipe.config.get("force_zeros_for_empty_prompt", False):
                 return None

@@ -8,7 +8,15 @@ the personalization adapter's `lora_A` (r channels: the cheapest place), or on i
 carries a bias (which A's scale would not reach). The hooks are no-ops outside `rows(...)` and `at(...)`.
 
 This holds only while the adapter is computed from its factors: `row_scalable` says when it is not
-(merged into the base weights by `fuse_lora`, DoRA, LoHa/LoKr, inactive), and `weak.merged` takes over.
+(merged into the base weights by `fuse_lora`, DoRA, LoHa/LoKr, inactive).
+
+DoRA, LoHa and LoKr layers, unmerged, also add to the layer's output a term linear in x: DoRA adds
+(m/‖W + sBA‖ − 1)·(its input's base output) + (m/‖W + sBA‖)·sBA·x (peft's `lora_magnitude_vector` module
+computes that whole term), LoHa/LoKr add ΔW·x (`_get_delta_activations`). That term is (W_ft − W_pre)·x for
+the layer's effective weights, so scaling it by ω is exactly the layer at θ_pre + ω·Δ in weight space,
+with nothing merged: `AdapterOutputDelta` does that, and the pipeline keeps computing θ_ft as diffusers
+does (`set_adapters` weights, `cross_attention_kwargs` scales, the active order, `unload_lora_weights`).
+Only what neither reaches (a fused adapter, other peft tuner types) goes through `weak.merged`.
 """
 
 from __future__ import annotations
@@ -68,6 +76,30 @@ def adapter_active(module: nn.Module, adapter: str) -> bool:
     )
 
 
+def output_scalable(module: nn.Module, adapter: str) -> str | None:
+    """None when every layer carrying `adapter` is an unmerged, active plain LoRA, DoRA (linear or conv)
+    or LoHa/LoKr layer, whose adapter output `AdapterOutputDelta` can scale; else why not."""
+    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lycoris_utils import LycorisLayer
+
+    for layer in tuner_layers(module, adapter):
+        if layer.merged:
+            return "merged"
+        if adapter not in layer.active_adapters or layer.disable_adapters:
+            return "inactive"
+        if isinstance(layer, LycorisLayer):
+            continue
+        if not isinstance(layer, LoraLayer) or adapter not in layer.lora_A:
+            return f"{type(layer).__name__} adapter"
+        if adapter in getattr(layer, "lora_embedding_A", {}):
+            return "embedding LoRA"
+    return None
+
+
+def _is_dora(layer: nn.Module, adapter: str) -> bool:
+    return adapter in getattr(layer, "lora_magnitude_vector", {})
+
+
 class RowScaledLora:
     """Hooks the `adapter` LoRA layers of `modules` so that each batch row can get its own scale of it."""
 
@@ -78,10 +110,13 @@ class RowScaledLora:
         self.num_layers = 0
         for module in modules:
             for layer in tuner_layers(module, adapter):
-                lora_b = layer.lora_B[adapter]
-                target = lora_b if getattr(lora_b, "bias", None) is not None else layer.lora_A[adapter]
-                self._handles.append(target.register_forward_hook(self._scale_rows))
+                self._hook(layer)
                 self.num_layers += 1
+
+    def _hook(self, layer: nn.Module) -> None:
+        lora_b = layer.lora_B[self.adapter]
+        target = lora_b if getattr(lora_b, "bias", None) is not None else layer.lora_A[self.adapter]
+        self._handles.append(target.register_forward_hook(self._scale_rows))
 
     def _scale_rows(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor | None:
         scale = self._row_scale
@@ -125,3 +160,56 @@ class RowScaledLora:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+class _Unwrap:
+    """Handle taking an instance-level `_get_delta_activations` wrapper off its layer again."""
+
+    def __init__(self, layer: nn.Module, wrapper) -> None:
+        self.layer, self.wrapper = layer, wrapper
+
+    def remove(self) -> None:
+        if vars(self.layer).get("_get_delta_activations") is self.wrapper:
+            del vars(self.layer)["_get_delta_activations"]
+
+
+class AdapterOutputDelta(RowScaledLora):
+    """θ_ω = θ_pre + ω·Δ for a DoRA, LoHa or LoKr adapter (or a plain LoRA), unmerged: the adapter's whole
+    output term is scaled by ω (see the module docstring), in a call of its own, as `ParameterDelta` is.
+
+    DoRA: a hook on the output of the layer's magnitude module (which computes DoRA's whole term, so the
+    LoRA factors inside it are not scaled again); LoHa/LoKr: the layer's `_get_delta_activations`, wrapped
+    on the instance for this adapter only; a plain LoRA: its factor, as `RowScaledLora`.
+    """
+
+    def _hook(self, layer: nn.Module) -> None:
+        from peft.tuners.lycoris_utils import LycorisLayer
+
+        adapter = self.adapter
+        if isinstance(layer, LycorisLayer):
+            inner = layer._get_delta_activations
+
+            def scaled(adapter_name, x, *args, **kwargs):
+                out = inner(adapter_name, x, *args, **kwargs)
+                if adapter_name != adapter:
+                    return out
+                scaled_out = self._scale_rows(layer, (x,), out)
+                return out if scaled_out is None else scaled_out
+
+            vars(layer)["_get_delta_activations"] = scaled
+            self._handles.append(_Unwrap(layer, scaled))
+        elif _is_dora(layer, adapter):
+            self._handles.append(layer.lora_magnitude_vector[adapter].register_forward_hook(self._scale_rows))
+        else:
+            super()._hook(layer)
+        self.names.append(type(layer).__name__)
+
+    def __init__(self, *modules: nn.Module, adapter: str) -> None:
+        self.names: list[str] = []  # one entry per layer carrying the adapter (empty: nothing differs)
+        super().__init__(*modules, adapter=adapter)
+
+    numel = 0
+    held_bytes = 0  # nothing is materialized
+
+    def restore(self) -> None:
+        self.remove()

@@ -1,0 +1,68 @@
+"""The diffusers guiders where they used to part from `steerguide.guided`: a second-order scheduler (Heun
+lists 2N−1 timesteps: a step's predictor and corrector are one step, τ = step/N), and a LoRA that diffusers
+loaded into the text encoders too (the guider sees only embeddings: refused in one line)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from reference_impl import load, reference_latents, second_order_step
+
+from steerguide.errors import UserError
+from steerguide.guiders import PersonalizationGuidance, modular_pipeline
+from steerguide.loading import load_personalization, load_pipeline
+from steerguide.testing import save_random_lora
+
+PROMPTS = ["a red star", "a dog on the beach"]
+SIDE = 16
+STEPS = 4
+
+
+def _saved(base, name):
+    entry = json.loads((base / "model_index.json").read_text()).get(name)
+    return isinstance(entry, list) and entry[0] is not None
+
+
+def test_guider_on_heun_counts_predictor_and_corrector_as_one_step(tiny_model_dir, tmp_path):
+    from diffusers import HeunDiscreteScheduler
+
+    base = tiny_model_dir("sdxl")
+    lora = save_random_lora(load_pipeline(base), tmp_path / "lora", seed=5, std=0.1)
+    pipe = load_pipeline(base)
+    personal = load_personalization(pipe, lora)
+    modular = modular_pipeline(pipe)
+    modular.set_progress_bar_config(disable=True)
+    modular.update_components(scheduler=HeunDiscreteScheduler.from_config(pipe.scheduler.config))
+    # ω moves with τ and guidance stops after step 2 of 4: a wrong step count changes both
+    modular.update_components(guider=PersonalizationGuidance(
+        guidance_scale=5.0, omega=0.2, omega_schedule="linear:1.0", stop=0.75, personalization=personal))
+    got = modular(prompt=PROMPTS, negative_prompt=[""] * 2, num_inference_steps=STEPS, height=SIDE, width=SIDE,
+                  generator=[torch.Generator().manual_seed(11) for _ in range(2)], output="latents")
+
+    ft, weak = load(base), load(base)
+    for p in (ft, weak):
+        p.load_lora_weights(str(lora), adapter_name="p")
+    ft.scheduler = HeunDiscreteScheduler.from_config(ft.scheduler.config)
+    ref = reference_latents(ft, weak, method="pg", scale=5.0, omega=lambda tau: 0.2 + 0.8 * tau, prompts=PROMPTS,
+                            num_images=1, seed=11, steps=STEPS, negative="", interval=(0.0, 0.75),
+                            step_of_call=second_order_step, side=SIDE)
+    torch.testing.assert_close(got, ref.reshape(got.shape), atol=1e-4, rtol=1e-4)
+
+
+def test_a_text_encoder_lora_loaded_by_diffusers_is_refused_in_one_line(tiny_model_dir, tmp_path):
+    from diffusers import ModularPipeline
+
+    base = tiny_model_dir("sdxl")
+    lora = save_random_lora(load_pipeline(base), tmp_path / "lora", seed=6, std=0.1,
+                            text_encoders=("text_encoder", "text_encoder_2"))
+    modular = ModularPipeline.from_pretrained(str(base))
+    modular.load_components(names=[n for n in modular.component_names if _saved(base, n)])
+    modular.set_progress_bar_config(disable=True)
+    modular.load_lora_weights(str(lora))
+    modular.update_components(guider=PersonalizationGuidance(guidance_scale=5.0, omega=0.5))
+    with pytest.raises(UserError, match="also in the text_encoder") as err:
+        modular(prompt=PROMPTS, negative_prompt=[""] * 2, num_inference_steps=2, height=SIDE, width=SIDE,
+                output="latents")
+    assert "\n" not in str(err.value)
