@@ -73,12 +73,19 @@ def sample(
     negative_prompt: str | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    distilled_guidance: float | None = None,
     **pipe_kwargs: Any,
 ) -> SampleResult:
     """Sample `num_images` images for each prompt with the guidance of `config`.
 
-    Extra keyword arguments go to the pipeline call unchanged (e.g. `callback_on_step_end`).
+    `config.scale` goes to the pipeline argument that is its real CFG scale (`true_cfg_scale` for Flux);
+    `distilled_guidance` to a guidance embedding distilled into the model (Flux's `guidance_scale`; None:
+    the pipeline's default). Extra keyword arguments go to the pipeline call unchanged (e.g.
+    `callback_on_step_end`).
     """
+    from steerguide.families import family_of
+
+    family = family_of(pipe)
     if steps < 1:
         raise UserError(f"steps must be >= 1, got {steps}")
     if num_images < 1:
@@ -90,6 +97,12 @@ def sample(
     limits.image_side("--height", height)  # the messages of `generate` and the CLI
     limits.image_side("--width", width)
     call_params = inspect.signature(pipe.__call__).parameters
+    if family.scale_argument not in call_params:
+        raise UserError(f"{type(pipe).__name__} takes no {family.scale_argument}: steerguide cannot guide it")
+    if distilled_guidance is not None and family.distilled_argument is None:
+        raise UserError(f"{type(pipe).__name__} has no distilled guidance embedding (--distilled-guidance)")
+    if negative_prompt is None:
+        negative_prompt = family.negative_prompt_default  # Flux: true CFG runs only with a negative prompt
     if config.guidance_rescale > 0:
         if "guidance_rescale" not in call_params:
             raise UserError(f"{type(pipe).__name__} does not support guidance_rescale")
@@ -122,7 +135,7 @@ def sample(
             kwargs = dict(
                 prompt=[prompts[p] for p, _ in batch],
                 num_inference_steps=steps,
-                guidance_scale=config.scale,
+                **family.scale_kwargs(config.scale, distilled_guidance),
                 generator=generators,
                 height=height,
                 width=width,
@@ -438,10 +451,7 @@ def _generate(base, personalization, config, prompts, out, identity, earlier, re
 
 
 def _native_side(pipe) -> int | None:
-    """The pixel side a pipeline makes by default (UNet pipelines; None where it cannot tell)."""
-    unet = getattr(pipe, "unet", None)
-    factor = getattr(pipe, "vae_scale_factor", None)
-    size = getattr(getattr(unet, "config", None), "sample_size", None)
-    if isinstance(size, int) and isinstance(factor, int):
-        return size * factor
-    return None
+    """The pixel side a pipeline makes by default, as its family knows it (None where it cannot tell)."""
+    from steerguide.families import family_of
+
+    return family_of(pipe).native_side(pipe)

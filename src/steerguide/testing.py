@@ -1,4 +1,4 @@
-"""Tiny random pipelines of the real architectures (SD 1.5, SDXL, SD3), saved to disk.
+"""Tiny random pipelines of the real architectures (SD 1.5, SDXL, SD3, Flux), saved to disk.
 
 Tests, benchmarks and examples load them through the same `from_pretrained` code as real checkpoints,
 so nothing here needs the network. The tokenizers are character-level CLIP BPE vocabularies written
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-ARCHITECTURES = ("sd15", "sdxl", "sd3")
+ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux")
 
 _SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
 _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"
@@ -35,6 +35,22 @@ def write_clip_tokenizer(folder: str | Path, max_length: int = 16) -> int:
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     return len(tokens)
+
+
+def char_tokenizer(specials: dict[str, str], max_length: int = 16):
+    """A character-level fast tokenizer (T5, Gemma and Qwen stand-ins): every character is a token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    names = list(dict.fromkeys(["<pad>", *specials.values(), "<unk>"]))
+    vocab = {name: i for i, name in enumerate(names)}
+    vocab.update({c: len(vocab) + i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz0123456789 ")})
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", model_max_length=max_length, **specials
+    )
+    return tokenizer, len(vocab)
 
 
 def _clip_config(vocab_size: int, hidden: int = 32, projection_dim: int = 32, max_length: int = 16):
@@ -118,6 +134,8 @@ def build_pipeline(
 
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+    if arch == "flux":
+        return build_flux(seed)
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         vocab_size = write_clip_tokenizer(tmp)
@@ -218,6 +236,67 @@ def build_pipeline(
         tokenizer_2=tokenizer,
         text_encoder_3=_t5(vocab_size) if t5 else None,
         tokenizer_3=tokenizer if t5 else None,
+    )
+
+
+FLUX_DEV_TRANSFORMER = dict(  # black-forest-labs/FLUX.1-dev transformer/config.json (12 B parameters)
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+
+
+def build_flux(seed: int = 0, width: int = 32, layers: tuple[int, int] = (1, 1), transformer_only: bool = False):
+    """A tiny random `FluxPipeline` (CLIP and T5 text encoders, guidance embedding, 32×32 images).
+
+    `width` is the transformer's inner width (heads of 16 channels); `layers` its (double-stream,
+    single-stream) blocks. `transformer_only` returns just a `FluxTransformer2DModel` with FLUX.1-dev's
+    real width (3072, heads and text width) and `layers` blocks (benchmarks).
+    """
+    import tempfile
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    if transformer_only:
+        config = {**FLUX_DEV_TRANSFORMER, "num_layers": layers[0], "num_single_layers": layers[1]}
+        return FluxTransformer2DModel(**config)
+    heads = max(1, width // 16)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,  # 4 latent channels packed 2×2
+        num_layers=layers[0],
+        num_single_layers=layers[1],
+        attention_head_dim=16,
+        num_attention_heads=heads,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_size = write_clip_tokenizer(tmp)
+        tokenizer = CLIPTokenizer.from_pretrained(tmp)
+    t5_tokenizer, t5_vocab = char_tokenizer({"eos_token": "</s>"})
+    from transformers import T5Config, T5EncoderModel
+
+    t5 = T5EncoderModel(T5Config(vocab_size=t5_vocab, d_model=32, d_ff=37, d_kv=8, num_layers=1, num_heads=4))
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_vae(scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=CLIPTextModel(_clip_config(vocab_size)),
+        tokenizer=tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
     )
 
 

@@ -1,0 +1,210 @@
+"""Guidance on pipelines that run the negative branch as its own denoiser call (Flux true CFG, ...).
+
+Each step such a pipeline calls its denoiser twice, the prompt call first and then, while it guides,
+the negative call, and mixes them as `neg + w · (cond − neg)`. The family (`steerguide.families`) says
+how the negative call is recognized: for `BY_CACHE_CONTEXT` families it is the call the pipeline makes
+inside `transformer.cache_context("uncond")` (a stand-in on `cache_context` records the name per
+thread). Then, per step:
+
+    prompt call      θ_ft on (x, c), untouched, for every method; its inputs and output are kept
+    negative call    CFG  θ_ft on (x, ∅ or the negative prompt), untouched
+                     PG   θ_ω  on the negative call's own inputs (∅ or the negative prompt)
+                     AG   θ_ω  on the prompt call's inputs: the same x and t, the prompt's condition
+    outside the guidance interval the negative call is not run: it returns the prompt call's output,
+    so that the pipeline's neg + w · (cond − neg) is exactly D_ft(x, c) (Qwen-Image's renormalization
+    then scales by |cond| / |cond| = 1).
+
+θ_ω costs nothing here: the negative call is a call of its own, so a LoRA runs it at adapter scale ω
+(`RowScaledLora.at`) and a full or partial fine-tune swaps θ_ω in for it (`ParameterDelta.at`). PG's calls
+and rows are CFG's. ω(τ) and the interval are read at the step index, as in the batched engine.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+
+from steerguide.denoiser import Counters, step_of
+from steerguide.errors import UserError
+from steerguide.families import BY_CACHE_CONTEXT, family_of
+from steerguide.guidance import GuidanceConfig
+from steerguide.personalization import Personalization
+from steerguide.weak.gate import Gate
+from steerguide.weak.stand_in import StandIn
+
+NEGATIVE_CONTEXT = "uncond"  # the name diffusers' pipelines give their negative call's cache context
+
+
+class ContextRecorder(StandIn):
+    """Stands in for a denoiser's `cache_context` and keeps, per thread, the name of the one entered."""
+
+    attribute = "cache_context"
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__(module)
+        self.local = threading.local()
+
+    def __call__(self, name: str, **kwargs: Any):
+        return self._entered(name, kwargs)
+
+    @contextmanager
+    def _entered(self, name: str, kwargs: dict) -> Iterator[None]:
+        outer = getattr(self.local, "name", None)
+        self.local.name = name
+        try:
+            with self.original(name, **kwargs):
+                yield
+        finally:
+            self.local.name = outer
+
+    @property
+    def name(self) -> str | None:
+        return getattr(self.local, "name", None)
+
+
+def _bound_inputs(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
+    """The call's arguments by name, `**kwargs` of the forward flattened in."""
+    inputs = dict(signature.bind(*args, **kwargs).arguments)
+    for name, parameter in signature.parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            inputs.update(inputs.pop(name, {}))
+    return inputs
+
+
+class SeparatePassDenoiser:
+    """What the gate calls for the thread of a `guided` block on a separate-pass pipeline (see above)."""
+
+    def __init__(self, pipe, personalization: Personalization, config: GuidanceConfig) -> None:
+        self.pipe = pipe
+        self.personalization = personalization
+        self.config = config
+        self.family = family_of(pipe)
+        self.denoiser = self.family.denoiser(pipe)
+        self.counters = Counters()
+        self.steps: dict[int, dict] = {}
+        self.contexts: ContextRecorder | None = None  # set by `guided_separately`
+        self._original: Any = None
+        self._signature: inspect.Signature | None = None
+        self._prompt_call: tuple[torch.Tensor, dict, Any] | None = None  # (x, inputs, output) of this step
+        if personalization.kind == "none" and config.method != "cfg":
+            raise ValueError(
+                f"method {config.method!r} needs a personalization (θ_pre and θ_ft are the same)"
+            )
+        if config.method != "cfg" and personalization.weak_condition_fn is not None:
+            raise UserError(
+                f"{personalization.source}: this personalization changes the text encoder(s); steerguide does "
+                f"not yet re-encode the weak call's condition on {type(pipe).__name__} (a denoiser-only "
+                "personalization is guided)"
+            )
+
+    # -- run.json --------------------------------------------------------------------------------------
+    @property
+    def omegas(self) -> list[float | None]:
+        """ω at each sampling step, by step index (None where the step was outside the interval)."""
+        if not self.steps:
+            return []
+        last = max(self.steps)
+        return [self.steps[s]["omega"] if s in self.steps else None for s in range(last + 1)]
+
+    def _record(self, step: int, tau: float, omega: float | None) -> None:
+        self.steps.setdefault(step, {"step": step, "tau": tau, "omega": omega, "guided": omega is not None})
+
+    # -- the calls -------------------------------------------------------------------------------------
+    def _is_negative_call(self) -> bool:
+        if self.family.signal == BY_CACHE_CONTEXT:
+            return self.contexts is not None and self.contexts.name == NEGATIVE_CONTEXT
+        raise NotImplementedError(f"negative call signal {self.family.signal!r}")
+
+    def _run(self, inputs: dict, rows: int) -> Any:
+        start = time.perf_counter()
+        out = self._original(**inputs)
+        if torch.cuda.is_available() and self.denoiser.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.counters.seconds_denoising += time.perf_counter() - start
+        self.counters.denoiser_calls += 1
+        self.counters.denoiser_rows += rows
+        return out
+
+    def _weak_model(self, omega: float):
+        """Within the block the denoiser computes with θ_ω (LoRA scale ω, or θ_ω swapped in)."""
+        if omega == 1.0:
+            return nullcontext()
+        realization = self.personalization.lora or self.personalization.denoiser_delta
+        if realization is None:
+            raise UserError(f"personalization {self.personalization.source} has no weak model")
+        return realization.at(omega)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        assert self._signature is not None
+        inputs = _bound_inputs(self._signature, args, kwargs)
+        sample_name = next(iter(self._signature.parameters))
+        x = inputs[sample_name]
+        rows = x.shape[0]
+        if not self._is_negative_call():
+            out = self._run(inputs, rows)  # the prompt call (or an unguided one): D_ft(x, c)
+            kept = {k: dict(v) if isinstance(v, dict) else v for k, v in inputs.items()}
+            self._prompt_call = (x, kept, out)
+            return out
+
+        prompt = self._prompt_call
+        if prompt is None or prompt[0] is not x:
+            raise UserError(
+                f"{type(self.pipe).__name__} made a negative denoiser call without a prompt call on the same "
+                "latents before it: steerguide cannot pair the two calls of the step"
+            )
+        step, num_steps = step_of(self.pipe.scheduler, inputs.get("timestep", inputs.get("t")))
+        tau = step / num_steps
+        if not self.config.active_at_step(step, num_steps):
+            # Outside the interval: no negative call; neg = cond makes the pipeline's mix D_ft(x, c).
+            self._record(step, tau, None)
+            return prompt[2]
+        omega = self.config.omega_at(tau)
+        self._record(step, tau, omega)
+        if self.config.method == "cfg":
+            return self._run(inputs, rows)
+        if self.config.method == "ag":
+            inputs = prompt[1]  # the weak model on the prompt's condition, same x and t
+        with self._weak_model(omega):
+            return self._run(inputs, rows)
+
+    def release(self) -> None:
+        self._prompt_call = None
+
+
+@contextmanager
+def guided_separately(
+    pipe, personalization: Personalization, config: GuidanceConfig
+) -> Iterator[SeparatePassDenoiser]:
+    """`steerguide.denoiser.guided` for separate-pass families (installed, nested and undone alike)."""
+    wrapper = SeparatePassDenoiser(pipe, personalization, config)
+    gates = [Gate.enter(wrapper.denoiser)]
+    recorder = None
+    try:
+        if wrapper.family.signal == BY_CACHE_CONTEXT:
+            recorder = wrapper.contexts = ContextRecorder.enter(wrapper.denoiser)
+        gates += [Gate.enter(m) for m in personalization.text_modules(pipe)]
+        if config.method != "cfg":
+            with gates[0].lock:
+                personalization.prepare(pipe)
+        wrapper._original = gates[0].original
+        wrapper._signature = inspect.signature(gates[0].original)
+        stack = gates[0].stack()
+        stack.append(wrapper)
+        try:
+            yield wrapper
+        finally:
+            stack.remove(wrapper)
+            wrapper.release()
+            with gates[0].lock:
+                personalization.release()
+    finally:
+        for gate in reversed(gates):
+            gate.leave()
+        if recorder is not None:
+            recorder.leave()
