@@ -178,3 +178,72 @@ def test_scheduled_omega_and_interval_follow_the_step_index(flux):
     assert result.counters.denoiser_calls == 6 + 3
     _, cfg = engine(base, loras["diffusers"], GuidanceConfig("cfg", scale=4.0, interval=(0.25, 0.75)), steps=6)
     assert cfg.counters.denoiser_calls == result.counters.denoiser_calls
+
+
+# -- the command line ------------------------------------------------------------------------------------
+
+
+def _cli(base, out, *extra):
+    from steerguide.cli import run
+
+    return run(["generate", "--base", str(base), "-p", "a dog", "--steps", "3", "--height", str(SIDE),
+                "--width", str(SIDE), "--out", str(out), *map(str, extra)])  # fmt: skip
+
+
+def _bad(capsys, code):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("steerguide: error:"), err
+    return err[0]
+
+
+def test_generate_cfg_is_true_cfg_and_pg_costs_its_calls(flux, tmp_path):
+    """`--scale` is true_cfg_scale, the negative prompt "" by default: CFG is the stock true CFG image."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    base, loras, _ = flux
+    assert _cli(base, tmp_path / "cfg", "--personalization", loras["diffusers"], "--method", "cfg", "--scale", 4) == 0
+    assert _cli(base, tmp_path / "pg", "--personalization", loras["diffusers"], "--method", "pg", "--omega", 0.3,
+                "--scale", 4) == 0  # fmt: skip
+    stock = load(base)
+    stock.load_lora_weights(str(loras["diffusers"]))
+    with torch.no_grad():
+        want = stock(prompt="a dog", negative_prompt="", true_cfg_scale=4.0, num_inference_steps=3,
+                     generator=torch.Generator().manual_seed(0), height=SIDE, width=SIDE).images[0]  # fmt: skip
+    cfg = json.loads((tmp_path / "cfg" / "run.json").read_text())
+    pg = json.loads((tmp_path / "pg" / "run.json").read_text())
+    got = Image.open(tmp_path / "cfg" / cfg["images"][0]["file"])
+    assert np.array_equal(np.asarray(got), np.asarray(want))
+    assert cfg["family"] == "flux" and cfg["negative_prompt_used"] == ""
+    assert cfg["denoiser_calls"] == pg["denoiser_calls"] == 6  # two calls a step, for PG as for CFG
+    assert cfg["denoiser_rows"] == pg["denoiser_rows"] == 6
+    assert pg["omega_per_step"] == [0.3, 0.3, 0.3]
+
+
+def test_distilled_guidance_is_its_own_option(flux, tiny_model_dir, tmp_path, capsys):
+    import json
+
+    base, _, _ = flux
+    assert _cli(base, tmp_path / "a", "--method", "cfg", "--scale", 1, "--distilled-guidance", 1.0) == 0
+    assert _cli(base, tmp_path / "b", "--method", "cfg", "--scale", 1, "--distilled-guidance", 9.0) == 0
+    a, b = (json.loads((tmp_path / n / "run.json").read_text()) for n in "ab")
+    assert a["distilled_guidance"] == 1.0 and a["denoiser_calls"] == 3  # scale 1: no true CFG
+    image_a, image_b = ((tmp_path / n / r["images"][0]["file"]).read_bytes() for n, r in (("a", a), ("b", b)))
+    assert image_a != image_b  # the embedding got the value
+    capsys.readouterr()
+    line = _bad(capsys, _cli(tiny_model_dir("sd15"), tmp_path / "c", "--method", "cfg", "--distilled-guidance", 3))
+    assert "no distilled guidance" in line
+
+
+def test_a_lora_for_another_family_is_refused_in_one_line(flux, tiny_model_dir, tmp_path, capsys):
+    base, loras, _ = flux
+    sd15 = tiny_model_dir("sd15")
+    sd_lora = save_random_lora(load_pipeline(sd15), tmp_path / "sd-lora")
+    line = _bad(capsys, _cli(base, tmp_path / "a", "--personalization", sd_lora, "--method", "pg"))
+    assert "does not fit" in line and "FluxPipeline" in line
+    for lora in (loras["diffusers"], loras["kohya"]):
+        line = _bad(capsys, _cli(sd15, tmp_path / "b", "--personalization", lora, "--method", "pg"))
+        assert "does not fit" in line and "StableDiffusionPipeline" in line

@@ -168,7 +168,7 @@ RUN_JSON = "run.json"
 # What must match for a rerun to continue a folder: everything that decides the images' pixels.
 IDENTITY = (
     "base", "personalization_path", "guidance", "prompts", "negative_prompt", "num_images", "seed",
-    "steps", "height", "width", "device", "dtype", "scheduler_asked",
+    "steps", "height", "width", "device", "dtype", "scheduler_asked", "distilled_guidance",
 )
 
 
@@ -307,6 +307,7 @@ def generate(
     threads: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    distilled_guidance: float | None = None,
 ) -> dict:
     """Load, sample and write `out/<prompt#>-<slug>-<image#>.png` and `out/run.json`; returns the run record.
 
@@ -324,6 +325,8 @@ def generate(
     limits.image_side("--width", width)
     if not prompts:
         raise UserError("no prompts given")
+    if distilled_guidance is not None:
+        limits.finite("--distilled-guidance", distilled_guidance)
     out = Path(out)
     identity = {
         "base": str(base),
@@ -339,6 +342,7 @@ def generate(
         "device": device,
         "dtype": dtype,
         "scheduler_asked": scheduler,
+        "distilled_guidance": distilled_guidance,
     }
     created = not out.exists()
     earlier, replaced = check_generate_out(out, identity, overwrite)
@@ -363,6 +367,7 @@ def _generate(base, personalization, config, prompts, out, identity, earlier, re
                progress) -> dict:
     """`generate` once its arguments and `out` are checked (the same arguments, in order)."""
     from steerguide import limits
+    from steerguide.families import family_of
     from steerguide.loading import load_personalization, load_pipeline
 
     if threads is None and device.startswith("cpu"):
@@ -372,6 +377,10 @@ def _generate(base, personalization, config, prompts, out, identity, earlier, re
     _remove_dead_temporaries(out)
     t0 = time.perf_counter()
     pipe = load_pipeline(base, device=device, dtype=dtype, scheduler=scheduler)
+    family = family_of(pipe)
+    distilled = identity["distilled_guidance"]
+    if distilled is not None and family.distilled_argument is None:
+        raise UserError(f"--distilled-guidance: {type(pipe).__name__} has no distilled guidance embedding")
     personal = load_personalization(pipe, personalization)
     if personal.kind == "none" and config.method != "cfg":
         raise UserError(f"--method {config.method} needs --personalization (without one, θ_pre = θ_ft)")
@@ -399,6 +408,8 @@ def _generate(base, personalization, config, prompts, out, identity, earlier, re
         "omega_per_step": (earlier or {}).get("omega_per_step", []),
         "scheduler": type(pipe.scheduler).__name__,
         "pipeline": type(pipe).__name__,
+        "family": family.name,
+        "negative_prompt_used": negative_prompt if negative_prompt is not None else family.negative_prompt_default,
         "height_made": height or native or None,
         "width_made": width or native or None,
         "threads": threads,
@@ -432,7 +443,8 @@ def _generate(base, personalization, config, prompts, out, identity, earlier, re
             per = len(call) // len(ps)
             result = sample(pipe, personal, config, [prompts[p] for p in ps], num_images=per, seed=seed + first,
                             steps=steps, height=height, width=width, negative_prompt=negative_prompt,
-                            batch_size=len(call), progress=False, callback_on_step_end=on_step_end)
+                            batch_size=len(call), progress=False, callback_on_step_end=on_step_end,
+                            distilled_guidance=distilled)
             for k, p in enumerate(ps):
                 for j, image in enumerate(result.images[k]):
                     i = first + j
