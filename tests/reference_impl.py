@@ -179,9 +179,10 @@ def separate_reference_latents(
     adapter: str | None = "p",
     full_weak: Callable[[float], None] | None = None,
     side: int = 16,
+    scale_argument: str = "true_cfg_scale",
     **call_kwargs,
 ) -> torch.Tensor:
-    """PG / AG latents for a pipeline whose true CFG makes two denoiser calls a step (Flux), from diffusers
+    """PG / AG latents for a pipeline whose CFG makes two denoiser calls a step (Flux, Chroma), from diffusers
     and peft alone: `ft`'s stock loop runs; its denoiser's calls are counted by hand, in the pipeline's
     documented order (call 2i: the prompt call of step i, θ_ft; call 2i + 1: the negative call), and the
     negative call is computed by `weak`'s denoiser at ω(i / N) (adapter `adapter` at scale ω with
@@ -222,7 +223,7 @@ def separate_reference_latents(
             out = ft(
                 prompt=rows,
                 negative_prompt=[negative] * len(rows),
-                true_cfg_scale=scale,
+                **{scale_argument: scale},
                 num_inference_steps=steps,
                 generator=generators,
                 height=side,

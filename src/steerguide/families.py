@@ -6,9 +6,10 @@ diffusers pipelines run guidance in one of two ways:
   Sana). Whether the pipeline guides is the `do_classifier_free_guidance` attribute, or (PixArt) the
   argument of that name it hands to `encode_prompt`. The engine is `steerguide.denoiser.GuidedDenoiser`.
 - separate: the prompt call and the negative call are two denoiser calls a step, the prompt call first
-  (Flux's true CFG, ...). The negative call is the one the pipeline makes inside
-  `transformer.cache_context("uncond")`; it makes one only while it guides. The engine is
-  `steerguide.separate.SeparatePassDenoiser`.
+  (Flux's true CFG, Chroma, ...). The negative call is the one the pipeline makes inside
+  `transformer.cache_context("uncond")` (it makes one only while it guides), or, for a pipeline without
+  that marker (Chroma), the second call of a step on the same latents while
+  `do_classifier_free_guidance` holds. The engine is `steerguide.separate.SeparatePassDenoiser`.
 
 A pipeline is matched by its class name; a pipeline of no family here is guided as `GENERIC` is, which is
 what steerguide did before this registry (batched, recognized by attribute or `encode_prompt` argument,
@@ -28,6 +29,8 @@ SEPARATE = "separate"
 BY_ATTRIBUTE = "attribute"  # `pipe.do_classifier_free_guidance` (a property)
 BY_ENCODE_PROMPT = "encode_prompt"  # the `do_classifier_free_guidance` argument of `pipe.encode_prompt`
 BY_CACHE_CONTEXT = "cache_context"  # the call runs inside `denoiser.cache_context("uncond")`
+# the second call of a step, on the prompt call's latents, while `pipe.do_classifier_free_guidance`
+BY_CALL_ORDER = "call_order"
 
 
 def _unet_native_side(pipe) -> int | None:
@@ -157,7 +160,16 @@ FLUX = Family(
     native_side=_default_sample_side,
 )
 
-FAMILIES: tuple[Family, ...] = (SD, SDXL, SD3, PIXART, SANA, FLUX)
+CHROMA = Family(
+    name="chroma",
+    pipelines=("ChromaPipeline",),
+    guidance=SEPARATE,
+    signal=BY_CALL_ORDER,  # two calls a step without a cache_context marker
+    lora_prefixes=FLUX.lora_prefixes,  # diffusers loads Chroma LoRAs with Flux's loader
+    native_side=_default_sample_side,
+)
+
+FAMILIES: tuple[Family, ...] = (SD, SDXL, SD3, PIXART, SANA, FLUX, CHROMA)
 
 # Pipelines of no family above (img2img and inpainting variants, community pipelines, ...): guided as
 # before the registry, batched and recognized by attribute or encode_prompt argument.

@@ -4,7 +4,8 @@ Each step such a pipeline calls its denoiser twice, the prompt call first and th
 the negative call, and mixes them as `neg + w · (cond − neg)`. The family (`steerguide.families`) says
 how the negative call is recognized: for `BY_CACHE_CONTEXT` families it is the call the pipeline makes
 inside `transformer.cache_context("uncond")` (a stand-in on `cache_context` records the name per
-thread). Then, per step:
+thread); for `BY_CALL_ORDER` families (Chroma) the call that follows the step's prompt call on the same
+latents tensor while the pipeline's `do_classifier_free_guidance` holds. Then, per step:
 
     prompt call      θ_ft on (x, c), untouched, for every method; its inputs and output are kept
     negative call    CFG  θ_ft on (x, ∅ or the negative prompt), untouched
@@ -32,7 +33,7 @@ import torch
 
 from steerguide.denoiser import Counters, step_of
 from steerguide.errors import UserError
-from steerguide.families import BY_CACHE_CONTEXT, family_of
+from steerguide.families import BY_CACHE_CONTEXT, BY_CALL_ORDER, family_of
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
 from steerguide.weak.gate import Gate
@@ -92,6 +93,7 @@ class SeparatePassDenoiser:
         self._original: Any = None
         self._signature: inspect.Signature | None = None
         self._prompt_call: tuple[torch.Tensor, dict, Any] | None = None  # (x, inputs, output) of this step
+        self._negative_due = False  # BY_CALL_ORDER: the next call on the same latents is the negative one
         if personalization.kind == "none" and config.method != "cfg":
             raise ValueError(
                 f"method {config.method!r} needs a personalization (θ_pre and θ_ft are the same)"
@@ -116,10 +118,18 @@ class SeparatePassDenoiser:
         self.steps.setdefault(step, {"step": step, "tau": tau, "omega": omega, "guided": omega is not None})
 
     # -- the calls -------------------------------------------------------------------------------------
-    def _is_negative_call(self) -> bool:
+    def _is_negative_call(self, x: torch.Tensor) -> bool:
         if self.family.signal == BY_CACHE_CONTEXT:
             return self.contexts is not None and self.contexts.name == NEGATIVE_CONTEXT
-        raise NotImplementedError(f"negative call signal {self.family.signal!r}")
+        if self.family.signal == BY_CALL_ORDER:  # the call after the step's prompt call, on its latents
+            prompt = self._prompt_call
+            return (
+                self._negative_due
+                and prompt is not None
+                and prompt[0] is x
+                and bool(getattr(self.pipe, "do_classifier_free_guidance", False))
+            )
+        raise ValueError(f"{self.family.name}: unknown negative-call signal {self.family.signal!r}")
 
     def _run(self, inputs: dict, rows: int) -> Any:
         start = time.perf_counter()
@@ -146,11 +156,13 @@ class SeparatePassDenoiser:
         sample_name = next(iter(self._signature.parameters))
         x = inputs[sample_name]
         rows = x.shape[0]
-        if not self._is_negative_call():
+        if not self._is_negative_call(x):
             out = self._run(inputs, rows)  # the prompt call (or an unguided one): D_ft(x, c)
             kept = {k: dict(v) if isinstance(v, dict) else v for k, v in inputs.items()}
             self._prompt_call = (x, kept, out)
+            self._negative_due = True
             return out
+        self._negative_due = False
 
         prompt = self._prompt_call
         if prompt is None or prompt[0] is not x:

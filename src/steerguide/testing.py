@@ -1,4 +1,4 @@
-"""Tiny random pipelines of the real architectures (SD 1.5, SDXL, SD3, Flux), saved to disk.
+"""Tiny random pipelines of the real architectures (SD 1.5, SDXL, SD3, Flux, Chroma), saved to disk.
 
 Tests, benchmarks and examples load them through the same `from_pretrained` code as real checkpoints,
 so nothing here needs the network. The tokenizers are character-level CLIP BPE vocabularies written
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux")
+ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux", "chroma")
 
 _SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
 _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"
@@ -136,6 +136,8 @@ def build_pipeline(
         raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
     if arch == "flux":
         return build_flux(seed)
+    if arch == "chroma":
+        return build_chroma(seed)
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         vocab_size = write_clip_tokenizer(tmp)
@@ -253,12 +255,13 @@ FLUX_DEV_TRANSFORMER = dict(  # black-forest-labs/FLUX.1-dev transformer/config.
 )
 
 
-def build_flux(seed: int = 0, width: int = 32, layers: tuple[int, int] = (1, 1), transformer_only: bool = False):
+def build_flux(seed: int = 0, layers: tuple[int, int] = (1, 1), real_width: bool = False):
     """A tiny random `FluxPipeline` (CLIP and T5 text encoders, guidance embedding, 32×32 images).
 
-    `width` is the transformer's inner width (heads of 16 channels); `layers` its (double-stream,
-    single-stream) blocks. `transformer_only` returns just a `FluxTransformer2DModel` with FLUX.1-dev's
-    real width (3072, heads and text width) and `layers` blocks (benchmarks).
+    `layers`: the transformer's (double-stream, single-stream) blocks. `real_width` gives the transformer
+    FLUX.1-dev's real configuration but for the number of blocks (3072 wide, 24 heads, 4096-wide text,
+    16 latent channels; random weights), with one-layer text encoders of the widths it reads: what the
+    denoiser costs at real size (benchmarks).
     """
     import tempfile
 
@@ -266,36 +269,67 @@ def build_flux(seed: int = 0, width: int = 32, layers: tuple[int, int] = (1, 1),
     from transformers import CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
-    if transformer_only:
+    if real_width:
         config = {**FLUX_DEV_TRANSFORMER, "num_layers": layers[0], "num_single_layers": layers[1]}
-        return FluxTransformer2DModel(**config)
-    heads = max(1, width // 16)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,  # 4 latent channels packed 2×2
-        num_layers=layers[0],
-        num_single_layers=layers[1],
-        attention_head_dim=16,
-        num_attention_heads=heads,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        guidance_embeds=True,
-        axes_dims_rope=(4, 4, 8),
-    )
+    else:
+        config = dict(patch_size=1, in_channels=16, num_layers=layers[0], num_single_layers=layers[1],
+                      attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                      pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 4, 8))  # fmt: skip
+    transformer = FluxTransformer2DModel(**config)
     with tempfile.TemporaryDirectory() as tmp:
         vocab_size = write_clip_tokenizer(tmp)
         tokenizer = CLIPTokenizer.from_pretrained(tmp)
-    t5_tokenizer, t5_vocab = char_tokenizer({"eos_token": "</s>"})
-    from transformers import T5Config, T5EncoderModel
-
-    t5 = T5EncoderModel(T5Config(vocab_size=t5_vocab, d_model=32, d_ff=37, d_kv=8, num_layers=1, num_heads=4))
+    text_width, pooled_width = config["joint_attention_dim"], config["pooled_projection_dim"]
+    clip = _clip_config(vocab_size, hidden=pooled_width, projection_dim=pooled_width)
+    clip.num_hidden_layers, clip.num_attention_heads = 1, 4
+    t5, t5_tokenizer = _char_t5(width=text_width)
     return FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=_vae(scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False),
-        text_encoder=CLIPTextModel(_clip_config(vocab_size)),
+        vae=_flux_vae(latent_channels=config["in_channels"] // 4),
+        text_encoder=CLIPTextModel(clip),
         tokenizer=tokenizer,
         text_encoder_2=t5,
         tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+
+
+def _char_t5(width: int = 32):
+    """A one-layer T5 encoder of `width` channels and its character tokenizer."""
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer, vocab = char_tokenizer({"eos_token": "</s>"})
+    config = T5Config(vocab_size=vocab, d_model=width, d_ff=37, d_kv=8, num_layers=1, num_heads=4)
+    return T5EncoderModel(config), tokenizer
+
+
+def _flux_vae(latent_channels: int = 4):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+        latent_channels=latent_channels, norm_num_groups=4, sample_size=32, scaling_factor=0.3611,
+        shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+    )  # fmt: skip
+
+
+def build_chroma(seed: int = 0):
+    """A tiny random `ChromaPipeline` (Flux's layout without CLIP and the guidance embedding; T5 only)."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    transformer = ChromaTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(4, 4, 8), approximator_num_channels=8,
+        approximator_hidden_dim=32, approximator_layers=1,
+    )  # fmt: skip
+    t5, tokenizer = _char_t5()
+    return ChromaPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_flux_vae(),
+        text_encoder=t5,
+        tokenizer=tokenizer,
         transformer=transformer,
     )
 
