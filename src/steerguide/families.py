@@ -169,7 +169,18 @@ CHROMA = Family(
     native_side=_default_sample_side,
 )
 
-FAMILIES: tuple[Family, ...] = (SD, SDXL, SD3, PIXART, SANA, FLUX, CHROMA)
+QWEN_IMAGE = Family(
+    name="qwen-image",
+    pipelines=("QwenImagePipeline",),
+    guidance=SEPARATE,
+    signal=BY_CACHE_CONTEXT,
+    scale_argument="true_cfg_scale",  # renormalized to |cond| after the mix, by the pipeline
+    negative_prompt_default="",  # true CFG runs only with a negative prompt
+    lora_prefixes=("transformer.", "lora_unet_", "diffusion_model.", "lora_transformer_"),
+    native_side=_default_sample_side,
+)
+
+FAMILIES: tuple[Family, ...] = (SD, SDXL, SD3, PIXART, SANA, FLUX, CHROMA, QWEN_IMAGE)
 
 # Pipelines of no family above (img2img and inpainting variants, community pipelines, ...): guided as
 # before the registry, batched and recognized by attribute or encode_prompt argument.

@@ -1,4 +1,4 @@
-"""Tiny random pipelines of the real architectures (SD 1.5, SDXL, SD3, Flux, Chroma), saved to disk.
+"""Tiny random pipelines of the real architectures (SD 1.5, SDXL, SD3, Flux, Chroma, Qwen-Image), saved to disk.
 
 Tests, benchmarks and examples load them through the same `from_pretrained` code as real checkpoints,
 so nothing here needs the network. The tokenizers are character-level CLIP BPE vocabularies written
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux", "chroma")
+ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux", "chroma", "qwen-image")
 
 _SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
 _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"
@@ -138,6 +138,8 @@ def build_pipeline(
         return build_flux(seed)
     if arch == "chroma":
         return build_chroma(seed)
+    if arch == "qwen-image":
+        return build_qwen_image(seed)
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         vocab_size = write_clip_tokenizer(tmp)
@@ -329,6 +331,39 @@ def build_chroma(seed: int = 0):
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=_flux_vae(),
         text_encoder=t5,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+
+
+def build_qwen_image(seed: int = 0):
+    """A tiny random `QwenImagePipeline` (a one-layer Qwen2.5-VL text encoder with the character tokenizer)."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tokenizer, vocab = char_tokenizer({"eos_token": "<|endoftext|>"}, max_length=1024)
+    text = dict(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=2, vocab_size=vocab, eos_token_id=1, pad_token_id=0, bos_token_id=None,
+                rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"})  # fmt: skip
+    vision = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16)
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, hidden_size=16, vocab_size=vocab,
+                              vision_start_token_id=vocab, vision_end_token_id=vocab + 1,
+                              vision_token_id=vocab + 2)  # fmt: skip
+    vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)  # fmt: skip
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=1,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
+                                              axes_dims_rope=(8, 4, 4))  # fmt: skip
+    return QwenImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=Qwen2_5_VLForConditionalGeneration(config),
         tokenizer=tokenizer,
         transformer=transformer,
     )
