@@ -180,47 +180,53 @@ def separate_reference_latents(
     full_weak: Callable[[float], None] | None = None,
     side: int = 16,
     scale_argument: str = "true_cfg_scale",
+    experts: tuple[str, ...] = ("transformer",),
     **call_kwargs,
 ) -> torch.Tensor:
-    """PG / AG latents for a pipeline whose CFG makes two denoiser calls a step (Flux, Chroma), from diffusers
-    and peft alone: `ft`'s stock loop runs; its denoiser's calls are counted by hand, in the pipeline's
-    documented order (call 2i: the prompt call of step i, θ_ft; call 2i + 1: the negative call), and the
-    negative call is computed by `weak`'s denoiser at ω(i / N) (adapter `adapter` at scale ω with
-    `set_adapters`, or `full_weak(ω)` writing lerped weights) on the negative call's own inputs (PG) or
-    on the prompt call's (AG). Outside the interval the negative call returns the prompt call's output,
-    so that the stock mix is D_ft(x, c).
+    """PG / AG latents for a pipeline whose CFG makes two denoiser calls a step (Flux, Chroma, Qwen-Image,
+    Wan), from diffusers and peft alone: `ft`'s stock loop runs; its denoisers' calls (every one of
+    `experts`: Wan 2.2 switches between two) are counted by hand, in the pipelines' documented order (call
+    2i: the prompt call of step i, θ_ft; call 2i + 1: the negative call), and the negative call is computed
+    by `weak`'s same expert at ω(i / N) (adapter `adapter` at scale ω with `set_adapters`, or `full_weak(ω)`
+    writing lerped weights) on the negative call's own inputs (PG) or on the prompt call's (AG). Outside the
+    interval the negative call returns the prompt call's output, so that the stock mix is D_ft(x, c).
     """
     omega_fn = omega if callable(omega) else (lambda tau, value=omega: value)
     rows = [p for p in prompts for _ in range(num_images)]
-    original = denoiser(ft).forward
-    names = list(inspect.signature(original).parameters)
-    weak_denoiser = denoiser(weak)
     state: dict = {"calls": 0, "prompt": None}
+    originals = {name: getattr(ft, name).forward for name in experts}
 
-    def forward(*args, **kwargs):
-        kwargs.update(dict(zip(names, args, strict=False)))
-        call = state["calls"]
-        state["calls"] += 1
-        step = call // 2
-        if call % 2 == 0:
-            out = original(**kwargs)
-            state["prompt"] = (kwargs, out)
-            return out
-        prompt_kwargs, prompt_out = state["prompt"]
-        if not int(interval[0] * steps) <= step < int(interval[1] * steps):
-            return prompt_out
-        w = float(omega_fn(step / steps))
-        if full_weak is not None:
-            full_weak(w)
-        else:
-            weak.set_adapters([adapter], [w])
-        return weak_denoiser(**(prompt_kwargs if method == "ag" else kwargs))
+    def forward_of(name):
+        original = originals[name]
+        names = list(inspect.signature(original).parameters)
 
-    denoiser(ft).forward = forward
+        def forward(*args, **kwargs):
+            kwargs.update(dict(zip(names, args, strict=False)))
+            call = state["calls"]
+            state["calls"] += 1
+            step = call // 2
+            if call % 2 == 0:
+                out = original(**kwargs)
+                state["prompt"] = (kwargs, out)
+                return out
+            prompt_kwargs, prompt_out = state["prompt"]
+            if not int(interval[0] * steps) <= step < int(interval[1] * steps):
+                return prompt_out
+            w = float(omega_fn(step / steps))
+            if full_weak is not None:
+                full_weak(w)
+            else:
+                weak.set_adapters([adapter], [w])
+            return getattr(weak, name)(**(prompt_kwargs if method == "ag" else kwargs))
+
+        return forward
+
+    for name in experts:
+        getattr(ft, name).forward = forward_of(name)
     try:
         generators = [torch.Generator().manual_seed(seed + i) for _ in prompts for i in range(num_images)]
         with torch.no_grad():
-            out = ft(
+            result = ft(
                 prompt=rows,
                 negative_prompt=[negative] * len(rows),
                 **{scale_argument: scale},
@@ -230,8 +236,10 @@ def separate_reference_latents(
                 width=side,
                 output_type="latent",
                 **call_kwargs,
-            ).images
+            )
     finally:
-        del denoiser(ft).forward
+        for name in experts:
+            del getattr(ft, name).forward
     assert state["calls"] == 2 * steps, "the stock pipeline made no negative call every step"
+    out = result.frames if hasattr(result, "frames") else result.images
     return out.reshape(len(prompts), num_images, *out.shape[1:])

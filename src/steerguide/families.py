@@ -75,6 +75,7 @@ class Family:
         lora_prefixes: the key prefixes of LoRA files in the layouts its loader reads (besides PEFT's own).
         lora_layers_key: the `save_lora_weights` argument of the denoiser's LoRA layers.
         native_side: the pixel side the pipeline makes by default (None where it cannot tell).
+        video: the pipeline makes videos (`.frames`, not `.images`).
     """
 
     name: str
@@ -89,6 +90,7 @@ class Family:
     lora_prefixes: tuple[str, ...] = ("transformer.", "text_encoder")
     lora_layers_key: str = "transformer_lora_layers"
     native_side: Any = field(default=_no_native_side, compare=False, repr=False)
+    video: bool = False
 
     @property
     def separate(self) -> bool:
@@ -180,7 +182,17 @@ QWEN_IMAGE = Family(
     native_side=_default_sample_side,
 )
 
-FAMILIES: tuple[Family, ...] = (SD, SDXL, SD3, PIXART, SANA, FLUX, CHROMA, QWEN_IMAGE)
+WAN = Family(
+    name="wan",
+    pipelines=("WanPipeline",),
+    denoisers=("transformer", "transformer_2"),  # Wan 2.2: high-noise and low-noise experts by timestep
+    guidance=SEPARATE,
+    signal=BY_CACHE_CONTEXT,  # on whichever expert the step uses (`current_model.cache_context`)
+    lora_prefixes=("transformer.", "transformer_2.", "lora_unet_", "diffusion_model.", "lora_transformer_"),
+    video=True,
+)
+
+FAMILIES: tuple[Family, ...] = (SD, SDXL, SD3, PIXART, SANA, FLUX, CHROMA, QWEN_IMAGE, WAN)
 
 # Pipelines of no family above (img2img and inpainting variants, community pipelines, ...): guided as
 # before the registry, batched and recognized by attribute or encode_prompt argument.

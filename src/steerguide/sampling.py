@@ -97,6 +97,11 @@ def sample(
     limits.image_side("--height", height)  # the messages of `generate` and the CLI
     limits.image_side("--width", width)
     call_params = inspect.signature(pipe.__call__).parameters
+    if family.video:
+        raise UserError(
+            f"{type(pipe).__name__} makes videos; sample and generate write images (guide it with "
+            "steerguide.guided around your own pipeline call)"
+        )
     if family.scale_argument not in call_params:
         raise UserError(f"{type(pipe).__name__} takes no {family.scale_argument}: steerguide cannot guide it")
     if distilled_guidance is not None and family.distilled_argument is None:

@@ -36,7 +36,9 @@ from steerguide.errors import UserError
 from steerguide.families import BY_CACHE_CONTEXT, BY_CALL_ORDER, family_of
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
+from steerguide.weak import RowScaledLora
 from steerguide.weak.gate import Gate
+from steerguide.weak.lora import row_scalable, tuner_layers
 from steerguide.weak.stand_in import StandIn
 
 NEGATIVE_CONTEXT = "uncond"  # the name diffusers' pipelines give their negative call's cache context
@@ -78,8 +80,30 @@ def _bound_inputs(signature: inspect.Signature, args: tuple, kwargs: dict) -> di
     return inputs
 
 
+class Expert:
+    """One denoiser module of the pipeline (Wan 2.2 has two), as a `guided` block sees it."""
+
+    def __init__(self, module: torch.nn.Module, gate: Gate) -> None:
+        self.module = module
+        self.gate = gate
+        self.original = gate.original
+        self.signature = inspect.signature(gate.original)
+        self.contexts: ContextRecorder | None = None
+        self.weak: Any = None  # θ_ω's realization on this module (`at(ω)`), None where Δ is zero
+
+
+class _ExpertCall:
+    """What an expert's gate calls: the block's wrapper, told which expert was called."""
+
+    def __init__(self, wrapper: SeparatePassDenoiser, expert: Expert) -> None:
+        self.wrapper, self.expert = wrapper, expert
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.wrapper.call(self.expert, args, kwargs)
+
+
 class SeparatePassDenoiser:
-    """What the gate calls for the thread of a `guided` block on a separate-pass pipeline (see above)."""
+    """What the gates call for the thread of a `guided` block on a separate-pass pipeline (see above)."""
 
     def __init__(self, pipe, personalization: Personalization, config: GuidanceConfig) -> None:
         self.pipe = pipe
@@ -89,9 +113,7 @@ class SeparatePassDenoiser:
         self.denoiser = self.family.denoiser(pipe)
         self.counters = Counters()
         self.steps: dict[int, dict] = {}
-        self.contexts: ContextRecorder | None = None  # set by `guided_separately`
-        self._original: Any = None
-        self._signature: inspect.Signature | None = None
+        self.experts: list[Expert] = []  # set by `guided_separately`
         self._prompt_call: tuple[torch.Tensor, dict, Any] | None = None  # (x, inputs, output) of this step
         self._negative_due = False  # BY_CALL_ORDER: the next call on the same latents is the negative one
         if personalization.kind == "none" and config.method != "cfg":
@@ -118,9 +140,9 @@ class SeparatePassDenoiser:
         self.steps.setdefault(step, {"step": step, "tau": tau, "omega": omega, "guided": omega is not None})
 
     # -- the calls -------------------------------------------------------------------------------------
-    def _is_negative_call(self, x: torch.Tensor) -> bool:
+    def _is_negative_call(self, expert: Expert, x: torch.Tensor) -> bool:
         if self.family.signal == BY_CACHE_CONTEXT:
-            return self.contexts is not None and self.contexts.name == NEGATIVE_CONTEXT
+            return expert.contexts is not None and expert.contexts.name == NEGATIVE_CONTEXT
         if self.family.signal == BY_CALL_ORDER:  # the call after the step's prompt call, on its latents
             prompt = self._prompt_call
             return (
@@ -131,33 +153,29 @@ class SeparatePassDenoiser:
             )
         raise ValueError(f"{self.family.name}: unknown negative-call signal {self.family.signal!r}")
 
-    def _run(self, inputs: dict, rows: int) -> Any:
+    def _run(self, expert: Expert, inputs: dict, rows: int) -> Any:
         start = time.perf_counter()
-        out = self._original(**inputs)
-        if torch.cuda.is_available() and self.denoiser.device.type == "cuda":
+        out = expert.original(**inputs)
+        if torch.cuda.is_available() and expert.module.device.type == "cuda":
             torch.cuda.synchronize()
         self.counters.seconds_denoising += time.perf_counter() - start
         self.counters.denoiser_calls += 1
         self.counters.denoiser_rows += rows
         return out
 
-    def _weak_model(self, omega: float):
-        """Within the block the denoiser computes with θ_ω (LoRA scale ω, or θ_ω swapped in)."""
-        if omega == 1.0:
-            return nullcontext()
-        realization = self.personalization.lora or self.personalization.denoiser_delta
-        if realization is None:
-            raise UserError(f"personalization {self.personalization.source} has no weak model")
-        return realization.at(omega)
+    @staticmethod
+    def _weak_model(expert: Expert, omega: float):
+        """Within the block the expert computes with θ_ω (LoRA scale ω, or θ_ω swapped in)."""
+        if omega == 1.0 or expert.weak is None:
+            return nullcontext()  # θ_1 = θ_ft; an expert the personalization leaves alone has Δ = 0
+        return expert.weak.at(omega)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        assert self._signature is not None
-        inputs = _bound_inputs(self._signature, args, kwargs)
-        sample_name = next(iter(self._signature.parameters))
-        x = inputs[sample_name]
+    def call(self, expert: Expert, args: tuple, kwargs: dict) -> Any:
+        inputs = _bound_inputs(expert.signature, args, kwargs)
+        x = inputs[next(iter(expert.signature.parameters))]
         rows = x.shape[0]
-        if not self._is_negative_call(x):
-            out = self._run(inputs, rows)  # the prompt call (or an unguided one): D_ft(x, c)
+        if not self._is_negative_call(expert, x):
+            out = self._run(expert, inputs, rows)  # the prompt call (or an unguided one): D_ft(x, c)
             kept = {k: dict(v) if isinstance(v, dict) else v for k, v in inputs.items()}
             self._prompt_call = (x, kept, out)
             self._negative_due = True
@@ -179,14 +197,33 @@ class SeparatePassDenoiser:
         omega = self.config.omega_at(tau)
         self._record(step, tau, omega)
         if self.config.method == "cfg":
-            return self._run(inputs, rows)
+            return self._run(expert, inputs, rows)
         if self.config.method == "ag":
             inputs = prompt[1]  # the weak model on the prompt's condition, same x and t
-        with self._weak_model(omega):
-            return self._run(inputs, rows)
+        with self._weak_model(expert, omega):
+            return self._run(expert, inputs, rows)
 
     def release(self) -> None:
         self._prompt_call = None
+
+
+def _weak_realization(personalization: Personalization, module: torch.nn.Module, main: bool) -> Any:
+    """θ_ω's realization on one expert: the personalization's own on the main denoiser; on another
+    expert (Wan 2.2's low-noise `transformer_2`), per-row scales of the adapter where it carries it."""
+    if main:
+        realization = personalization.lora or personalization.denoiser_delta
+        if realization is None:
+            raise UserError(f"personalization {personalization.source} has no weak model")
+        return realization
+    if personalization.kind != "lora" or not tuner_layers(module, personalization.adapter):
+        return None  # a fine-tune of the main denoiser: this expert is the same in θ_pre and θ_ft
+    reason = row_scalable(module, personalization.adapter)
+    if reason is not None:
+        raise UserError(
+            f"the personalization adapter on {type(module).__name__} #2 is a {reason}: only a plain LoRA is "
+            "guided on a second expert"
+        )
+    return RowScaledLora(module, adapter=personalization.adapter)
 
 
 @contextmanager
@@ -195,28 +232,45 @@ def guided_separately(
 ) -> Iterator[SeparatePassDenoiser]:
     """`steerguide.denoiser.guided` for separate-pass families (installed, nested and undone alike)."""
     wrapper = SeparatePassDenoiser(pipe, personalization, config)
-    gates = [Gate.enter(wrapper.denoiser)]
-    recorder = None
+    modules = wrapper.family.denoiser_modules(pipe)
+    gates: list[Gate] = []
+    recorders: list[ContextRecorder] = []
+    calls: list[tuple[list, _ExpertCall]] = []
+    extra: list[RowScaledLora] = []
     try:
-        if wrapper.family.signal == BY_CACHE_CONTEXT:
-            recorder = wrapper.contexts = ContextRecorder.enter(wrapper.denoiser)
-        gates += [Gate.enter(m) for m in personalization.text_modules(pipe)]
+        for module in modules:
+            gates.append(Gate.enter(module))
+            expert = Expert(module, gates[-1])
+            if wrapper.family.signal == BY_CACHE_CONTEXT:
+                recorders.append(ContextRecorder.enter(module))
+                expert.contexts = recorders[-1]
+            wrapper.experts.append(expert)
+        text_gates = [Gate.enter(m) for m in personalization.text_modules(pipe)]
+        gates += text_gates
         if config.method != "cfg":
             with gates[0].lock:
                 personalization.prepare(pipe)
-        wrapper._original = gates[0].original
-        wrapper._signature = inspect.signature(gates[0].original)
-        stack = gates[0].stack()
-        stack.append(wrapper)
+            for i, expert in enumerate(wrapper.experts):
+                expert.weak = _weak_realization(personalization, expert.module, main=i == 0)
+                if i and expert.weak is not None:
+                    extra.append(expert.weak)
+        for expert in wrapper.experts:
+            call = _ExpertCall(wrapper, expert)
+            stack = expert.gate.stack()
+            stack.append(call)
+            calls.append((stack, call))
         try:
             yield wrapper
         finally:
-            stack.remove(wrapper)
+            for stack, call in calls:
+                stack.remove(call)
             wrapper.release()
             with gates[0].lock:
                 personalization.release()
     finally:
+        for realization in extra:
+            realization.remove()
         for gate in reversed(gates):
             gate.leave()
-        if recorder is not None:
+        for recorder in recorders:
             recorder.leave()

@@ -1,4 +1,5 @@
-"""Tiny random pipelines of the real architectures (SD 1.5, SDXL, SD3, Flux, Chroma, Qwen-Image), saved to disk.
+"""Tiny random pipelines of the real architectures (SD 1.5, SDXL, SD3, Flux, Chroma, Qwen-Image,
+Wan 2.1/2.2), saved to disk.
 
 Tests, benchmarks and examples load them through the same `from_pretrained` code as real checkpoints,
 so nothing here needs the network. The tokenizers are character-level CLIP BPE vocabularies written
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux", "chroma", "qwen-image")
+ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux", "chroma", "qwen-image", "wan21", "wan22")
 
 _SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
 _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"
@@ -140,6 +141,8 @@ def build_pipeline(
         return build_chroma(seed)
     if arch == "qwen-image":
         return build_qwen_image(seed)
+    if arch in ("wan21", "wan22"):
+        return build_wan(seed, two_experts=arch == "wan22")
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         vocab_size = write_clip_tokenizer(tmp)
@@ -366,6 +369,41 @@ def build_qwen_image(seed: int = 0):
         text_encoder=Qwen2_5_VLForConditionalGeneration(config),
         tokenizer=tokenizer,
         transformer=transformer,
+    )
+
+
+def build_wan(seed: int = 0, two_experts: bool = False):
+    """A tiny random `WanPipeline` (text to video; frames a multiple of 4 plus 1, sides a multiple of 16).
+
+    `two_experts` builds Wan 2.2's layout: a high-noise `transformer` for timesteps ≥ 875 and a low-noise
+    `transformer_2` below (`boundary_ratio=0.875`): of four steps, the first runs on the high-noise expert."""
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer, vocab = char_tokenizer({"eos_token": "</s>"})
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=vocab, d_model=32, d_ff=37, d_kv=8, num_layers=1,
+                                               num_heads=4))  # fmt: skip
+
+    def transformer():
+        return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                     in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
+                                     num_layers=1, rope_max_seq_len=32)  # fmt: skip
+
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                             temperal_downsample=[False, True, True]),  # fmt: skip
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer=transformer(),
+        transformer_2=transformer() if two_experts else None,
+        boundary_ratio=0.875 if two_experts else None,
     )
 
 
