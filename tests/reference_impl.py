@@ -181,6 +181,7 @@ def separate_reference_latents(
     side: int = 16,
     scale_argument: str = "true_cfg_scale",
     experts: tuple[str, ...] = ("transformer",),
+    weak_condition: Callable[[dict, list[str]], dict] | None = None,
     **call_kwargs,
 ) -> torch.Tensor:
     """PG / AG latents for a pipeline whose CFG makes two denoiser calls a step (Flux, Chroma, Qwen-Image,
@@ -190,6 +191,8 @@ def separate_reference_latents(
     by `weak`'s same expert at ω(i / N) (adapter `adapter` at scale ω with `set_adapters`, or `full_weak(ω)`
     writing lerped weights) on the negative call's own inputs (PG) or on the prompt call's (AG). Outside the
     interval the negative call returns the prompt call's output, so that the stock mix is D_ft(x, c).
+    `weak_condition(kwargs, texts)`, when given, replaces the weak call's condition by `weak`'s own encoding
+    of `texts` (the prompts for AG, the negative prompts for PG): a text-encoder personalization at ω.
     """
     omega_fn = omega if callable(omega) else (lambda tau, value=omega: value)
     rows = [p for p in prompts for _ in range(num_images)]
@@ -217,7 +220,10 @@ def separate_reference_latents(
                 full_weak(w)
             else:
                 weak.set_adapters([adapter], [w])
-            return getattr(weak, name)(**(prompt_kwargs if method == "ag" else kwargs))
+            inputs = prompt_kwargs if method == "ag" else kwargs
+            if weak_condition is not None:
+                inputs = weak_condition(inputs, rows if method == "ag" else [negative] * len(rows))
+            return getattr(weak, name)(**inputs)
 
         return forward
 

@@ -146,6 +146,34 @@ def test_lora_methods_match_the_two_pipeline_reference(flux, method, omega):
         assert (cfg_latents - ref).abs().max() > 50 * ATOL  # the weak model matters: the test can fail
 
 
+@pytest.mark.parametrize("method", ["pg", "ag"])
+def test_text_encoder_lora_reencodes_the_weak_call_at_omega(flux, text_lora, method):
+    """A LoRA on CLIP too: the weak call's condition (∅ for PG, c for AG) is encoded by CLIP at θ_ω."""
+    base, lora = flux[0], text_lora
+    ours, _ = engine(base, lora, GuidanceConfig(method, scale=4.0, omega=0.3), negative="blurry")
+    ft, weak = load(base), load(base)
+    for pipe in (ft, weak):
+        pipe.load_lora_weights(str(lora), adapter_name="p")
+
+    def weak_condition(kwargs, texts):
+        embeds, pooled, ids = weak.encode_prompt(prompt=texts, prompt_2=None, max_sequence_length=16)
+        return {**kwargs, "encoder_hidden_states": embeds, "pooled_projections": pooled, "txt_ids": ids}
+
+    ref = separate_reference_latents(ft, weak, method=method, scale=4.0, omega=0.3, prompts=PROMPTS, seed=5,
+                                     side=SIDE, negative="blurry", weak_condition=weak_condition, **EXTRA)  # fmt: skip
+    torch.testing.assert_close(ours, ref, atol=ATOL, rtol=1e-4)
+    stale = separate_reference_latents(ft, weak, method=method, scale=4.0, omega=0.3, prompts=PROMPTS, seed=5,
+                                       side=SIDE, negative="blurry", **EXTRA)  # fmt: skip
+    assert (stale - ref).abs().max() > 20 * ATOL  # CLIP at θ_ω matters: the test can fail
+
+
+@pytest.fixture(scope="module")
+def text_lora(flux, tmp_path_factory):
+    """A LoRA on the transformer and on CLIP (diffusers' Flux loader reads no T5 LoRA)."""
+    return save_random_lora(load_pipeline(flux[0]), tmp_path_factory.mktemp("flux-te-lora"), seed=6, std=0.1,
+                            target_modules=TARGETS, text_encoders=("text_encoder",), text_encoder_std=0.5)  # fmt: skip
+
+
 @pytest.mark.parametrize("layout", ["ai-toolkit", "kohya"])
 def test_other_lora_layouts_load_and_match_the_reference(flux, layout):
     base, loras, _ = flux

@@ -294,7 +294,9 @@ class GuidedDenoiser:
 def guided(pipe, personalization: Personalization, config: GuidanceConfig) -> Iterator[GuidedDenoiser]:
     """Install `config`'s guidance on `pipe` for the block; yields the wrapper (its `.counters`, `.steps`).
 
-    Call the pipeline inside the block with `guidance_scale=config.scale`. Blocks may nest (the inner one
+    Call the pipeline inside the block with its CFG scale set to `config.scale`:
+    `family_of(pipe).scale_kwargs(config.scale)` (`true_cfg_scale` and a negative prompt for Flux and
+    Qwen-Image, `guidance_scale` elsewhere; see `steerguide.families`). Blocks may nest (the inner one
     guides), overlap and exit in any order, and run in several threads on pipelines sharing components.
     """
     if family_of(pipe).separate:  # the negative branch is its own denoiser call (Flux true CFG, ...)

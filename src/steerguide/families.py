@@ -76,6 +76,9 @@ class Family:
         lora_layers_key: the `save_lora_weights` argument of the denoiser's LoRA layers.
         native_side: the pixel side the pipeline makes by default (None where it cannot tell).
         video: the pipeline makes videos (`.frames`, not `.images`).
+        condition_outputs: separate-pass families: the denoiser keyword each output of `encode_prompt`
+            goes to, for re-encoding the weak call's condition when the personalization reaches into the
+            text encoders (empty: such personalizations are refused for PG/AG).
     """
 
     name: str
@@ -91,6 +94,7 @@ class Family:
     lora_layers_key: str = "transformer_lora_layers"
     native_side: Any = field(default=_no_native_side, compare=False, repr=False)
     video: bool = False
+    condition_outputs: tuple[str, ...] = ()
 
     @property
     def separate(self) -> bool:
@@ -158,6 +162,7 @@ FLUX = Family(
     distilled_argument="guidance_scale",
     negative_prompt_default="",  # true CFG runs only with a negative prompt
     text_encoders=("text_encoder", "text_encoder_2"),
+    condition_outputs=("encoder_hidden_states", "pooled_projections", "txt_ids"),
     lora_prefixes=("transformer.", "text_encoder", "lora_unet_", "lora_te", "diffusion_model.", "lora_transformer_"),
     native_side=_default_sample_side,
 )

@@ -71,6 +71,40 @@ class ContextRecorder(StandIn):
         return getattr(self.local, "name", None)
 
 
+class EncodeRecorder(StandIn):
+    """Stands in for the pipeline's `encode_prompt` and keeps the calls of the pipeline call under way:
+    the prompt's first, then the negative prompt's (Flux encodes them one after the other)."""
+
+    attribute = "encode_prompt"
+
+    def __init__(self, pipe) -> None:
+        super().__init__(pipe)
+        self.signature = inspect.signature(self.original)
+        self.local = threading.local()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        calls = self.calls
+        if self.local.__dict__.get("denoised", False):  # a new pipeline call: forget the last one's
+            calls.clear()
+            self.local.denoised = False
+        calls.append(dict(self.signature.bind(*args, **kwargs).arguments))
+        self.local.serial = getattr(self.local, "serial", 0) + 1
+        return self.original(*args, **kwargs)
+
+    @property
+    def calls(self) -> list[dict]:
+        if not hasattr(self.local, "calls"):
+            self.local.calls = []
+        return self.local.calls
+
+    @property
+    def serial(self) -> int:
+        return getattr(self.local, "serial", 0)
+
+    def denoiser_called(self) -> None:
+        self.local.denoised = True
+
+
 def _bound_inputs(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
     """The call's arguments by name, `**kwargs` of the forward flattened in."""
     inputs = dict(signature.bind(*args, **kwargs).arguments)
@@ -120,7 +154,10 @@ class SeparatePassDenoiser:
             raise ValueError(
                 f"method {config.method!r} needs a personalization (θ_pre and θ_ft are the same)"
             )
-        if config.method != "cfg" and personalization.weak_condition_fn is not None:
+        self.encodings: EncodeRecorder | None = None  # set by `guided_separately` (text-encoder Δ)
+        self._encoded: dict[tuple, tuple | None] = {}
+        reaches_text = personalization.weak_condition_fn is not None or bool(personalization.text_realizations)
+        if config.method != "cfg" and reaches_text and not self.family.condition_outputs:
             raise UserError(
                 f"{personalization.source}: this personalization changes the text encoder(s); steerguide does "
                 f"not yet re-encode the weak call's condition on {type(pipe).__name__} (a denoiser-only "
@@ -170,7 +207,41 @@ class SeparatePassDenoiser:
             return nullcontext()  # θ_1 = θ_ft; an expert the personalization leaves alone has Δ = 0
         return expert.weak.at(omega)
 
+    def _weak_condition(self, inputs: dict, omega: float, prompt_side: bool) -> dict:
+        """The weak call's inputs with its condition encoded by the text encoders at θ_ω (the prompt for
+        AG, the negative prompt for PG), once per pipeline call and ω; unchanged where nothing differs."""
+        if self.encodings is None or omega == 1.0:
+            return inputs
+        key = (self.encodings.serial, omega, prompt_side)
+        if key not in self._encoded:
+            calls = self.encodings.calls
+            call = calls[0] if prompt_side else (calls[1] if len(calls) > 1 else None)
+            self._encoded[key] = None if call is None else self._encode(call, omega)
+        encoded = self._encoded[key]
+        if encoded is None:
+            return inputs
+        out = dict(inputs)
+        for name, value in zip(self.family.condition_outputs, encoded, strict=False):
+            if name in out and isinstance(value, torch.Tensor):
+                out[name] = value.to(out[name].dtype) if isinstance(out[name], torch.Tensor) else value
+        return out
+
+    def _encode(self, call: dict, omega: float) -> tuple:
+        from contextlib import ExitStack
+
+        from steerguide.weak.gate import module_lock
+
+        with ExitStack() as stack, torch.no_grad():
+            for name, realization in self.personalization.text_realizations.items():
+                lock = module_lock(getattr(self.pipe, name))
+                if lock is not None:
+                    stack.enter_context(lock)
+                stack.enter_context(realization.at(omega))
+            return tuple(self.encodings.original(**call))
+
     def call(self, expert: Expert, args: tuple, kwargs: dict) -> Any:
+        if self.encodings is not None:
+            self.encodings.denoiser_called()
         inputs = _bound_inputs(expert.signature, args, kwargs)
         x = inputs[next(iter(expert.signature.parameters))]
         rows = x.shape[0]
@@ -200,11 +271,13 @@ class SeparatePassDenoiser:
             return self._run(expert, inputs, rows)
         if self.config.method == "ag":
             inputs = prompt[1]  # the weak model on the prompt's condition, same x and t
+        inputs = self._weak_condition(inputs, omega, prompt_side=self.config.method == "ag")
         with self._weak_model(expert, omega):
             return self._run(expert, inputs, rows)
 
     def release(self) -> None:
         self._prompt_call = None
+        self._encoded.clear()
 
 
 def _weak_realization(personalization: Personalization, module: torch.nn.Module, main: bool) -> Any:
@@ -237,6 +310,7 @@ def guided_separately(
     recorders: list[ContextRecorder] = []
     calls: list[tuple[list, _ExpertCall]] = []
     extra: list[RowScaledLora] = []
+    encoder: EncodeRecorder | None = None
     try:
         for module in modules:
             gates.append(Gate.enter(module))
@@ -247,6 +321,8 @@ def guided_separately(
             wrapper.experts.append(expert)
         text_gates = [Gate.enter(m) for m in personalization.text_modules(pipe)]
         gates += text_gates
+        if config.method != "cfg" and personalization.text_realizations:
+            encoder = wrapper.encodings = EncodeRecorder.enter(pipe)
         if config.method != "cfg":
             with gates[0].lock:
                 personalization.prepare(pipe)
@@ -274,3 +350,5 @@ def guided_separately(
             gate.leave()
         for recorder in recorders:
             recorder.leave()
+        if encoder is not None:
+            encoder.leave()
