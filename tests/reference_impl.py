@@ -161,3 +161,91 @@ def lerp_into(module, pre: dict[str, torch.Tensor], ft: dict[str, torch.Tensor])
 
 def cosine(start: float, end: float) -> Callable[[float], float]:
     return lambda tau: start + (end - start) * (1 - math.cos(math.pi * tau)) / 2
+
+
+def separate_reference_latents(
+    ft,
+    weak,
+    *,
+    method: str,
+    scale: float,
+    omega: Callable[[float], float] | float,
+    prompts: list[str],
+    num_images: int = 2,
+    seed: int = 0,
+    steps: int = 4,
+    negative: str = "",
+    interval: tuple[float, float] = (0.0, 1.0),
+    adapter: str | None = "p",
+    full_weak: Callable[[float], None] | None = None,
+    side: int = 16,
+    scale_argument: str = "true_cfg_scale",
+    experts: tuple[str, ...] = ("transformer",),
+    weak_condition: Callable[[dict, list[str]], dict] | None = None,
+    **call_kwargs,
+) -> torch.Tensor:
+    """PG / AG latents for a pipeline whose CFG makes two denoiser calls a step (Flux, Chroma, Qwen-Image,
+    Wan), from diffusers and peft alone: `ft`'s stock loop runs; its denoisers' calls (every one of
+    `experts`: Wan 2.2 switches between two) are counted by hand, in the pipelines' documented order (call
+    2i: the prompt call of step i, θ_ft; call 2i + 1: the negative call), and the negative call is computed
+    by `weak`'s same expert at ω(i / N) (adapter `adapter` at scale ω with `set_adapters`, or `full_weak(ω)`
+    writing lerped weights) on the negative call's own inputs (PG) or on the prompt call's (AG). Outside the
+    interval the negative call returns the prompt call's output, so that the stock mix is D_ft(x, c).
+    `weak_condition(kwargs, texts)`, when given, replaces the weak call's condition by `weak`'s own encoding
+    of `texts` (the prompts for AG, the negative prompts for PG): a text-encoder personalization at ω.
+    """
+    omega_fn = omega if callable(omega) else (lambda tau, value=omega: value)
+    rows = [p for p in prompts for _ in range(num_images)]
+    state: dict = {"calls": 0, "prompt": None}
+    originals = {name: getattr(ft, name).forward for name in experts}
+
+    def forward_of(name):
+        original = originals[name]
+        names = list(inspect.signature(original).parameters)
+
+        def forward(*args, **kwargs):
+            kwargs.update(dict(zip(names, args, strict=False)))
+            call = state["calls"]
+            state["calls"] += 1
+            step = call // 2
+            if call % 2 == 0:
+                out = original(**kwargs)
+                state["prompt"] = (kwargs, out)
+                return out
+            prompt_kwargs, prompt_out = state["prompt"]
+            if not int(interval[0] * steps) <= step < int(interval[1] * steps):
+                return prompt_out
+            w = float(omega_fn(step / steps))
+            if full_weak is not None:
+                full_weak(w)
+            else:
+                weak.set_adapters([adapter], [w])
+            inputs = prompt_kwargs if method == "ag" else kwargs
+            if weak_condition is not None:
+                inputs = weak_condition(inputs, rows if method == "ag" else [negative] * len(rows))
+            return getattr(weak, name)(**inputs)
+
+        return forward
+
+    for name in experts:
+        getattr(ft, name).forward = forward_of(name)
+    try:
+        generators = [torch.Generator().manual_seed(seed + i) for _ in prompts for i in range(num_images)]
+        with torch.no_grad():
+            result = ft(
+                prompt=rows,
+                negative_prompt=[negative] * len(rows),
+                **{scale_argument: scale},
+                num_inference_steps=steps,
+                generator=generators,
+                height=side,
+                width=side,
+                output_type="latent",
+                **call_kwargs,
+            )
+    finally:
+        for name in experts:
+            del getattr(ft, name).forward
+    assert state["calls"] == 2 * steps, "the stock pipeline made no negative call every step"
+    out = result.frames if hasattr(result, "frames") else result.images
+    return out.reshape(len(prompts), num_images, *out.shape[1:])

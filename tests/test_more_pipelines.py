@@ -22,6 +22,7 @@ from steerguide.errors import UserError
 from steerguide.guidance import GuidanceConfig
 from steerguide.loading import load_personalization, load_pipeline
 from steerguide.personalization import Personalization
+from steerguide.testing import char_tokenizer
 
 PROMPTS = ["a red star", "a dog"]
 STEPS = 3
@@ -30,21 +31,6 @@ KWARGS = {
     "sana": dict(max_sequence_length=16, complex_human_instruction=None, use_resolution_binning=False),
     "pixart_sigma": dict(max_sequence_length=16, clean_caption=False, use_resolution_binning=False),
 }
-
-
-def _char_tokenizer(specials: dict[str, str]):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    names = list(dict.fromkeys(["<pad>", *specials.values(), "<unk>"]))
-    vocab = {name: i for i, name in enumerate(names)}
-    vocab.update({c: len(vocab) + i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz0123456789 ")})
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", model_max_length=16, **specials
-    )
-    return tokenizer, len(vocab)
 
 
 def build(arch: str):
@@ -58,7 +44,7 @@ def build(arch: str):
         )
         from transformers import Gemma2Config, Gemma2Model
 
-        tokenizer, vocab_size = _char_tokenizer({"eos_token": "<eos>", "bos_token": "<bos>"})
+        tokenizer, vocab_size = char_tokenizer({"eos_token": "<eos>", "bos_token": "<bos>"})
         transformer = SanaTransformer2DModel(
             patch_size=1, in_channels=4, out_channels=4, num_layers=2, num_attention_heads=2,
             attention_head_dim=4, num_cross_attention_heads=2, cross_attention_head_dim=4,
@@ -91,7 +77,7 @@ def build(arch: str):
 
     from steerguide.testing import _vae
 
-    tokenizer, vocab_size = _char_tokenizer({"eos_token": "</s>"})
+    tokenizer, vocab_size = char_tokenizer({"eos_token": "</s>"})
     text_encoder = T5EncoderModel(
         T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4)
     )

@@ -101,7 +101,13 @@ def generate_command(
         "its base and personalization when not given. Options given here win.",
     ),
     method: str | None = typer.Option(None, help="cfg | ag | pg (default pg)."),
-    scale: float | None = typer.Option(None, help="Guidance scale w (1 = no guidance; default 7.5)."),
+    scale: float | None = typer.Option(
+        None, help="Guidance scale w, the real CFG scale for every model (Flux: true_cfg_scale; 1 = no guidance; "
+        "default 7.5)."
+    ),
+    distilled_guidance: float | None = typer.Option(
+        None, help="Flux's guidance embedding (its guidance_scale, distilled, no CFG; default: the pipeline's)."
+    ),
     omega: float | None = typer.Option(
         None,
         help="ω: share of the personalization kept in the weak model "
@@ -183,6 +189,7 @@ def generate_command(
         height=height,
         width=width,
         negative_prompt=negative_prompt,
+        distilled_guidance=distilled_guidance,
         device=device,
         dtype=dtype,
         scheduler=scheduler,

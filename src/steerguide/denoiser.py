@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from steerguide.errors import UserError
+from steerguide.families import BY_ENCODE_PROMPT, family_of
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
 from steerguide.pipeline_call import calling_pipeline
@@ -53,11 +54,8 @@ class Counters:
 
 
 def denoiser_of(pipe) -> torch.nn.Module:
-    """The pipeline's denoiser: `pipe.transformer` (SD3, Flux, ...) or `pipe.unet` (SD 1.x/2.x, SDXL)."""
-    module = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
-    if module is None:
-        raise TypeError(f"{type(pipe).__name__} has neither a unet nor a transformer")
-    return module
+    """The pipeline's (main) denoiser, as its family names it (`steerguide.families`)."""
+    return family_of(pipe).denoiser(pipe)
 
 
 def _split(value: Any, rows: int) -> tuple[Any, Any]:
@@ -163,7 +161,12 @@ class CfgRecorder(StandIn):
 
 
 def exposes_cfg(pipe) -> bool:
-    """Whether the pipeline says, as an attribute, whether it runs CFG (SD 1.x/2.x, SDXL, SD3, Sana, ...)."""
+    """Whether the pipeline says, as an attribute, whether it runs CFG (SD 1.x/2.x, SDXL, SD3, Sana, ...).
+
+    A family that keeps the decision elsewhere (PixArt: `BY_ENCODE_PROMPT`) is read there even should
+    a later diffusers add the attribute."""
+    if family_of(pipe).signal == BY_ENCODE_PROMPT:
+        return False
     return isinstance(getattr(type(pipe), "do_classifier_free_guidance", None), property)
 
 
@@ -299,9 +302,17 @@ class GuidedDenoiser:
 def guided(pipe, personalization: Personalization, config: GuidanceConfig) -> Iterator[GuidedDenoiser]:
     """Install `config`'s guidance on `pipe` for the block; yields the wrapper (its `.counters`, `.steps`).
 
-    Call the pipeline inside the block with `guidance_scale=config.scale`. Blocks may nest (the inner one
+    Call the pipeline inside the block with its CFG scale set to `config.scale`:
+    `family_of(pipe).scale_kwargs(config.scale)` (`true_cfg_scale` and a negative prompt for Flux and
+    Qwen-Image, `guidance_scale` elsewhere; see `steerguide.families`). Blocks may nest (the inner one
     guides), overlap and exit in any order, and run in several threads on pipelines sharing components.
     """
+    if family_of(pipe).separate:  # the negative branch is its own denoiser call (Flux true CFG, ...)
+        from steerguide.separate import guided_separately
+
+        with guided_separately(pipe, personalization, config) as separate_wrapper:
+            yield separate_wrapper
+        return
     wrapper = GuidedDenoiser(pipe, personalization, config)
     gates = [Gate.enter(wrapper.denoiser)]
     recorder = None

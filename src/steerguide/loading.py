@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from steerguide.errors import UserError
+from steerguide.families import GENERIC, family_of
 from steerguide.personalization import Personalization
 from steerguide.weak import ParameterDelta
 from steerguide.weak.gate import guard_modules
@@ -236,23 +237,10 @@ def _captured_warnings(logger_names: tuple[str, ...]) -> Iterator[list[str]]:
 
 
 def _text_encoders(pipe) -> list[tuple[str, torch.nn.Module]]:
-    return [
-        (n, getattr(pipe, n))
-        for n in ("text_encoder", "text_encoder_2", "text_encoder_3")
-        if getattr(pipe, n, None) is not None
-    ]
+    return [(n, getattr(pipe, n)) for n in family_of(pipe).text_encoders if getattr(pipe, n, None) is not None]
 
 
-_PIPELINE_LORA_PREFIXES = (
-    "unet.",
-    "transformer.",
-    "text_encoder",
-    "lora_unet_",
-    "lora_te",
-    "lora_transformer_",
-    "diffusion_model.",
-    "lora.",
-)
+_PIPELINE_LORA_PREFIXES = GENERIC.lora_prefixes  # every family's: a file with none of them is PEFT's own
 
 
 _MISFIT_SIGNS = (
@@ -340,6 +328,19 @@ def _install_peft_adapter(pipe, path: Path, state: dict, config: dict, name: str
         )
 
 
+def _check_lora_family(pipe, path: Path, state: Mapping[str, torch.Tensor]) -> None:
+    """A LoRA file laid out only for other families' denoisers (an SD LoRA on Flux) is refused up front."""
+    family = family_of(pipe)
+    if family is GENERIC:
+        return
+    laid_out = [k for k in state if k.startswith(_PIPELINE_LORA_PREFIXES)]
+    if laid_out and not any(k.startswith(family.lora_prefixes) for k in laid_out):
+        raise UserError(
+            f"LoRA {path} does not fit this base model ({type(pipe).__name__}): its keys are laid out for "
+            f"another kind of model (e.g. {laid_out[0]!r})"
+        )
+
+
 def _install_lora(pipe, path: Path, name: str = ADAPTER) -> Personalization:
     denoiser = denoiser_of_pipe(pipe)
     if name in _adapter_names(pipe):
@@ -351,6 +352,8 @@ def _install_lora(pipe, path: Path, name: str = ADAPTER) -> Personalization:
     source = path if path.is_dir() else path.parent
     kwargs = {} if path.is_dir() else {"weight_name": path.name}
     state = None if path.is_dir() else _read_state_dict(path)
+    if state is not None:
+        _check_lora_family(pipe, path, state)
     bare_peft = state is not None and not any(k.startswith(_PIPELINE_LORA_PREFIXES) for k in state)
     peft_config = None
     if bare_peft and (path.parent / "adapter_config.json").is_file():

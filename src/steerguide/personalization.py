@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from steerguide.errors import UserError
+from steerguide.families import family_of
 from steerguide.weak import ParameterDelta, RowScaledLora
 from steerguide.weak.lora import (
     AdapterOutputDelta,
@@ -17,11 +18,10 @@ from steerguide.weak.lora import (
 from steerguide.weak.merged import merge_state, merged_adapter_delta, unmerge_adapter
 
 KINDS = ("none", "lora", "full", "partial")
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
 def _denoiser(pipe):
-    return getattr(pipe, "transformer", None) or pipe.unet
+    return family_of(pipe).denoiser(pipe)
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Personalization:
         names = ["denoiser"] if tuner_layers(_denoiser(pipe), self.adapter) else []
         return names + [
             n
-            for n in TEXT_ENCODERS
+            for n in family_of(pipe).text_encoders
             if getattr(pipe, n, None) is not None and tuner_layers(getattr(pipe, n), self.adapter)
         ]
 
@@ -142,7 +142,7 @@ class Personalization:
     @staticmethod
     def _modules(pipe) -> list:
         return [_denoiser(pipe)] + [
-            getattr(pipe, n) for n in TEXT_ENCODERS if getattr(pipe, n, None) is not None
+            getattr(pipe, n) for n in family_of(pipe).text_encoders if getattr(pipe, n, None) is not None
         ]
 
     def release(self) -> None:

@@ -73,12 +73,19 @@ def sample(
     negative_prompt: str | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    distilled_guidance: float | None = None,
     **pipe_kwargs: Any,
 ) -> SampleResult:
     """Sample `num_images` images for each prompt with the guidance of `config`.
 
-    Extra keyword arguments go to the pipeline call unchanged (e.g. `callback_on_step_end`).
+    `config.scale` goes to the pipeline argument that is its real CFG scale (`true_cfg_scale` for Flux);
+    `distilled_guidance` to a guidance embedding distilled into the model (Flux's `guidance_scale`; None:
+    the pipeline's default). Extra keyword arguments go to the pipeline call unchanged (e.g.
+    `callback_on_step_end`).
     """
+    from steerguide.families import family_of
+
+    family = family_of(pipe)
     if steps < 1:
         raise UserError(f"steps must be >= 1, got {steps}")
     if num_images < 1:
@@ -90,6 +97,17 @@ def sample(
     limits.image_side("--height", height)  # the messages of `generate` and the CLI
     limits.image_side("--width", width)
     call_params = inspect.signature(pipe.__call__).parameters
+    if family.video:
+        raise UserError(
+            f"{type(pipe).__name__} makes videos; sample and generate write images (guide it with "
+            "steerguide.guided around your own pipeline call)"
+        )
+    if family.scale_argument not in call_params:
+        raise UserError(f"{type(pipe).__name__} takes no {family.scale_argument}: steerguide cannot guide it")
+    if distilled_guidance is not None and family.distilled_argument is None:
+        raise UserError(f"{type(pipe).__name__} has no distilled guidance embedding (--distilled-guidance)")
+    if negative_prompt is None:
+        negative_prompt = family.negative_prompt_default  # Flux: true CFG runs only with a negative prompt
     if config.guidance_rescale > 0:
         if "guidance_rescale" not in call_params:
             raise UserError(f"{type(pipe).__name__} does not support guidance_rescale")
@@ -122,7 +140,7 @@ def sample(
             kwargs = dict(
                 prompt=[prompts[p] for p, _ in batch],
                 num_inference_steps=steps,
-                guidance_scale=config.scale,
+                **family.scale_kwargs(config.scale, distilled_guidance),
                 generator=generators,
                 height=height,
                 width=width,
@@ -155,7 +173,7 @@ RUN_JSON = "run.json"
 # What must match for a rerun to continue a folder: everything that decides the images' pixels.
 IDENTITY = (
     "base", "personalization_path", "guidance", "prompts", "negative_prompt", "num_images", "seed",
-    "steps", "height", "width", "device", "dtype", "scheduler_asked",
+    "steps", "height", "width", "device", "dtype", "scheduler_asked", "distilled_guidance",
 )
 
 
@@ -294,6 +312,7 @@ def generate(
     threads: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    distilled_guidance: float | None = None,
 ) -> dict:
     """Load, sample and write `out/<prompt#>-<slug>-<image#>.png` and `out/run.json`; returns the run record.
 
@@ -311,6 +330,8 @@ def generate(
     limits.image_side("--width", width)
     if not prompts:
         raise UserError("no prompts given")
+    if distilled_guidance is not None:
+        limits.finite("--distilled-guidance", distilled_guidance)
     out = Path(out)
     identity = {
         "base": str(base),
@@ -326,6 +347,7 @@ def generate(
         "device": device,
         "dtype": dtype,
         "scheduler_asked": scheduler,
+        "distilled_guidance": distilled_guidance,
     }
     created = not out.exists()
     earlier, replaced = check_generate_out(out, identity, overwrite)
@@ -350,6 +372,7 @@ def _generate(base, personalization, config, prompts, out, identity, earlier, re
                progress) -> dict:
     """`generate` once its arguments and `out` are checked (the same arguments, in order)."""
     from steerguide import limits
+    from steerguide.families import family_of
     from steerguide.loading import load_personalization, load_pipeline
 
     if threads is None and device.startswith("cpu"):
@@ -359,6 +382,10 @@ def _generate(base, personalization, config, prompts, out, identity, earlier, re
     _remove_dead_temporaries(out)
     t0 = time.perf_counter()
     pipe = load_pipeline(base, device=device, dtype=dtype, scheduler=scheduler)
+    family = family_of(pipe)
+    distilled = identity["distilled_guidance"]
+    if distilled is not None and family.distilled_argument is None:
+        raise UserError(f"--distilled-guidance: {type(pipe).__name__} has no distilled guidance embedding")
     personal = load_personalization(pipe, personalization)
     if personal.kind == "none" and config.method != "cfg":
         raise UserError(f"--method {config.method} needs --personalization (without one, θ_pre = θ_ft)")
@@ -386,6 +413,8 @@ def _generate(base, personalization, config, prompts, out, identity, earlier, re
         "omega_per_step": (earlier or {}).get("omega_per_step", []),
         "scheduler": type(pipe.scheduler).__name__,
         "pipeline": type(pipe).__name__,
+        "family": family.name,
+        "negative_prompt_used": negative_prompt if negative_prompt is not None else family.negative_prompt_default,
         "height_made": height or native or None,
         "width_made": width or native or None,
         "threads": threads,
@@ -419,7 +448,8 @@ def _generate(base, personalization, config, prompts, out, identity, earlier, re
             per = len(call) // len(ps)
             result = sample(pipe, personal, config, [prompts[p] for p in ps], num_images=per, seed=seed + first,
                             steps=steps, height=height, width=width, negative_prompt=negative_prompt,
-                            batch_size=len(call), progress=False, callback_on_step_end=on_step_end)
+                            batch_size=len(call), progress=False, callback_on_step_end=on_step_end,
+                            distilled_guidance=distilled)
             for k, p in enumerate(ps):
                 for j, image in enumerate(result.images[k]):
                     i = first + j
@@ -438,10 +468,7 @@ def _generate(base, personalization, config, prompts, out, identity, earlier, re
 
 
 def _native_side(pipe) -> int | None:
-    """The pixel side a pipeline makes by default (UNet pipelines; None where it cannot tell)."""
-    unet = getattr(pipe, "unet", None)
-    factor = getattr(pipe, "vae_scale_factor", None)
-    size = getattr(getattr(unet, "config", None), "sample_size", None)
-    if isinstance(size, int) and isinstance(factor, int):
-        return size * factor
-    return None
+    """The pixel side a pipeline makes by default, as its family knows it (None where it cannot tell)."""
+    from steerguide.families import family_of
+
+    return family_of(pipe).native_side(pipe)

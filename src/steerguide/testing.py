@@ -1,4 +1,5 @@
-"""Tiny random pipelines of the real architectures (SD 1.5, SDXL, SD3), saved to disk.
+"""Tiny random pipelines of the real architectures (SD 1.5, SDXL, SD3, Flux, Chroma, Qwen-Image,
+Wan 2.1/2.2), saved to disk.
 
 Tests, benchmarks and examples load them through the same `from_pretrained` code as real checkpoints,
 so nothing here needs the network. The tokenizers are character-level CLIP BPE vocabularies written
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-ARCHITECTURES = ("sd15", "sdxl", "sd3")
+ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux", "chroma", "qwen-image", "wan21", "wan22")
 
 _SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
 _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"
@@ -35,6 +36,22 @@ def write_clip_tokenizer(folder: str | Path, max_length: int = 16) -> int:
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     return len(tokens)
+
+
+def char_tokenizer(specials: dict[str, str], max_length: int = 16):
+    """A character-level fast tokenizer (T5, Gemma and Qwen stand-ins): every character is a token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    names = list(dict.fromkeys(["<pad>", *specials.values(), "<unk>"]))
+    vocab = {name: i for i, name in enumerate(names)}
+    vocab.update({c: len(vocab) + i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz0123456789 ")})
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", model_max_length=max_length, **specials
+    )
+    return tokenizer, len(vocab)
 
 
 def _clip_config(vocab_size: int, hidden: int = 32, projection_dim: int = 32, max_length: int = 16):
@@ -118,6 +135,14 @@ def build_pipeline(
 
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+    if arch == "flux":
+        return build_flux(seed)
+    if arch == "chroma":
+        return build_chroma(seed)
+    if arch == "qwen-image":
+        return build_qwen_image(seed)
+    if arch in ("wan21", "wan22"):
+        return build_wan(seed, two_experts=arch == "wan22")
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         vocab_size = write_clip_tokenizer(tmp)
@@ -218,6 +243,167 @@ def build_pipeline(
         tokenizer_2=tokenizer,
         text_encoder_3=_t5(vocab_size) if t5 else None,
         tokenizer_3=tokenizer if t5 else None,
+    )
+
+
+FLUX_DEV_TRANSFORMER = dict(  # black-forest-labs/FLUX.1-dev transformer/config.json (12 B parameters)
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+
+
+def build_flux(seed: int = 0, layers: tuple[int, int] = (1, 1), real_width: bool = False):
+    """A tiny random `FluxPipeline` (CLIP and T5 text encoders, guidance embedding, 32×32 images).
+
+    `layers`: the transformer's (double-stream, single-stream) blocks. `real_width` gives the transformer
+    FLUX.1-dev's real configuration but for the number of blocks (3072 wide, 24 heads, 4096-wide text,
+    16 latent channels; random weights), with one-layer text encoders of the widths it reads: what the
+    denoiser costs at real size (benchmarks).
+    """
+    import tempfile
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    if real_width:
+        config = {**FLUX_DEV_TRANSFORMER, "num_layers": layers[0], "num_single_layers": layers[1]}
+    else:
+        config = dict(patch_size=1, in_channels=16, num_layers=layers[0], num_single_layers=layers[1],
+                      attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                      pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 4, 8))  # fmt: skip
+    transformer = FluxTransformer2DModel(**config)
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_size = write_clip_tokenizer(tmp)
+        tokenizer = CLIPTokenizer.from_pretrained(tmp)
+    text_width, pooled_width = config["joint_attention_dim"], config["pooled_projection_dim"]
+    clip = _clip_config(vocab_size, hidden=pooled_width, projection_dim=pooled_width)
+    clip.num_hidden_layers, clip.num_attention_heads = 1, 4
+    t5, t5_tokenizer = _char_t5(width=text_width)
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_flux_vae(latent_channels=config["in_channels"] // 4),
+        text_encoder=CLIPTextModel(clip),
+        tokenizer=tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+
+
+def _char_t5(width: int = 32):
+    """A one-layer T5 encoder of `width` channels and its character tokenizer."""
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer, vocab = char_tokenizer({"eos_token": "</s>"})
+    config = T5Config(vocab_size=vocab, d_model=width, d_ff=37, d_kv=8, num_layers=1, num_heads=4)
+    return T5EncoderModel(config), tokenizer
+
+
+def _flux_vae(latent_channels: int = 4):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+        latent_channels=latent_channels, norm_num_groups=4, sample_size=32, scaling_factor=0.3611,
+        shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+    )  # fmt: skip
+
+
+def build_chroma(seed: int = 0):
+    """A tiny random `ChromaPipeline` (Flux's layout without CLIP and the guidance embedding; T5 only)."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    transformer = ChromaTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(4, 4, 8), approximator_num_channels=8,
+        approximator_hidden_dim=32, approximator_layers=1,
+    )  # fmt: skip
+    t5, tokenizer = _char_t5()
+    return ChromaPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_flux_vae(),
+        text_encoder=t5,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+
+
+def build_qwen_image(seed: int = 0):
+    """A tiny random `QwenImagePipeline` (a one-layer Qwen2.5-VL text encoder with the character tokenizer)."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tokenizer, vocab = char_tokenizer({"eos_token": "<|endoftext|>"}, max_length=1024)
+    text = dict(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=2, vocab_size=vocab, eos_token_id=1, pad_token_id=0, bos_token_id=None,
+                rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"})  # fmt: skip
+    vision = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16)
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, hidden_size=16, vocab_size=vocab,
+                              vision_start_token_id=vocab, vision_end_token_id=vocab + 1,
+                              vision_token_id=vocab + 2)  # fmt: skip
+    vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)  # fmt: skip
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=1,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
+                                              axes_dims_rope=(8, 4, 4))  # fmt: skip
+    return QwenImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=Qwen2_5_VLForConditionalGeneration(config),
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+
+
+def build_wan(seed: int = 0, two_experts: bool = False):
+    """A tiny random `WanPipeline` (text to video; frames a multiple of 4 plus 1, sides a multiple of 16).
+
+    `two_experts` builds Wan 2.2's layout: a high-noise `transformer` for timesteps ≥ 875 and a low-noise
+    `transformer_2` below (`boundary_ratio=0.875`): of four steps, the first runs on the high-noise expert."""
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer, vocab = char_tokenizer({"eos_token": "</s>"})
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=vocab, d_model=32, d_ff=37, d_kv=8, num_layers=1,
+                                               num_heads=4))  # fmt: skip
+
+    def transformer():
+        return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                     in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
+                                     num_layers=1, rope_max_seq_len=32)  # fmt: skip
+
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                             temperal_downsample=[False, True, True]),  # fmt: skip
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer=transformer(),
+        transformer_2=transformer() if two_experts else None,
+        boundary_ratio=0.875 if two_experts else None,
     )
 
 

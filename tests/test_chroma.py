@@ -1,0 +1,102 @@
+"""Chroma: CFG as two denoiser calls a step without a cache_context marker (families.BY_CALL_ORDER).
+
+The negative call is the step's second call on the prompt call's latents while the pipeline's
+`do_classifier_free_guidance` holds. The references (tests/reference_impl.separate_reference_latents)
+count the calls by hand, in Chroma's order, and route the negative one through a second pipeline.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference_impl import cosine, lerp_into, load, separate_reference_latents
+
+from steerguide.guidance import GuidanceConfig
+from steerguide.loading import load_personalization, load_pipeline
+from steerguide.sampling import sample
+from steerguide.testing import save_random_lora
+
+PROMPTS = ["a dog on the beach", "a red cat"]
+SIDE = 16
+ATOL = 2e-4
+EXTRA = dict(max_sequence_length=16, scale_argument="guidance_scale")
+TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "proj_mlp", "proj_out")
+
+
+@pytest.fixture(scope="module")
+def chroma(tiny_model_dir, tmp_path_factory):
+    base = tiny_model_dir("chroma")
+    pipe = load_pipeline(base)
+    lora = save_random_lora(pipe, tmp_path_factory.mktemp("chroma-lora"), seed=3, std=0.1, target_modules=TARGETS)
+    pipe.load_lora_weights(str(lora))
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    full = tmp_path_factory.mktemp("chroma-full")
+    pipe.transformer.save_pretrained(full, safe_serialization=True)
+    engines = {}
+    for name, personalization in (("lora", lora), ("full", full)):
+        engine_pipe = load_pipeline(base)
+        engines[name] = (engine_pipe, load_personalization(engine_pipe, personalization))
+    yield base, lora, full, engines
+    engines.clear()
+
+
+def engine(engines, kind, config, steps=4, negative=None, batch_size=16):
+    pipe, personal = engines[kind]
+    result = sample(pipe, personal, config, PROMPTS, num_images=2, seed=5, steps=steps, height=SIDE, width=SIDE,
+                    negative_prompt=negative, progress=False, output_type="latent", max_sequence_length=16,
+                    batch_size=batch_size)  # fmt: skip
+    return torch.stack([torch.stack(row) for row in result.images]), result
+
+
+def reference(base, lora, method, omega, **kw):
+    ft, weak = load(base), load(base)
+    for pipe in (ft, weak):
+        pipe.load_lora_weights(str(lora), adapter_name="p")
+    return separate_reference_latents(ft, weak, method=method, scale=4.0, omega=omega, prompts=PROMPTS, seed=5,
+                                      side=SIDE, **EXTRA, **kw)  # fmt: skip
+
+
+def test_cfg_is_the_stock_pipeline_bit_for_bit(chroma):
+    base, lora, _, engines = chroma
+    _, result = engine(engines, "lora", GuidanceConfig("cfg", scale=4.0), batch_size=1)
+    stock = load(base)
+    stock.load_lora_weights(str(lora))
+    for p, prompt in enumerate(PROMPTS):
+        for i in range(2):
+            with torch.no_grad():
+                want = stock(prompt=prompt, guidance_scale=4.0, num_inference_steps=4, height=SIDE, width=SIDE,
+                             generator=torch.Generator().manual_seed(5 + i), output_type="latent",
+                             max_sequence_length=16).images[0]  # fmt: skip
+            torch.testing.assert_close(result.images[p][i], want, atol=0, rtol=0)
+    assert result.counters.denoiser_calls == 8 * 4
+
+
+@pytest.mark.parametrize("method,omega", [("pg", 0.0), ("pg", 0.3), ("pg", 1.0), ("ag", 0.3)])
+def test_lora_methods_match_the_reference(chroma, method, omega):
+    base, lora, _, engines = chroma
+    ours, result = engine(engines, "lora", GuidanceConfig(method, scale=4.0, omega=omega))
+    torch.testing.assert_close(ours, reference(base, lora, method, omega), atol=ATOL, rtol=1e-4)
+    cfg, cfg_result = engine(engines, "lora", GuidanceConfig("cfg", scale=4.0))
+    assert result.counters.denoiser_calls == cfg_result.counters.denoiser_calls == 8
+    assert result.counters.denoiser_rows == cfg_result.counters.denoiser_rows
+    if (method, omega) != ("pg", 1.0):
+        assert (cfg - ours).abs().max() > 50 * ATOL  # the weak model matters: the test can fail
+
+
+def test_full_finetune_and_a_scheduled_interval_match_the_reference(chroma):
+    from diffusers import ChromaTransformer2DModel
+
+    base, _, full, engines = chroma
+    config = GuidanceConfig("pg", scale=4.0, omega=0.0, omega_schedule="cosine:1.0", interval=(0.25, 0.75))
+    ours, result = engine(engines, "full", config, steps=6, negative="blurry")
+    ft = load(base, transformer=ChromaTransformer2DModel.from_pretrained(full))
+    weak = load(base)
+    pre = {k: v.clone() for k, v in weak.transformer.state_dict().items()}
+    fine = {k: v for k, v in ft.transformer.state_dict().items() if not torch.equal(v, pre[k])}
+    ref = separate_reference_latents(ft, weak, method="pg", scale=4.0, omega=cosine(0.0, 1.0), prompts=PROMPTS,
+                                     seed=5, side=SIDE, steps=6, interval=(0.25, 0.75), negative="blurry",
+                                     adapter=None, full_weak=lerp_into(weak.transformer, pre, fine), **EXTRA)  # fmt: skip
+    torch.testing.assert_close(ours, ref, atol=ATOL, rtol=1e-4)
+    assert [o is None for o in result.omegas] == [True, False, False, False, True, True]
+    assert result.counters.denoiser_calls == 6 + 3  # no negative call outside the interval
