@@ -36,6 +36,7 @@ from steerguide.errors import UserError
 from steerguide.families import BY_CACHE_CONTEXT, BY_CALL_ORDER, family_of
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
+from steerguide.pipeline_call import calling_pipeline
 from steerguide.weak import RowScaledLora
 from steerguide.weak.gate import Gate
 from steerguide.weak.lora import row_scalable, tuner_layers
@@ -132,6 +133,9 @@ class _ExpertCall:
     def __init__(self, wrapper: SeparatePassDenoiser, expert: Expert) -> None:
         self.wrapper, self.expert = wrapper, expert
 
+    def owns_call(self) -> bool:
+        return self.wrapper.owns_call()
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.wrapper.call(self.expert, args, kwargs)
 
@@ -172,6 +176,11 @@ class SeparatePassDenoiser:
             return []
         last = max(self.steps)
         return [self.steps[s]["omega"] if s in self.steps else None for s in range(last + 1)]
+
+    def owns_call(self) -> bool:
+        """Whether the denoiser call under way is this block's (`GuidedDenoiser.owns_call`)."""
+        caller = calling_pipeline()
+        return caller is None or caller is self.pipe
 
     def _record(self, step: int, tau: float, omega: float | None) -> None:
         self.steps.setdefault(step, {"step": step, "tau": tau, "omega": omega, "guided": omega is not None})
