@@ -275,3 +275,32 @@ def test_a_lora_for_another_family_is_refused_in_one_line(flux, tiny_model_dir, 
     for lora in (loras["diffusers"], loras["kohya"]):
         line = _bad(capsys, _cli(sd15, tmp_path / "b", "--personalization", lora, "--method", "pg"))
         assert "does not fit" in line and "StableDiffusionPipeline" in line
+
+
+def test_a_call_of_another_pipeline_inside_a_guided_block_is_not_guided(flux):
+    """Dispatch follows the pipeline call on separate-pass families too: a twin pipeline sharing the
+    transformer, called inside `guided(pipe)`, runs its own plain true CFG."""
+    from diffusers import FluxPipeline
+
+    from steerguide.denoiser import guided
+
+    base, loras, _ = flux
+    pipe, personal = _engine_pipe(base, loras["diffusers"])
+    twin = FluxPipeline(**pipe.components)
+    for p in (pipe, twin):
+        p.set_progress_bar_config(disable=True)
+
+    def call(p):
+        with torch.no_grad():
+            return p(prompt=PROMPTS[0], negative_prompt="", true_cfg_scale=4.0, num_inference_steps=2,
+                     generator=torch.Generator().manual_seed(5), height=SIDE, width=SIDE,
+                     output_type="latent", **EXTRA).images[0]  # fmt: skip
+
+    want = call(twin)
+    config = GuidanceConfig("pg", scale=4.0, omega=0.3)
+    with guided(pipe, personal, config) as wrapper:
+        guided_latents = call(pipe)
+        other = call(twin)
+    torch.testing.assert_close(other, want, atol=0, rtol=0)
+    assert (guided_latents - want).abs().max() > 100 * ATOL  # the block's own pipeline was guided
+    assert wrapper.counters.denoiser_calls == 2 * 2  # the twin's calls were not the block's
