@@ -420,3 +420,31 @@ def test_gpu_run_refuses_bad_input_in_one_line(capsys, tmp_path):
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         f"error: diffusers is not installed and {tmp_path / 'tree'}/.whl holds no wheels (run "
         "benchmarks/gpu/wheels.sh)"]
+
+
+def test_gpu_cost_table_keeps_going_past_a_failing_method():
+    """A method that fails on the device (out of memory, an op vmap cannot batch) is reported in its cell
+    and not run again; the other methods keep their figures. Wrong: one failure losing the table."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_cost_t", ROOT / "benchmarks" / "gpu" / "cost.py")
+    cost = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_cost_t"] = cost
+    spec.loader.exec_module(cost)
+    calls, lines, errors = [], [], {}
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+
+    runs = {"pg-full-1pass": broken, "cfg-full": lambda: 0.25}
+    for _ in range(2):
+        assert cost._attempt(runs, errors, "pg-full-1pass", "sdxl ×4", lines.append) != 0.0
+        assert cost._attempt(runs, errors, "cfg-full", "sdxl ×4", lines.append) == 0.25
+    assert len(calls) == 1 and errors == {"pg-full-1pass": "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"}
+    assert lines == ["sdxl ×4 pg-full-1pass failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"]
+    rows = [{"family": "sdxl", "prompts": 4, "method": m, "ms_per_step": 250.0, "ratio": 1.0,
+             "error": errors.get(m)} for m in cost.METHODS]
+    table = cost.render(rows, "header")
+    assert "| failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB |" in table
+    assert table.count("250.0 ms (1.000×)") == len(cost.METHODS) - 1

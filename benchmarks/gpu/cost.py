@@ -19,6 +19,7 @@ every other round), after one warm-up round. On CPU (`--smoke`) the wall clock.
 
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 import time
@@ -219,6 +220,20 @@ def runner(method: str, lora, full, prompts: list[str], steps: int, side: int, d
     return once
 
 
+def _attempt(runs: dict, errors: dict[str, str], method: str, label: str, log) -> float:
+    """One sampling; a method that fails (out of memory, an op vmap cannot batch) is left out of the rest
+    of the table with its error, instead of losing the whole table."""
+    if method in errors:
+        return math.nan
+    try:
+        return runs[method]()
+    except Exception as e:  # noqa: BLE001 - reported in the table
+        first = str(e).splitlines()[0][:160] if str(e) else ""
+        errors[method] = f"{type(e).__name__}: {first}"
+        log(f"{label} {method} failed: {errors[method]}")
+        return math.nan
+
+
 def measure(family: str, batches: list[int], *, smoke: bool, device: str, dtype: torch.dtype, steps: int,
             rounds: int, warmups: int, log=print) -> list[dict]:
     """Rows {family, prompts, method, ms_per_step, ratio, rounds} for each batch size of `family`."""
@@ -232,18 +247,24 @@ def measure(family: str, batches: list[int], *, smoke: bool, device: str, dtype:
         for n in batches:
             prompts = [f"sks dog {i}" for i in range(n)]  # within the tiny tokenizers' 16
             runs = {m: runner(m, lora, full, prompts, steps, side, device) for m in METHODS}
+            errors: dict[str, str] = {}
+
+            def attempt(m: str, runs=runs, errors=errors, label=f"{family} ×{n}") -> float:
+                return _attempt(runs, errors, m, label, log)
+
             for _ in range(warmups):
-                for once in runs.values():
-                    once()
+                for m in METHODS:
+                    attempt(m)
             times: dict[str, list[float]] = {m: [] for m in METHODS}
             for r in range(rounds):
                 for m in METHODS if r % 2 == 0 else METHODS[::-1]:
-                    times[m].append(runs[m]())
-            medians = {m: statistics.median(v) for m, v in times.items()}
+                    times[m].append(attempt(m))
+            medians = {m: math.nan if m in errors else statistics.median(v) for m, v in times.items()}
             for m in METHODS:
                 ref = "cfg-full" if "full" in m else "cfg-lora"
                 rows.append({"family": family, "prompts": n, "method": m, "ms_per_step": 1e3 * medians[m],
-                             "ratio": medians[m] / medians[ref], "against": ref, "rounds": times[m]})
+                             "ratio": medians[m] / medians[ref], "against": ref, "rounds": times[m],
+                             "error": errors.get(m)})
             log(f"{family} ×{n}: " + ", ".join(f"{m} {1e3 * medians[m]:.1f} ms" for m in METHODS))
         del lora, full, base
     if device.startswith("cuda"):
@@ -260,6 +281,7 @@ def render(rows: list[dict], header: str, tiny: bool = False) -> str:
         cells = {r["method"]: r for r in rows if (r["family"], r["prompts"]) == (family, n)}
         name = f"{family}, tiny (smoke)" if tiny else FAMILIES[family].name
         lines.append(f"| {name} | {n} ({2 * n}) | " + " | ".join(
+            f"failed: {cells[m]['error']}" if cells[m].get("error") else
             f"{cells[m]['ms_per_step']:.1f} ms ({cells[m]['ratio']:.3f}×)" for m in METHODS) + " |")
     lines.append("| Flux transformer | — | slot kept for issue 25 (pipeline families): not measured yet |"
                  + " |" * (len(METHODS) - 1))
