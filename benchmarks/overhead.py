@@ -12,7 +12,9 @@ Methods (all at w = 5, same prompts, seeds and scheduler):
                         tensor of the UNet perturbed, as after DreamBooth: all of them differ)
   pg-lora               PG, ω = 0.5, one batched pass with per-row LoRA scales
   pg-lora-linear        PG, ω linear 0 → 1 (a new ω every step)
-  pg-full               PG, ω = 0.5, θ_ω materialized once and swapped in for the null half
+  pg-full               PG, ω = 0.5, θ_ω materialized once; the device's default path (`passes = "auto"`)
+  pg-full-2pass         the same in two half-batch calls, θ_ω swapped in for the null half
+  pg-full-1pass         the same in one call over both weight sets (vmap over stacked [θ_ω; θ_ft])
   pg-full-linear        PG, ω linear 0 → 1 on the full fine-tune: θ_ω materialized anew at every step
   ag-lora               autoguidance with the pretrained model (LoRA scale 0 on the first half)
   naive-3pass           PG the naive way: D_ft(c), D_ft(∅) and D_pre(∅) in three passes, mixed in output space
@@ -48,6 +50,8 @@ METHODS = [
     "cfg-full",
     "pg-full",
     "pg-full-linear",
+    "pg-full-2pass",
+    "pg-full-1pass",
 ]
 PROMPTS = [
     "a photo of a sks dog on the beach",
@@ -126,6 +130,8 @@ def make_runner(method: str, models: dict[str, Path], args, loaded: dict | None 
         "cfg-full": GuidanceConfig("cfg", args.scale),
         "pg-lora": GuidanceConfig("pg", args.scale, omega=0.5),
         "pg-full": GuidanceConfig("pg", args.scale, omega=0.5),
+        "pg-full-2pass": GuidanceConfig("pg", args.scale, omega=0.5),
+        "pg-full-1pass": GuidanceConfig("pg", args.scale, omega=0.5),
         "pg-lora-linear": GuidanceConfig("pg", args.scale, omega=0.0, omega_schedule="linear:1.0"),
         "pg-full-linear": GuidanceConfig("pg", args.scale, omega=0.0, omega_schedule="linear:1.0"),
         "ag-lora": GuidanceConfig("ag", args.scale, omega=0.0),
@@ -137,12 +143,14 @@ def make_runner(method: str, models: dict[str, Path], args, loaded: dict | None 
     peak_held = [0]
     build_seconds = [0.0, 0]  # time spent materializing θ_ω, and sampling runs timed
 
-    def timed_weights(delta, clock):
-        """`delta.weights` that adds the time of every θ_ω it builds (not cached hits) to build_seconds."""
-        weights = type(delta).weights
+    def timed_weights(delta, clock, attribute="weights", cache="_cache"):
+        """`delta.weights` (or `.stacked`) that adds the time of every θ_ω it builds (not cached hits) to
+        build_seconds."""
+        weights = getattr(type(delta), attribute)
 
         def timed(omega):
-            fresh = delta._cache is None or delta._cache[0] != omega
+            held = getattr(delta, cache)
+            fresh = held is None or held[0] != omega
             start = clock()
             out = weights(delta, omega)
             if fresh and omega not in (0.0, 1.0):
@@ -169,6 +177,8 @@ def make_runner(method: str, models: dict[str, Path], args, loaded: dict | None 
         delta = personal.denoiser_delta
         if delta is not None:
             delta.weights = timed_weights(delta, clock)
+            delta.stacked = timed_weights(delta, clock, "stacked", "_stacked")
+            delta.passes = {"pg-full-1pass": 1, "pg-full-2pass": 2}.get(method, "auto")
         build_seconds[1] += 1
         try:
             start = clock()
@@ -191,7 +201,8 @@ def make_runner(method: str, models: dict[str, Path], args, loaded: dict | None 
         finally:
             hook.remove()
             if delta is not None:
-                del delta.weights
+                del delta.weights, delta.stacked
+                delta.passes = "auto"
             if method == "naive-3pass":
                 del pipe.unet.forward
 

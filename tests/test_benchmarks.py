@@ -14,7 +14,8 @@ def test_overhead_benchmark_smoke(capsys):
     bars = diffusers_logging.is_progress_bar_enabled()
     try:
         code, stdout, stderr = _run_script(
-            capsys, "overhead", "--methods", "cfg-lora,pg-lora,naive-3pass,cfg-full,pg-full", "--rounds", "1",
+            capsys, "overhead", "--methods", "cfg-lora,pg-lora,naive-3pass,cfg-full,pg-full,pg-full-1pass",
+            "--rounds", "1",
             "--warmups", "0", "--steps", "2", "--skip-memory", "--channels", "32,64", "--resolution", "32",
             "--prompts", "2",
         )
@@ -26,10 +27,15 @@ def test_overhead_benchmark_smoke(capsys):
     table = {
         line.split()[0]: line.split()[1:]
         for line in lines
-        if line.split() and line.split()[0] in ("cfg-lora", "pg-lora", "naive-3pass", "cfg-full", "pg-full")
+        if line.split() and line.split()[0] in METHODS
     }
-    assert set(table) == {"cfg-lora", "pg-lora", "naive-3pass", "cfg-full", "pg-full"}
+    assert set(table) == set(METHODS)
     assert float(table["cfg-lora"][1]) == 1.0 and float(table["cfg-full"][1]) == 1.0
+    # the one-pass path holds [θ_ω; θ_ft] besides θ_pre: 1.5× the two-pass path's θ_pre + θ_ω
+    assert abs(float(table["pg-full-1pass"][3]) / float(table["pg-full"][3]) - 1.5) < 0.03  # MiB printed to 0.1
+
+
+METHODS = ("cfg-lora", "pg-lora", "naive-3pass", "cfg-full", "pg-full", "pg-full-1pass")
 
 
 def _variant(setting) -> str:
@@ -349,3 +355,96 @@ def test_continue_check_refuses_bad_folders_in_one_line(capsys, tmp_path):
                                    "--fresh", tmp_path / "fresh", "--subject", subject, "--out", tmp_path / "out")
         assert code == 2 and said in err.strip().splitlines()[-1], err[-500:]
         assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_gpu_run_smoke_writes_every_table(capsys, tmp_path):
+    """`benchmarks/gpu/run.sh --smoke`: both phases on CPU at tiny sizes, in this process; OUT holds only
+    the files that come back from a device run, and each table is there."""
+    import gzip
+    import json
+
+    out = tmp_path / "out"
+    code, stdout, stderr = _run_script(capsys, "gpu/run", out, "--smoke", "--work", tmp_path / "work")
+    assert code == 0, (stdout + stderr)[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cost.json", "log.txt", "results.jsonl.gz", "summary.md", "verdict.json"]
+    summary = (out / "summary.md").read_text()
+    assert f"benchmarks/gpu/run.sh {out} --smoke --work" in summary and "FAILED" not in summary
+    methods = ["cfg-full", "pg-full-2pass", "pg-full-1pass", "cfg-lora", "pg-lora", "naive-3pass"]
+    assert "| configuration | prompts (CFG rows) | " + " | ".join(methods) + " |" in summary
+    for family in ("sd15", "sdxl"):
+        for n in (1, 4):
+            assert f"| {family}, tiny (smoke) | {n} ({2 * n}) | " in summary
+    assert "| Flux transformer | — | slot kept for issue 25" in summary
+    rows = json.loads((out / "cost.json").read_text())
+    assert {(r["family"], r["prompts"], r["method"]) for r in rows} == {
+        (f, n, m) for f in ("sd15", "sdxl") for n in (1, 4) for m in methods}
+    assert all(r["ratio"] == 1.0 for r in rows if r["method"] in ("cfg-full", "cfg-lora"))
+    assert "2 of the 2 drawn subjects complete (14 rows)" in summary
+    for claim in ("(a) PG improves text", "(b) PG improves fidelity", "(c) PG's front", "(interval) PG ω=0.5 [0,0.6]"
+                  " against PG ω=0.5 guided on every step"):
+        assert claim in summary
+    toy = [json.loads(line) for line in gzip.open(out / "results.jsonl.gz", "rt")]
+    assert {r["omega"] for r in toy if r["method"] == "pg"} == {0.0, 0.5, 0.9}
+    assert any(r["interval"] == [0.0, 0.6] for r in toy)
+    assert set(json.loads((out / "verdict.json").read_text())) >= {"a", "b", "c", "interval"}
+    assert "## What it took" in summary and "- cost: " in summary and "- toy: " in summary
+
+
+def test_gpu_run_refuses_bad_input_in_one_line(capsys, tmp_path):
+    """Bad input to run.py: one line, exit 2, before any work; run.sh without diffusers and without the
+    wheels it would install: one line, exit 2."""
+    import shutil
+    import subprocess
+
+    (tmp_path / "file").write_text("")
+    cases = (
+        ([tmp_path / "o", "--smoke", "--minutes", "0"], "--minutes must be positive, got 0.0"),
+        ([tmp_path / "file", "--smoke"], "is a file, not a folder"),
+        ([tmp_path / "o", "--smoke", "--phases", "cost,nope"], "--phases takes cost and toy"),
+    )
+    for argv, said in cases:
+        code, _, err = _run_script(capsys, "gpu/run", *argv)
+        assert code == 2 and said in err.strip().splitlines()[-1], err[-500:]
+        assert not (tmp_path / "o").exists()
+    import torch
+
+    if not torch.cuda.is_available():
+        code, _, err = _run_script(capsys, "gpu/run", tmp_path / "o")
+        assert code == 2 and "no CUDA device here: run with --smoke" in err.strip().splitlines()[-1]
+    script = tmp_path / "tree" / "benchmarks" / "gpu" / "run.sh"
+    script.parent.mkdir(parents=True)
+    shutil.copy(ROOT / "benchmarks" / "gpu" / "run.sh", script)
+    done = subprocess.run(["bash", str(script), "--smoke"], env={"PATH": "/usr/bin:/bin", "PYTHON": "false"},
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"error: diffusers is not installed and {tmp_path / 'tree'}/.whl holds no wheels (run "
+        "benchmarks/gpu/wheels.sh)"]
+
+
+def test_gpu_cost_table_keeps_going_past_a_failing_method():
+    """A method that fails on the device (out of memory, an op vmap cannot batch) is reported in its cell
+    and not run again; the other methods keep their figures. Wrong: one failure losing the table."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_cost_t", ROOT / "benchmarks" / "gpu" / "cost.py")
+    cost = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_cost_t"] = cost
+    spec.loader.exec_module(cost)
+    calls, lines, errors = [], [], {}
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+
+    runs = {"pg-full-1pass": broken, "cfg-full": lambda: 0.25}
+    for _ in range(2):
+        assert cost._attempt(runs, errors, "pg-full-1pass", "sdxl ×4", lines.append) != 0.0
+        assert cost._attempt(runs, errors, "cfg-full", "sdxl ×4", lines.append) == 0.25
+    assert len(calls) == 1 and errors == {"pg-full-1pass": "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"}
+    assert lines == ["sdxl ×4 pg-full-1pass failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"]
+    rows = [{"family": "sdxl", "prompts": 4, "method": m, "ms_per_step": 250.0, "ratio": 1.0,
+             "error": errors.get(m)} for m in cost.METHODS]
+    table = cost.render(rows, "header")
+    assert "| failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB |" in table
+    assert table.count("250.0 ms (1.000×)") == len(cost.METHODS) - 1

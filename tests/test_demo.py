@@ -43,7 +43,8 @@ needs_base = pytest.mark.skipif(not _base_present(), reason="the toy world's bas
 def test_demo_runs_end_to_end_and_resumes(tmp_path: Path, capsys):
     import torch
 
-    from steerguide.demo import DEMO_GUIDANCE, default_subject
+    from steerguide.demo import default_subject, demo_config
+    from steerguide.evaluate.sweep import parse_config
 
     threads = torch.get_num_threads()
     out = tmp_path / "demo"
@@ -57,8 +58,9 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path, capsys):
         assert method in printed
 
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    settings = {(r["method"], r["scale"], r["omega"]) for r in rows}
-    expected = sum(len(axes["scale"]) * len(axes.get("omega", [None])) for axes in DEMO_GUIDANCE.values())
+    settings = {(r["method"], r["scale"], r["omega"], tuple(r["interval"])) for r in rows}
+    expected = len(parse_config(demo_config(default_subject())).settings)
+    assert expected == 9  # the budget: 9 settings × 16 prompts, as measured in docs/results.md
     assert len(settings) == expected and len(rows) == expected * 2  # 2 prompts, 1 seed
     assert {r["subject"] for r in rows} == {default_subject()}
     assert all(set(r["metrics"]) == {"toy_fidelity", "toy_text"} for r in rows)
@@ -70,20 +72,23 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path, capsys):
     assert (report / f"grid_{default_subject()}.png").is_file()
     assert len(json.loads((report / "summary.json").read_text())) == expected
 
-    # The first picture: photos, then CFG / AG / PG at the recommended settings for each prompt shown,
-    # upscaled to >= 128 px a cell; the report starts with it and the per-image scores.
+    # The first picture: photos, then CFG / AG / PG / PG on the first 60% at the settings the rule chose,
+    # for each prompt shown, upscaled to >= 128 px a cell; the report starts with it and the scores.
     from PIL import Image
 
-    from steerguide.demo import RECOMMENDED, SHOWCASE_CELL
+    from steerguide.demo import SHOWCASE_CELL, choose_showcase_settings, showcase_prompts
 
     assert SHOWCASE_CELL >= 128
     with Image.open(report / "showcase.png") as picture:
         assert picture.width >= 5 * SHOWCASE_CELL and picture.height >= 3 * SHOWCASE_CELL
     page = (report / "index.html").read_text()
     assert page.index("showcase") < page.index("Trade-off")
-    shown = {(r["method"], r["scale"], r["omega"]) for r in rows}
-    assert {(m, v["scale"], v["omega"]) for m, v in RECOMMENDED.items()} <= shown
-    assert page.count("<td>CFG w=5</td>") == 2 and page.count("<td>PG w=5 ω=0.5</td>") == 2  # 2 prompts
+    subject = toyworld.get_subject(default_subject())
+    chosen = choose_showcase_settings(rows, showcase_prompts(subject, 2))
+    assert sorted(chosen) == ["ag", "cfg", "pg", "pg-interval"]
+    for column in chosen.values():  # 2 prompts shown, every column a cell each
+        assert page.count(f"<td>{column['label']}</td>") == 2
+    assert "chosen on all prompts (too few for a held-out set)" in page
 
     # A rerun reuses the LoRA and every row: nothing new is trained or sampled.
     mtime = loras[0].stat().st_mtime_ns
@@ -231,3 +236,29 @@ def test_demo_uses_the_shipped_lora(tmp_path: Path, capsys, monkeypatch):
 def test_ship_personalization_refuses_an_unknown_subject(capsys):
     assert run(["toyworld", "ship-personalization", "unicorn"]) == 2
     assert "unknown subject 'unicorn'" in _one_error_line(capsys)
+
+
+def test_showcase_settings_are_chosen_on_the_prompts_not_shown():
+    """The first picture's rule: per method, the balanced objective's best setting on the prompts the
+    picture does not show, normalized over all settings. Wrong: choosing on the shown prompts too (here it
+    would pick CFG w=5, whose text on prompt 0 is far above its text elsewhere), or normalizing per method."""
+    from steerguide.demo import choose_showcase_settings
+
+    def row(method, scale, prompt, f, t, omega=None, interval=(0.0, 1.0)):
+        return {"method": method, "scale": scale, "omega": omega, "omega_schedule": None,
+                "interval": list(interval), "prompt_index": prompt, "seed": 0,
+                "metrics": {"toy_fidelity": f, "toy_text": t}}
+
+    rows = []
+    for prompt in (0, 1, 2):
+        shown = prompt == 0
+        rows += [row("cfg", 3.0, prompt, 0.5, 0.8), row("cfg", 5.0, prompt, 0.5, 3.0 if shown else 0.7),
+                 row("ag", 3.0, prompt, 0.6, 0.4, omega=0.0), row("ag", 5.0, prompt, 0.5, 0.35, omega=0.0),
+                 row("pg", 3.0, prompt, 0.7, 0.6, omega=0.0), row("pg", 3.0, prompt, 0.55, 0.75, omega=0.75),
+                 row("pg", 3.0, prompt, 0.6, 0.7, omega=0.5, interval=(0.0, 0.6))]
+    chosen = choose_showcase_settings(rows, shown=[0])
+    assert {k: v["label"] for k, v in chosen.items()} == {
+        "cfg": "CFG w=3", "ag": "AG w=3 (θ_pre)", "pg": "PG w=3 ω=0", "pg-interval": "PG w=3 ω=0.5, first 60%"}
+    assert all(v["held_out"] for v in chosen.values())
+    # over all settings: F from 0.5 to 0.7, T from 0.35 to 0.8; PG ω=0 scores 1 + 0.25/0.45
+    assert abs(chosen["pg"]["score"] - (1 + 0.25 / 0.45)) < 1e-9

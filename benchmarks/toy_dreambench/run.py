@@ -1,7 +1,7 @@
 """Run a toy DreamBench sweep subject by subject, in several single-threaded worker processes.
 
     python benchmarks/toy_dreambench/run.py CONFIG --out DIR [--workers 2] [--subjects a,b,...]
-        [--subjects-file F] [--continue-from DIR] [--deadline HH:MM]
+        [--subjects-file F] [--continue-from DIR] [--deadline HH:MM] [--stop-at EPOCH_SECONDS]
 
 Worker k takes subjects k, k + N, ... of the config's benchmark and, for each, trains (or finds cached) its
 LoRA and runs its rows, so that a run cut short holds whole subjects, and a rerun resumes (the sweep's rows
@@ -32,6 +32,7 @@ def run_subjects(
     deadline: str | None = None,
     subjects_file: str | None = None,
     continue_from: list[str] | None = None,
+    stop_at: float | None = None,
 ) -> None:
     import torch
     from diffusers.utils import logging as diffusers_logging
@@ -53,6 +54,10 @@ def run_subjects(
                 "not started",
                 flush=True,
             )
+            return
+        if stop_at is not None and time.time() >= stop_at:
+            print(f"{time.strftime('%H:%M:%S')} past the stop time: {name} and later subjects not started",
+                  flush=True)
             return
         t0 = time.perf_counter()
         one = replace(config, benchmark={**config.benchmark, "subjects": [name]})
@@ -78,6 +83,7 @@ def main() -> None:
         help="a sweep folder whose shorter trainings of the same recipe are continued (repeatable)",
     )
     parser.add_argument("--deadline", help="HH:MM (UTC): start no subject after this time")
+    parser.add_argument("--stop-at", type=float, help="start no subject after this time (seconds since the epoch)")
     parser.add_argument("--worker-subjects", help=argparse.SUPPRESS)  # internal: one worker's share
     args = parser.parse_args()
     for folder in args.continue_from or ():
@@ -86,7 +92,7 @@ def main() -> None:
     if args.worker_subjects is not None:
         run_subjects(
             args.config, args.out, args.worker_subjects.split(","), args.deadline, args.subjects_file,
-            args.continue_from,
+            args.continue_from, args.stop_at,
         )
         return
 
@@ -113,6 +119,7 @@ def main() -> None:
                 "--worker-subjects",
                 ",".join(names[k :: args.workers]),
                 *(["--deadline", args.deadline] if args.deadline else []),
+                *(["--stop-at", str(args.stop_at)] if args.stop_at else []),
                 *(["--subjects-file", args.subjects_file] if args.subjects_file else []),
                 *[a for d in args.continue_from or () for a in ("--continue-from", d)],
             ],

@@ -25,20 +25,20 @@ from steerguide.errors import UserError
 
 FIDELITY_METRIC, TEXT_METRIC = "toy_fidelity", "toy_text"
 
-# A few points of each curve: CFG through its scales, AG with the pretrained model (θ_pre) and PG at ω = 0.5
-# (half the personalization kept in the weak model) through the scales around the recommended one.
-DEMO_GUIDANCE: dict[str, dict[str, Any]] = {
-    "cfg": {"scale": [1.5, 3.0, 5.0, 7.5]},
+# Where each method reaches, as the toy DreamBench found it (docs/results.md): CFG through its scales, AG
+# with the pretrained model (θ_pre), PG at w = 3 with ω ∈ {0, 0.5, 0.75} (from the most subject, past what
+# CFG reaches at any scale, to near CFG's text) and PG ω = 0.5 guided on the first 60% of the steps only
+# (0.8× CFG's denoiser rows), which beat PG guided throughout at w ≥ 3 there. 9 settings, as before.
+DEMO_GUIDANCE: dict[str, Any] = {
+    "cfg": {"scale": [1.5, 3.0, 5.0]},
     "ag": {"scale": [3.0, 5.0], "omega": [0.0]},
-    "pg": {"scale": [3.0, 5.0, 7.5], "omega": [0.5], "omega_schedule": ["constant"]},
+    "pg": [
+        {"scale": [3.0], "omega": [0.0, 0.5, 0.75], "omega_schedule": ["constant"]},
+        {"scale": [3.0], "omega": [0.5], "interval": [0.0, 0.6]},
+    ],
 }
-# The settings the first picture shows, fixed before any result: the library's defaults for ω (`generate`:
-# PG 0.5, AG 0 = θ_pre) at the toy world's scale w = 5 (the one its checks and calibration use).
-RECOMMENDED: dict[str, dict[str, Any]] = {
-    "cfg": {"scale": 5.0, "omega": None, "label": "CFG w=5"},
-    "ag": {"scale": 5.0, "omega": 0.0, "label": "AG w=5 (θ_pre)"},
-    "pg": {"scale": 5.0, "omega": 0.5, "label": "PG w=5 ω=0.5"},
-}
+# The first picture's columns: one setting each, chosen by `choose_showcase_settings`.
+SHOWCASE_METHODS = ("cfg", "ag", "pg", "pg-interval")
 SHOWCASE_PROMPTS = 4
 SHOWCASE_CELL = 128  # px: the 32 px images upscaled nearest-neighbour
 
@@ -189,6 +189,57 @@ def run_demo(
     return DemoResult(out, found.name, report, stats, time.perf_counter() - start)
 
 
+def _column(row: dict) -> str:
+    """Which of the first picture's columns a result row belongs to."""
+    if row["method"] == "pg" and tuple(row.get("interval") or (0.0, 1.0)) != (0.0, 1.0):
+        return "pg-interval"
+    return row["method"]
+
+
+def _label(row: dict) -> str:
+    text = {"cfg": "CFG", "ag": "AG", "pg": "PG"}[row["method"]] + f" w={row['scale']:g}"
+    if row["method"] == "ag" and row.get("omega") == 0.0:
+        return text + " (θ_pre)"
+    if row["method"] == "pg":
+        text += f" ω={row['omega']:g}"
+        if _column(row) == "pg-interval":
+            text += f", first {100 * row['interval'][1]:g}%"
+    return text
+
+
+def choose_showcase_settings(rows: list[dict], shown: list[int]) -> dict[str, dict]:
+    """{column: {"key", "label", "held_out"}}: for each method, its setting that the tuner's `balanced`
+    objective ranks first on the prompts the picture does NOT show, the same rule for every method.
+
+    The rule, fixed before looking at the demo's images: per setting, the mean fidelity F and text T over
+    the other prompts' images; both min-max normalized over all the demo's settings (a spread of zero
+    counts as 1); the setting of each method with the largest (F − F_min)/ΔF + (T − T_min)/ΔT (ties: the
+    grid's first). A demo shrunk below five prompts has no other prompts: then all of them (`held_out`
+    False).
+    """
+    held = [r for r in rows if r["prompt_index"] not in shown]
+    held_out = bool(held)
+    rows = held or rows
+    means: dict[tuple, list] = {}
+    for r in rows:
+        key = (r["method"], r["scale"], r.get("omega"), r.get("omega_schedule"), tuple(r.get("interval") or (0, 1)))
+        entry = means.setdefault(key, [r, [], []])
+        entry[1].append(r["metrics"][FIDELITY_METRIC])
+        entry[2].append(r["metrics"][TEXT_METRIC])
+    stats = {k: (v[0], sum(v[1]) / len(v[1]), sum(v[2]) / len(v[2])) for k, v in means.items()}
+    f = [s[1] for s in stats.values()]
+    t = [s[2] for s in stats.values()]
+    df, dt = (max(f) - min(f)) or 1.0, (max(t) - min(t)) or 1.0
+    chosen: dict[str, dict] = {}
+    for key, (row, fid, txt) in stats.items():
+        score = (fid - min(f)) / df + (txt - min(t)) / dt
+        column = _column(row)
+        if column not in chosen or score > chosen[column]["score"]:
+            chosen[column] = {"key": key, "label": _label(row), "score": score, "held_out": held_out,
+                              "fidelity": fid, "text": txt}
+    return chosen
+
+
 def showcase_prompts(subject, num_prompts: int | None = None) -> list[int]:
     """Indices of up to `SHOWCASE_PROMPTS` evaluation prompts, one of each kind first: a new background,
     a new position, a second object, a recoloring."""
@@ -205,24 +256,27 @@ def showcase_prompts(subject, num_prompts: int | None = None) -> list[int]:
     return chosen[:SHOWCASE_PROMPTS]
 
 
-def _recommended_rows(out: Path, subject, num_prompts: int | None) -> list[tuple[str, dict[str, dict]]]:
-    """[(prompt, {method: result row})] at the first seed, for the showcase prompts."""
+def _showcase_rows(out: Path, subject, num_prompts: int | None) -> tuple[dict, list[tuple[str, dict[str, dict]]]]:
+    """(the chosen settings, [(prompt, {column: result row})] at the first seed for the showcase prompts)."""
     from steerguide.evaluate.report import load_results
 
     rows = [r for r in load_results(out) if r["subject"] == subject.name]
     seed = min(r["seed"] for r in rows)
+    shown = showcase_prompts(subject, num_prompts)
+    chosen = choose_showcase_settings(rows, shown)
+
+    def key(r):
+        return (r["method"], r["scale"], r.get("omega"), r.get("omega_schedule"), tuple(r.get("interval") or (0, 1)))
+
     found = []
-    for index in showcase_prompts(subject, num_prompts):
-        by_method = {}
-        for method, want in RECOMMENDED.items():
-            for r in rows:
-                if (r["prompt_index"] == index and r["seed"] == seed and r["method"] == method
-                        and r["scale"] == want["scale"] and r.get("omega") == want["omega"]
-                        and r.get("omega_schedule") in (None, "constant")):
-                    by_method[method] = r
-        prompt = subject.eval_prompts()[index]
-        found.append((prompt, by_method))
-    return found
+    for index in shown:
+        by_method = {
+            column: next(r for r in rows if r["prompt_index"] == index and r["seed"] == seed
+                         and key(r) == chosen[column]["key"])
+            for column in SHOWCASE_METHODS if column in chosen
+        }
+        found.append((subject.eval_prompts()[index], by_method))
+    return chosen, found
 
 
 def _font(size: int):
@@ -249,14 +303,15 @@ def _wrap(text: str, width: int) -> list[str]:
 
 def showcase(out: str | Path, subject, num_prompts: int | None = None):
     """The demo's first picture: the subject's photos, then for a few of its prompts the CFG, AG and PG
-    images at the recommended settings (first seed), upscaled nearest-neighbour, each with its scores."""
+    images (first seed) at each method's setting chosen by `choose_showcase_settings`, upscaled
+    nearest-neighbour, each with its scores."""
     from PIL import Image, ImageDraw
 
     out = Path(out)
     cell, pad, left, label_h = SHOWCASE_CELL, 8, 210, 34
     photos = subject.reference_images()
-    entries = _recommended_rows(out, subject, num_prompts)
-    methods = list(RECOMMENDED)
+    chosen, entries = _showcase_rows(out, subject, num_prompts)
+    methods = [m for m in SHOWCASE_METHODS if m in chosen]
     width = left + max(len(photos), len(methods)) * (cell + pad)
     top = 30
     photo_block = 22 + cell + pad * 2
@@ -273,7 +328,7 @@ def showcase(out: str | Path, subject, num_prompts: int | None = None):
         sheet.paste(photo.resize((cell, cell), Image.NEAREST), (left + i * (cell + pad), y + 20))
     y += photo_block
     for j, method in enumerate(methods):
-        draw.text((left + j * (cell + pad), y + 4), RECOMMENDED[method]["label"], fill="black", font=small)
+        draw.text((left + j * (cell + pad), y + 4), chosen[method]["label"], fill="black", font=small)
     y += 26
     for prompt, by_method in entries:
         for k, line in enumerate(_wrap(prompt, 28)[:5]):
@@ -301,13 +356,19 @@ def showcase_html(out: str | Path, subject, picture, num_prompts: int | None = N
 
     esc = html.escape
     lines = []
-    for prompt, by_method in _recommended_rows(Path(out), subject, num_prompts):
+    chosen, entries = _showcase_rows(Path(out), subject, num_prompts)
+    for prompt, by_method in entries:
         for method, row in by_method.items():
             m = row["metrics"]
-            lines.append(f"<tr><td>{esc(prompt)}</td><td>{esc(RECOMMENDED[method]['label'])}</td>"
+            lines.append(f"<tr><td>{esc(prompt)}</td><td>{esc(chosen[method]['label'])}</td>"
                          f"<td>{m[FIDELITY_METRIC]:.3f}</td><td>{m[TEXT_METRIC]:.3f}</td></tr>")
+    where = ("the prompts this picture does not show" if next(iter(chosen.values()))["held_out"]
+             else "all prompts (too few for a held-out set)")
     return (
-        f"<h2>{esc(subject.name)}: photos, then CFG, AG and PG at the recommended settings</h2>"
+        f"<h2>{esc(subject.name)}: photos, then each method at its setting chosen on {where}</h2>"
+        "<p>Each method's setting is the one the tuner's balanced objective (min-max normalized fidelity + "
+        f"text, over all the demo's settings) ranks first on {where}: the same rule for every method, "
+        "fixed before any image.</p>"
         f'<img class="grid" src="{_b64_png(picture)}" alt="showcase">'
         "<table><tr><th>prompt</th><th>setting</th><th>fidelity</th><th>text</th></tr>"
         + "".join(lines) + "</table>"
@@ -338,6 +399,8 @@ def result_table(result: DemoResult):
         omega = "" if s.omega is None else f"{s.omega:g}"
         if s.omega_schedule not in (None, "constant"):
             omega += f" {s.omega_schedule}"
+        if tuple(s.interval or (0.0, 1.0)) != (0.0, 1.0):  # guided on part of the steps only
+            omega += f" [{s.interval[0]:g},{s.interval[1]:g}]"
         table.add_row(
             s.method.upper(),
             f"{s.scale:g}",

@@ -37,6 +37,8 @@ from steerguide.families import BY_ENCODE_PROMPT, family_of
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
 from steerguide.pipeline_call import calling_pipeline
+from steerguide.weak.batched import run_two_weight_sets
+from steerguide.weak.delta import ParameterDelta
 from steerguide.weak.gate import Gate
 from steerguide.weak.stand_in import StandIn
 
@@ -232,9 +234,9 @@ class GuidedDenoiser:
             )
         return bool(value)
 
-    def _run(self, kwargs: dict, rows: int) -> Any:
+    def _run(self, kwargs: dict, rows: int, forward: Any = None) -> Any:
         start = time.perf_counter()
-        out = self._original(**kwargs)
+        out = (forward or self._original)(**kwargs)
         if torch.cuda.is_available() and self.denoiser.device.type == "cuda":
             torch.cuda.synchronize()
         self.counters.seconds_denoising += time.perf_counter() - start
@@ -291,7 +293,14 @@ class GuidedDenoiser:
         delta = self.personalization.denoiser_delta
         if delta is None or omega == 1.0 or not delta.names:
             return self._run(inputs, rows)  # θ_ω = θ_ft: both halves in one pass
-        # Tensor deltas: θ_ω and θ_ft cannot share a pass; same rows as CFG, in two calls.
+        if isinstance(delta, ParameterDelta) and delta.passes_on(self.denoiser.device) == 1:
+            # Tensor deltas in one call: the weights stacked [θ_ω; θ_ft], vmap over the two halves (an
+            # unmerged DoRA/LyCORIS adapter, `AdapterOutputDelta`, has no tensors to stack: two calls).
+            stacked = delta.stacked(omega)
+            return self._run(
+                inputs, rows, lambda **kw: run_two_weight_sets(self._original, self.denoiser, stacked, kw, rows)
+            )
+        # Tensor deltas in two calls, the same rows as CFG: θ_ω swapped in for the first half.
         with delta.at(omega):
             first = self._run(null_half, rows // 2)
         second = self._run(prompt_half, rows // 2)
