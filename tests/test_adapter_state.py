@@ -22,6 +22,7 @@ SIDE = 16
 ATOL = 2e-4
 STEPS = 2  # a wrong θ_ft or θ_ω shows from the first step on
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+KIND_NAMES = {"dora": "DoRA", "loha": "LoHa", "lokr": "LoKr"}
 
 
 def _config(kind):
@@ -94,6 +95,8 @@ def test_between_runs_the_pipeline_is_what_diffusers_has(adapters, kind):
     ours = load_pipeline(base)
     ours.set_progress_bar_config(disable=True)
     personal = load_personalization(ours, folder)
+    how = personal.info["realization"]
+    assert how.startswith(f"weight space ({KIND_NAMES[kind]}") and "unmerged" in how
     pg(ours, personal, 0.3)  # a guided run first: it must leave nothing behind
     reference = stock(base, kind, state)
     torch.testing.assert_close(latents(ours), latents(reference), atol=1e-5, rtol=1e-5)
@@ -162,7 +165,7 @@ def test_an_adapter_type_merged_for_a_run_is_unmerged_after_it(adapters):
     layers = [m for m in ours.unet.modules() if isinstance(m, BaseTunerLayer)]
     assert layers and not any(m.merged for m in layers)
     ours_pg = pg(ours, personal, 0.3)
-    assert personal.info["realization"] == "weight space (Linear adapter)"  # OFT's Linear layer
+    assert personal.info["realization"] == "weight space (OFT adapter)"
     assert not any(m.merged for m in layers)
     cfg = latents(reference)
     torch.testing.assert_close(latents(ours), cfg, atol=1e-5, rtol=1e-5)

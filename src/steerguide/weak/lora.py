@@ -42,6 +42,13 @@ def tuner_layers(module: nn.Module, adapter: str | None = None) -> list[nn.Modul
     return layers
 
 
+def tuner_kind(layer: nn.Module) -> str:
+    """peft's name for the layer's adapter type ("LoHa", "LoKr", "OFT", ...): its tuner package."""
+    package = type(layer).__module__.split(".")
+    name = package[-2] if len(package) > 2 and package[-1] == "layer" else type(layer).__name__
+    return {"loha": "LoHa", "lokr": "LoKr", "lora": "LoRA"}.get(name, name.upper())
+
+
 def lora_layers(module: nn.Module) -> list[nn.Module]:
     """The peft LoRA layers inside `module` (empty when it carries no LoRA)."""
     from peft.tuners.lora import LoraLayer
@@ -55,7 +62,7 @@ def row_scalable(module: nn.Module, adapter: str) -> str | None:
 
     for layer in tuner_layers(module, adapter):
         if not isinstance(layer, LoraLayer) or adapter not in layer.lora_A:
-            return f"{type(layer).__name__} adapter"
+            return f"{tuner_kind(layer)} adapter"
         if adapter in getattr(layer, "lora_variant", {}) or getattr(layer, "use_dora", {}).get(adapter):
             return "DoRA"
         if adapter in getattr(layer, "lora_embedding_A", {}):
@@ -90,7 +97,7 @@ def output_scalable(module: nn.Module, adapter: str) -> str | None:
         if isinstance(layer, LycorisLayer):
             continue
         if not isinstance(layer, LoraLayer) or adapter not in layer.lora_A:
-            return f"{type(layer).__name__} adapter"
+            return f"{tuner_kind(layer)} adapter"
         if adapter in getattr(layer, "lora_embedding_A", {}):
             return "embedding LoRA"
     return None
