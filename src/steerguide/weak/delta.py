@@ -18,11 +18,11 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-# Which path `passes = "auto"` takes, by device type. CPU: two passes, measured faster at SD 1.5's UNet
-# configuration (docs/results.md, "PG on a full fine-tune in one pass"): oneDNN's grouped convolutions
-# and batched matmuls cost more than the two half batches. CUDA: two passes until benchmarks/gpu/run.sh
-# has measured both on a GPU (no GPU was lent when the one-pass path was written); the one-pass path
-# also holds one more copy of the differing tensors, which matters most there.
+# Which path `passes = "auto"` takes, by device type. CPU: two passes, measured at SD 1.5's UNet
+# configuration (docs/results.md, "PG on a full fine-tune in one pass"): 1.14× CFG against one pass's
+# 1.30× at 4 prompts, within noise of each other at 1. CUDA: two passes until benchmarks/gpu/run.sh has
+# timed both on a GPU (none was lent when the one-pass path was written); the one-pass path also holds
+# one more copy of the differing tensors, which matters most there.
 AUTO_PASSES = {"cpu": 2, "cuda": 2}
 
 
