@@ -1,0 +1,199 @@
+"""A LoRA kept unmerged in a ComfyUI model, its scale set row by row inside one batched forward.
+
+ComfyUI merges a LoRA into the weights (`ModelPatcher.add_patches`), so every row of a batch sees the
+same scale. Here each layer the LoRA reaches keeps its own weight and gets a `forward` object patch
+(ComfyUI's `add_object_patch`, undone when the model is unpatched) computing
+
+    y = layer(x) + s_row · (α/r) · up(down(x))
+
+where `s_row` is 1 unless an `apply_model` wrapper (ComfyUI's WrappersMP.APPLY_MODEL) has set per-row
+scales for this call. The wrapper reads which rows are which from `transformer_options["cond_or_uncond"]`
+(0: positive, 1: negative; ComfyUI lists the chunks in reverse and may split them over several calls
+when memory is short) and the weak model's ω from `transformer_options[OMEGA_KEY]`, which only
+steerguide's guiders set: with any other guider the model is the personalized model, LoRA at 1.
+
+The LoRA file is read by ComfyUI's own key maps and loader (comfy/lora.py), so every key layout ComfyUI's
+LoraLoader reads is read here the same way.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from steerguide.errors import UserError
+
+OMEGA_KEY = "steerguide_omega"  # transformer_options entry: ω of the negative rows, set by our guiders
+WRAPPER_KEY = "steerguide_rows"  # our key among the model's APPLY_MODEL wrappers
+POSITIVE, NEGATIVE = 0, 1  # the cond_or_uncond values: indices into calc_cond_batch's [cond, uncond]
+
+
+class _RowScales:
+    """The per-row scales of the forward in progress (None: 1 for every row)."""
+
+    value: torch.Tensor | None = None
+
+
+_ROWS = _RowScales()
+
+
+@contextmanager
+def row_scales(scales: torch.Tensor | None):
+    previous, _ROWS.value = _ROWS.value, scales
+    try:
+        yield
+    finally:
+        _ROWS.value = previous
+
+
+def scales_for_rows(cond_or_uncond: list[int], batch: int, omega: float) -> torch.Tensor:
+    """One scale per batch row: ω for the rows of the negative chunks, 1 for the positive ones."""
+    if not cond_or_uncond or batch % len(cond_or_uncond):
+        raise RuntimeError(f"steerguide: a batch of {batch} rows cannot be split into chunks {cond_or_uncond}")
+    per_chunk = torch.tensor([omega if c == NEGATIVE else 1.0 for c in cond_or_uncond], dtype=torch.float32)
+    return per_chunk.repeat_interleave(batch // len(cond_or_uncond))
+
+
+def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None,
+                        transformer_options={}, **kwargs):  # noqa: B006 (ComfyUI's signature)
+    """ComfyUI APPLY_MODEL wrapper: sets the row scales for this call when a steerguide guider asks."""
+    omega = transformer_options.get(OMEGA_KEY)
+    if omega is None:
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+    scales = scales_for_rows(transformer_options["cond_or_uncond"], x.shape[0], float(omega))
+    with row_scales(scales):
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+
+@dataclass
+class _Term:
+    """One LoRA on one layer: the down projection as the layer's own kind of op, up as a 1×1 / linear."""
+
+    down: torch.Tensor
+    up: torch.Tensor  # already multiplied by α/r
+    cache: dict
+
+    def weights(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (like.device, like.dtype)
+        if key not in self.cache:
+            self.cache.clear()
+            self.cache[key] = (self.down.to(like.device, like.dtype), self.up.to(like.device, like.dtype))
+        return self.cache[key]
+
+
+class RowScaledLoRAForward:
+    """The `forward` object patch of one layer: the layer's own forward plus its LoRA terms, row-scaled."""
+
+    def __init__(self, module: torch.nn.Module, terms: list[_Term]):
+        self.module = module
+        self.terms = terms
+        self.conv = module.weight.ndim == 4
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for term in self.terms:
+            down, up = term.weights(x)
+            if self.conv:
+                m = self.module
+                h = F.conv2d(x, down, None, m.stride, m.padding, m.dilation)
+                d = F.conv2d(h, up)
+            else:
+                d = F.linear(F.linear(x, down), up)
+            total = d if total is None else total + d
+        return total
+
+    def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        out = type(self.module).forward(self.module, x, *args, **kwargs)
+        d = self.delta(x)
+        scales = _ROWS.value
+        if scales is not None:
+            if scales.shape[0] != d.shape[0]:
+                raise RuntimeError(f"steerguide: {scales.shape[0]} row scales for a batch of {d.shape[0]}")
+            d = d * scales.to(d.device, d.dtype).view(-1, *([1] * (d.ndim - 1)))
+        return out + d.to(out.dtype)
+
+
+def _term(key: str, adapter, weight: torch.Tensor, module: torch.nn.Module) -> _Term:
+    from comfy.weight_adapter.lora import LoRAAdapter
+
+    layer = key[len("diffusion_model."):-len(".weight")]
+    if not isinstance(adapter, LoRAAdapter):
+        raise UserError(f"LoRA layer {layer}: {type(adapter).__name__} weights are not supported, only LoRA")
+    up, down, alpha, mid, dora_scale, reshape = adapter.weights
+    if mid is not None or dora_scale is not None or reshape is not None:
+        raise UserError(f"LoRA layer {layer}: LoCon mid weights, DoRA and reshaped LoRAs are not supported")
+    rank = down.shape[0]
+    out_features, kernel = weight.shape[0], weight.shape[1:]
+    if up.shape[0] != out_features or up[0].numel() != rank or down[0].numel() != kernel.numel():
+        raise UserError(
+            f"LoRA layer {layer}: its matrices ({tuple(up.shape)} × {tuple(down.shape)}) do not fit the "
+            f"model's weight {tuple(weight.shape)}: a LoRA for another architecture?"
+        )
+    if weight.ndim == 4 and getattr(module, "groups", 1) != 1:
+        raise UserError(f"LoRA layer {layer}: grouped convolutions are not supported")
+    if weight.ndim not in (2, 4):
+        raise UserError(f"LoRA layer {layer}: a {weight.ndim}-d weight is not supported")
+    ratio = float(alpha) / rank if alpha is not None else 1.0
+    down = down.float().reshape(rank, *kernel)
+    up = (up.float() * ratio).reshape(out_features, rank, *([1] * (weight.ndim - 2)))
+    return _Term(down=down, up=up, cache={})
+
+
+def read_lora(model_patcher, lora_sd: dict[str, torch.Tensor], name: str) -> dict[str, _Term]:
+    """The LoRA's terms by UNet weight key, read with ComfyUI's key map; every tensor must find its layer."""
+    import comfy.lora
+    import comfy.utils
+
+    key_map = comfy.lora.model_lora_keys_unet(model_patcher.model, {})
+    loaded = comfy.lora.load_lora(lora_sd, key_map, log_missing=False)
+    used: set[str] = set()
+    for adapter in loaded.values():
+        used |= set(getattr(adapter, "loaded_keys", ()) or ())
+    unmatched = sorted(set(lora_sd) - used)
+    if not loaded:
+        raise UserError(f"LoRA {name}: none of its {len(lora_sd)} tensors matches a layer of this model's "
+                        "UNet: a LoRA for another architecture?")
+    if unmatched:
+        te = [k for k in unmatched if k.startswith(("lora_te", "text_encoder", "te_", "lora_clip"))]
+        if te:
+            raise UserError(f"LoRA {name}: it also changes the text encoder ({te[0]}, {len(te)} tensors); "
+                            "steerguide's ComfyUI nodes take UNet-only LoRAs for now")
+        raise UserError(f"LoRA {name}: {len(unmatched)} of its tensors match no layer of this model "
+                        f"(first: {unmatched[0]}): a LoRA for another architecture?")
+    sd = model_patcher.model.state_dict()
+    terms: dict[str, _Term] = {}
+    for key, adapter in loaded.items():
+        if not isinstance(key, str) or not key.startswith("diffusion_model.") or key not in sd:
+            raise UserError(f"LoRA {name}: layer {key} is not a whole UNet weight; not supported")
+        module = comfy.utils.get_attr(model_patcher.model, key[:-len(".weight")])
+        terms[key] = _term(key, adapter, sd[key], module)
+    return terms
+
+
+def add_row_scaled_lora(model_patcher, lora_sd: dict[str, torch.Tensor], name: str):
+    """A clone of `model_patcher` with the LoRA unmerged, row-scaled by steerguide's guiders."""
+    import comfy.patcher_extension
+    import comfy.utils
+
+    terms = read_lora(model_patcher, lora_sd, name)
+    patched = model_patcher.clone()
+    for key, term in terms.items():
+        path = key[:-len(".weight")]
+        patch_name = f"{path}.forward"
+        existing = patched.object_patches.get(patch_name)
+        if existing is not None and not isinstance(existing, RowScaledLoRAForward):
+            raise UserError(f"layer {path} already has another node's forward patch; cannot add the LoRA")
+        module = comfy.utils.get_attr(patched.model, path)
+        before = existing.terms if existing is not None else []
+        patched.add_object_patch(patch_name, RowScaledLoRAForward(module, [*before, term]))
+    if not patched.get_wrappers(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY):
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
+                                     apply_model_wrapper)
+    return patched
+
+
+def has_row_scaled_lora(model_patcher) -> bool:
+    return any(isinstance(v, RowScaledLoRAForward) for v in model_patcher.object_patches.values())

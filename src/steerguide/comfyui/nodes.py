@@ -1,0 +1,140 @@
+"""steerguide's ComfyUI nodes and their NODE_CLASS_MAPPINGS (what `custom_nodes/steerguide` exports).
+
+- PersonalizationLoRALoader: MODEL + a LoRA from ComfyUI's `loras` folder → MODEL with the LoRA kept
+  unmerged (lora_rows), at 1 on every row unless one of the guiders below sets ω for the negative rows.
+  With ComfyUI's own CFGGuider/KSampler it is the personalized model, as after LoraLoader.
+- PersonalizationGuider (PG) and PersonalizationAGGuider (AG): GUIDERs for SamplerCustomAdvanced.
+
+Bad input is reported through ComfyUI's own channels: numbers outside their range are refused by ComfyUI's
+prompt validation (the min/max below) before anything runs; what only the model can tell (a LoRA for
+another architecture, a model without a personalization) raises `UserError` with one line, which
+ComfyUI shows as the node's error.
+"""
+
+from __future__ import annotations
+
+import folder_paths
+
+from steerguide.comfyui.guiders import PersonalizationGuider
+from steerguide.comfyui.lora_rows import add_row_scaled_lora, has_row_scaled_lora
+from steerguide.errors import UserError
+from steerguide.schedules import Constant, Cosine, Linear
+
+CATEGORY = "sampling/custom_sampling/guiders"
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def _float(default: float, low: float, high: float, step: float = 0.01, tooltip: str = "") -> tuple:
+    return ("FLOAT", {"default": default, "min": low, "max": high, "step": step, "tooltip": tooltip})
+
+
+def _schedule(kind: str, omega: float, omega_end: float):
+    if kind == "constant":
+        return Constant(omega)
+    if kind == "linear":
+        return Linear(omega, omega_end)
+    if kind == "cosine":
+        return Cosine(omega, omega_end)
+    raise UserError(f"unknown omega schedule {kind!r}; expected one of {', '.join(SCHEDULES)}")
+
+
+def _check_interval(start: float, stop: float) -> None:
+    if not 0.0 <= start <= stop <= 1.0:
+        raise UserError(f"guidance interval must satisfy 0 <= start <= stop <= 1, got start {start}, stop {stop}")
+
+
+def _check_model(model) -> None:
+    if not has_row_scaled_lora(model):
+        raise UserError("the model has no steerguide personalization: pass it through "
+                        "PersonalizationLoRALoader first")
+
+
+_GUIDE_INPUTS = {
+    "cfg": _float(7.5, 0.0, 100.0, 0.1, "guidance scale w (1: no guidance)"),
+    "omega": _float(0.5, 0.0, 1.0, 0.01, "share of the personalization the weak model keeps at the start"),
+    "omega_schedule": (list(SCHEDULES), {"default": "constant", "tooltip": "ω over the sampling steps"}),
+    "omega_end": _float(1.0, 0.0, 1.0, 0.01, "ω at the end (linear and cosine schedules)"),
+    "start": _float(0.0, 0.0, 1.0, 0.01, "fraction of the steps where guidance starts"),
+    "stop": _float(1.0, 0.0, 1.0, 0.01, "fraction of the steps where guidance stops"),
+}
+
+
+class PersonalizationLoRALoader:
+    """Load a personalization LoRA unmerged, so that PG/AG can give each batch row its own scale."""
+
+    CATEGORY = "loaders"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    DESCRIPTION = "A LoRA kept unmerged: scale 1 for the prompt rows, ω for the weak rows of PG/AG."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "lora_name": (folder_paths.get_filename_list("loras"),)}}
+
+    def load(self, model, lora_name):
+        import comfy.utils
+
+        path = folder_paths.get_full_path("loras", lora_name)
+        if path is None:
+            raise UserError(f"LoRA {lora_name!r} is not in ComfyUI's loras folder")
+        lora = comfy.utils.load_torch_file(path, safe_load=True)
+        return (add_row_scaled_lora(model, lora, lora_name),)
+
+
+class PersonalizationGuiderNode:
+    """PG: the negative branch is the weak model θ_ω (the LoRA at ω), in CFG's one batched call."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("GUIDER",)
+    FUNCTION = "get_guider"
+    DESCRIPTION = "Personalization guidance: CFG whose negative branch keeps ω of the personalization."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "positive": ("CONDITIONING",),
+                             "negative": ("CONDITIONING",), **_GUIDE_INPUTS}}
+
+    def get_guider(self, model, positive, negative, cfg, omega, omega_schedule, omega_end, start, stop):
+        _check_model(model)
+        _check_interval(start, stop)
+        guider = PersonalizationGuider(model, _schedule(omega_schedule, omega, omega_end), start, stop)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+        return (guider,)
+
+
+class PersonalizationAGGuiderNode:
+    """AG: the weak model θ_ω on the prompt (ω = 0: the base model), in one batched call."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("GUIDER",)
+    FUNCTION = "get_guider"
+    DESCRIPTION = "Autoguidance with the weak model θ_ω (the LoRA at ω) on the prompt."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        inputs = dict(_GUIDE_INPUTS)
+        inputs["omega"] = _float(0.0, 0.0, 1.0, 0.01, "share of the personalization the weak model keeps")
+        return {"required": {"model": ("MODEL",), "positive": ("CONDITIONING",), **inputs}}
+
+    def get_guider(self, model, positive, cfg, omega, omega_schedule, omega_end, start, stop):
+        _check_model(model)
+        _check_interval(start, stop)
+        schedule = _schedule(omega_schedule, omega, omega_end)
+        guider = PersonalizationGuider(model, schedule, start, stop, weak_on_prompt=True)
+        guider.set_conds(positive)
+        guider.set_cfg(cfg)
+        return (guider,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "PersonalizationLoRALoader": PersonalizationLoRALoader,
+    "PersonalizationGuider": PersonalizationGuiderNode,
+    "PersonalizationAGGuider": PersonalizationAGGuiderNode,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "PersonalizationLoRALoader": "Load Personalization LoRA (steerguide)",
+    "PersonalizationGuider": "Personalization Guider (PG, steerguide)",
+    "PersonalizationAGGuider": "Autoguidance Guider (AG, steerguide)",
+}
