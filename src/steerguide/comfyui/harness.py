@@ -90,3 +90,22 @@ def use_comfyui(folder: str | Path | None = None) -> Path:
     import comfy.model_management  # noqa: F401
 
     return folder
+
+
+def run_comfyui_main(argv: list[str] | None = None) -> None:
+    """`python -m steerguide.comfyui.harness COMFYUI_DIR [main.py's options]`: ComfyUI's own server,
+    started by its `main.py` in this process, with the torchvision stand-in (for tests on CPU-only torch)."""
+    import runpy
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:
+        raise SystemExit("usage: python -m steerguide.comfyui.harness COMFYUI_DIR [main.py options]")
+    folder = check_comfyui_dir(args[0])
+    torchvision_stand_in()
+    sys.path.insert(0, str(folder))
+    sys.argv = [str(folder / "main.py"), *args[1:]]
+    runpy.run_path(str(folder / "main.py"), run_name="__main__")
+
+
+if __name__ == "__main__":
+    run_comfyui_main()

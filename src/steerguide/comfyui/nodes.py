@@ -13,6 +13,8 @@ ComfyUI shows as the node's error.
 
 from __future__ import annotations
 
+import functools
+
 import folder_paths
 
 from steerguide.comfyui.guiders import PersonalizationGuider
@@ -22,6 +24,21 @@ from steerguide.schedules import Constant, Cosine, Linear
 
 CATEGORY = "sampling/custom_sampling/guiders"
 SCHEDULES = ("constant", "linear", "cosine")
+
+
+def _one_line(function):
+    """Our bad-input error re-raised from the node's own function: ComfyUI shows its one line, and the
+    traceback ComfyUI attaches ends at the node instead of running through steerguide's internals."""
+
+    @functools.wraps(function)
+    def node_function(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except UserError as e:
+            message = str(e)
+        raise UserError(message)  # outside the except block: no chained traceback
+
+    return node_function
 
 
 def _float(default: float, low: float, high: float, step: float = 0.01, tooltip: str = "") -> tuple:
@@ -71,6 +88,7 @@ class PersonalizationLoRALoader:
     def INPUT_TYPES(cls):
         return {"required": {"model": ("MODEL",), "lora_name": (folder_paths.get_filename_list("loras"),)}}
 
+    @_one_line
     def load(self, model, lora_name):
         import comfy.utils
 
@@ -94,6 +112,7 @@ class PersonalizationGuiderNode:
         return {"required": {"model": ("MODEL",), "positive": ("CONDITIONING",),
                              "negative": ("CONDITIONING",), **_GUIDE_INPUTS}}
 
+    @_one_line
     def get_guider(self, model, positive, negative, cfg, omega, omega_schedule, omega_end, start, stop):
         _check_model(model)
         _check_interval(start, stop)
@@ -117,6 +136,7 @@ class PersonalizationAGGuiderNode:
         inputs["omega"] = _float(0.0, 0.0, 1.0, 0.01, "share of the personalization the weak model keeps")
         return {"required": {"model": ("MODEL",), "positive": ("CONDITIONING",), **inputs}}
 
+    @_one_line
     def get_guider(self, model, positive, cfg, omega, omega_schedule, omega_end, start, stop):
         _check_model(model)
         _check_interval(start, stop)
