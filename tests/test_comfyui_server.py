@@ -95,7 +95,7 @@ def server(tmp_path_factory):
                 break
             except (urllib.error.URLError, ConnectionError, OSError):
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("ComfyUI did not start:\n" + (base / "server.log").read_text()[-3000:])
+                    raise AssertionError("ComfyUI did not start:\n" + (base / "server.log").read_text()[-3000:]) from None
                 time.sleep(0.5)
         yield srv
     finally:
