@@ -244,3 +244,99 @@ def test_bad_input_is_one_line_from_the_node(env):
     # ω's range is ComfyUI's to enforce (prompt validation refuses values outside min/max)
     spec = env.ours.PersonalizationGuiderNode.INPUT_TYPES()["required"]
     assert spec["omega"][1]["min"] == 0.0 and spec["omega"][1]["max"] == 1.0
+
+
+# -- full fine-tunes -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def finetune(env):
+    """A fine-tune of the tiny base (every cross-attention key/value and one conv changed) and the model
+    at lerped weights θ_pre + 0.3 (θ_ft − θ_pre), both saved and loaded by ComfyUI's CheckpointLoaderSimple."""
+    from steerguide.comfyui import testing
+
+    folder = env.files["checkpoint"].parent
+    base = testing.unet_state_dict(seed=0)
+    g = torch.Generator().manual_seed(5)
+    ft = {k: v + 0.5 * v.std() * torch.randn(v.shape, generator=g)
+          if k.endswith(("attn2.to_k.weight", "attn2.to_v.weight", "input_blocks.1.0.in_layers.2.weight")) else v
+          for k, v in base.items()}
+    lerp = {k: base[k] + 0.3 * (ft[k] - base[k]) for k in base}
+    loader = env.nodes.CheckpointLoaderSimple()
+    models = {}
+    for name, unet in (("ft", ft), ("lerp", lerp)):
+        testing.write_checkpoint(folder / f"tiny-{name}.safetensors", unet=unet, with_clip=False)
+        models[name] = loader.load_checkpoint(f"tiny-{name}.safetensors")[0]
+    models["personalized"] = env.ours.PersonalizationFineTuneLoader().load(models["ft"], env.model)[0]
+    return models
+
+
+def lerp_reference(env, ft_model, weak_model):
+    """ComfyUI's CFG rule with the negative branch from a second, separately loaded model."""
+    import comfy.samplers
+
+    class TwoModelCFG(comfy.samplers.CFGGuider):
+        def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006
+            calc = comfy.samplers.calc_cond_batch
+            cond = calc(self.inner_model, [self.conds["positive"]], x, timestep, model_options)[0]
+            uncond = calc(weak_model.model, [self.conds["negative"]], x, timestep, model_options)[0]
+            return comfy.samplers.cfg_function(self.inner_model, cond, uncond, self.cfg, x, timestep,
+                                               model_options=model_options)
+
+    weak_model.model.current_patcher = weak_model  # as ModelPatcher.pre_run does (its weights are unpatched)
+    guider = TwoModelCFG(ft_model)
+    guider.set_conds(env.positive, env.negative)
+    guider.set_cfg(CFG)
+    return guider
+
+
+def test_finetune_pg_equals_the_model_at_lerped_weights(env, finetune):
+    ref = sample(env, lerp_reference(env, finetune["ft"], finetune["lerp"]))["samples"]
+    cfg = sample(env, env.custom.CFGGuider().get_guider(finetune["ft"], env.positive, env.negative, CFG)[0])
+    effect = (ref - cfg["samples"]).abs().max().item()
+    assert effect > 2e-3 * ref.abs().max().item()  # θ_0.3 on the negative branch visibly matters
+    with _Calls(finetune["ft"]) as calls:
+        ours = sample(env, pg(env, 0.3, model=finetune["personalized"]))["samples"]
+    close(ours, ref, effect)
+    assert len(calls.log) == 2 * STEPS and all(b == 1 for b, _ in calls.log)  # CFG's two rows a step
+    close(sample(env, pg(env, 1.0, model=finetune["personalized"]))["samples"], cfg["samples"], effect)
+
+
+def test_finetune_bad_input(env, finetune):
+    from steerguide.errors import UserError
+
+    with pytest.raises(UserError, match="equals the base model's"):
+        env.ours.PersonalizationFineTuneLoader().load(env.model, env.model)
+    with pytest.raises(UserError, match="constant omega"):
+        pg(env, 0.3, model=finetune["personalized"], schedule="linear")
+
+
+# -- the example workflows -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["pg-lora", "pg-finetune"])
+def test_example_workflows_pass_comfyui_validation_and_their_ui_files_agree(env, finetune, monkeypatch, name):
+    import asyncio
+    import json
+
+    import execution
+    import nodes
+    from comfyui_env import REPO
+
+    from steerguide.comfyui.workflows import api_to_ui, node_classes
+
+    folder = REPO / "examples" / "comfyui"
+    api = json.loads((folder / f"{name}.api.json").read_text())
+    classes = node_classes()
+    # the UI file is the API file's graph (regenerate: python -m steerguide.comfyui.workflows ...)
+    assert json.loads((folder / f"{name}.ui.json").read_text()) == api_to_ui(api, classes)
+    # ComfyUI's own prompt validation accepts it, on the tiny files
+    monkeypatch.setattr(nodes, "NODE_CLASS_MAPPINGS", classes)
+    names = iter(["tiny-sd15.safetensors", "tiny-ft.safetensors"])
+    for node in api.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["inputs"]["ckpt_name"] = next(names)
+        if node["class_type"] == "PersonalizationLoRALoader":
+            node["inputs"]["lora_name"] = env.lora
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("test", api, None))
+    assert valid, (error, node_errors)
+    assert outputs == [next(k for k, v in api.items() if v["class_type"] == "SaveImage")]
+    # (the validation does look: a file that is not in the checkpoints folder is refused)
+    api[next(k for k, v in api.items() if v["class_type"] == "CheckpointLoaderSimple")]["inputs"]["ckpt_name"] = "x"
+    assert not asyncio.run(execution.validate_prompt("test", api, None))[0]

@@ -3,6 +3,7 @@
 Both are ComfyUI's CFGGuider with two changes in `predict_noise`:
 - the step's ω goes into `transformer_options` (lora_rows.OMEGA_KEY), where the model's row-scaled LoRA
   reads it for the rows of the negative chunk; the positive rows keep the LoRA at 1;
+- for a full fine-tune (finetune.py) the weak conditioning carries ComfyUI's weight hook to θ_ω instead;
 - outside the guidance interval the step is unguided (the positive prediction alone), as for
   steerguide's diffusers guiders.
 PG:  D = D_ω(x, negative) + cfg · (D_ft(x, positive) − D_ω(x, negative))
@@ -20,7 +21,10 @@ from collections.abc import Callable
 import comfy.samplers
 import torch
 
+from steerguide.comfyui.finetune import has_finetune_base, weak_conditioning
 from steerguide.comfyui.lora_rows import OMEGA_KEY
+from steerguide.errors import UserError
+from steerguide.schedules import Constant
 
 
 def step_of(sigmas: torch.Tensor, sigma: torch.Tensor) -> tuple[int, int]:
@@ -45,6 +49,10 @@ class PersonalizationGuider(comfy.samplers.CFGGuider):
 
     def set_conds(self, positive, negative=None):
         weak = positive if self.weak_on_prompt else negative
+        if has_finetune_base(self.model_patcher):  # θ_ω by ComfyUI's weight hook on the weak rows
+            if not isinstance(self.omega, Constant):
+                raise UserError("a full fine-tune takes a constant omega (each ω value is its own weights)")
+            weak = weak_conditioning(self.model_patcher, weak, self.omega.value)
         self.inner_set_conds({"positive": positive, "negative": weak})
 
     def omega_at(self, model_options: dict, timestep: torch.Tensor) -> float | None:

@@ -3,6 +3,8 @@
 - PersonalizationLoRALoader: MODEL + a LoRA from ComfyUI's `loras` folder → MODEL with the LoRA kept
   unmerged (lora_rows), at 1 on every row unless one of the guiders below sets ω for the negative rows.
   With ComfyUI's own CFGGuider/KSampler it is the personalized model, as after LoraLoader.
+- PersonalizationFineTuneLoader: a fine-tuned MODEL and its base MODEL → MODEL whose weak rows PG/AG run
+  through θ_ω (finetune.py).
 - PersonalizationGuider (PG) and PersonalizationAGGuider (AG): GUIDERs for SamplerCustomAdvanced.
 
 Bad input is reported through ComfyUI's own channels: numbers outside their range are refused by ComfyUI's
@@ -17,6 +19,7 @@ import functools
 
 import folder_paths
 
+from steerguide.comfyui.finetune import has_finetune_base, with_finetune_base
 from steerguide.comfyui.guiders import PersonalizationGuider
 from steerguide.comfyui.lora_rows import add_row_scaled_lora, has_row_scaled_lora
 from steerguide.errors import UserError
@@ -61,9 +64,9 @@ def _check_interval(start: float, stop: float) -> None:
 
 
 def _check_model(model) -> None:
-    if not has_row_scaled_lora(model):
+    if not (has_row_scaled_lora(model) or has_finetune_base(model)):
         raise UserError("the model has no steerguide personalization: pass it through "
-                        "PersonalizationLoRALoader first")
+                        "PersonalizationLoRALoader or PersonalizationFineTuneLoader first")
 
 
 _GUIDE_INPUTS = {
@@ -97,6 +100,24 @@ class PersonalizationLoRALoader:
             raise UserError(f"LoRA {lora_name!r} is not in ComfyUI's loras folder")
         lora = comfy.utils.load_torch_file(path, safe_load=True)
         return (add_row_scaled_lora(model, lora, lora_name),)
+
+
+class PersonalizationFineTuneLoader:
+    """A full fine-tune and its base: PG/AG run the weak rows through θ_ω, the others through θ_ft."""
+
+    CATEGORY = "loaders"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    DESCRIPTION = "A fine-tuned MODEL with its base MODEL, for PG/AG's weak model θ_ω between them."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL", {"tooltip": "the personalized (fine-tuned) model"}),
+                             "base_model": ("MODEL", {"tooltip": "the pretrained model it was tuned from"})}}
+
+    @_one_line
+    def load(self, model, base_model):
+        return (with_finetune_base(model, base_model),)
 
 
 class PersonalizationGuiderNode:
@@ -149,12 +170,14 @@ class PersonalizationAGGuiderNode:
 
 NODE_CLASS_MAPPINGS = {
     "PersonalizationLoRALoader": PersonalizationLoRALoader,
+    "PersonalizationFineTuneLoader": PersonalizationFineTuneLoader,
     "PersonalizationGuider": PersonalizationGuiderNode,
     "PersonalizationAGGuider": PersonalizationAGGuiderNode,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "PersonalizationLoRALoader": "Load Personalization LoRA (steerguide)",
+    "PersonalizationFineTuneLoader": "Load Personalization Fine-Tune (steerguide)",
     "PersonalizationGuider": "Personalization Guider (PG, steerguide)",
     "PersonalizationAGGuider": "Autoguidance Guider (AG, steerguide)",
 }
