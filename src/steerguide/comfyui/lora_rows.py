@@ -92,28 +92,24 @@ class RowScaledLoRAForward:
         self.terms = terms
         self.conv = module.weight.ndim == 4
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        total = None
-        for term in self.terms:
-            down, up = term.weights(x)
-            if self.conv:
-                m = self.module
-                h = F.conv2d(x, down, None, m.stride, m.padding, m.dilation)
-                d = F.conv2d(h, up)
-            else:
-                d = F.linear(F.linear(x, down), up)
-            total = d if total is None else total + d
-        return total
-
     def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = type(self.module).forward(self.module, x, *args, **kwargs)
-        d = self.delta(x)
         scales = _ROWS.value
-        if scales is not None:
-            if scales.shape[0] != d.shape[0]:
-                raise RuntimeError(f"steerguide: {scales.shape[0]} row scales for a batch of {d.shape[0]}")
-            d = d * scales.to(d.device, d.dtype).view(-1, *([1] * (d.ndim - 1)))
-        return out + d.to(out.dtype)
+        if scales is not None and scales.shape[0] != x.shape[0]:
+            raise RuntimeError(f"steerguide: {scales.shape[0]} row scales for a batch of {x.shape[0]}")
+        m = self.module
+        for term in self.terms:
+            down, up = term.weights(x)
+            # the row scale multiplies the rank-r activations, the smallest tensor on the way
+            if self.conv:
+                h = F.conv2d(x, down, None, m.stride, m.padding, m.dilation)
+            else:
+                h = F.linear(x, down)
+            if scales is not None:
+                h = h * scales.to(h.device, h.dtype).view(-1, *([1] * (h.ndim - 1)))
+            d = F.conv2d(h, up) if self.conv else F.linear(h, up)
+            out = out + d.to(out.dtype)
+        return out
 
 
 def _term(key: str, adapter, weight: torch.Tensor, module: torch.nn.Module) -> _Term:
