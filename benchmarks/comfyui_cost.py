@@ -14,7 +14,7 @@ cfg 7.5 from the same noise, at SD 1.5's native 64×64 latents (a 512 px image):
   hooks       ComfyUI's own PG graph: CreateHookLora ω = 0.5 on the negative, 1 on the positive, CFGGuider
 
 Passes: UNet calls per step and rows per call, counted by a forward hook on ComfyUI's UNet. Time: each
-round runs every graph once (cfg, pg-lora, hooks, in turn), after one warm-up round; a run's time per step
+round runs every graph once (cfg, pg-lora, hooks, in turn), after `--warmup` uncounted rounds; a run's time per step
 is from the end of its first step to the end of its last over steps − 1 (model loading and patching
 before the first step left out; the hooks graph's re-patching between its two passes a step counted), and
 per graph the median over rounds. `--clock cpu` (default, with `--threads 1`) counts this process's
@@ -80,7 +80,7 @@ class Counter:
 
 
 def measure(unet: str = "sd15", latent: int = 64, steps: int = 4, rounds: int = 3, rank: int = 16,
-            omega: float = 0.5, cfg: float = 7.5, clock: str = "cpu") -> dict:
+            omega: float = 0.5, cfg: float = 7.5, clock: str = "cpu", warmup: int = 1) -> dict:
     import comfy_extras.nodes_custom_sampler as custom
     import comfy_extras.nodes_hooks as hooks
     import nodes
@@ -113,7 +113,7 @@ def measure(unet: str = "sd15", latent: int = 64, steps: int = 4, rounds: int = 
         counter = Counter(patcher, tick)
         times: dict[str, list[float]] = {name: [] for name in GRAPHS}
         passes: dict[str, list[int]] = {}
-        for r in range(rounds + 1):  # round 0 warms up (first loads, hook weight caches, allocator)
+        for r in range(1 - warmup, rounds + 1):  # rounds < 1 warm up (first loads, hook weight caches)
             for name in GRAPHS:
                 counter.clear()
                 with torch.inference_mode():
@@ -125,7 +125,8 @@ def measure(unet: str = "sd15", latent: int = 64, steps: int = 4, rounds: int = 
                 print(f"round {r} {name}: {per_step:.3f} s/step", file=sys.stderr, flush=True)
     per_step = {name: statistics.median(t) for name, t in times.items()}
     return {
-        "unet": unet, "latent": latent, "steps": steps, "rounds": rounds, "rank": rank, "clock": clock,
+        "unet": unet, "latent": latent, "steps": steps, "rounds": rounds, "warmup": warmup, "rank": rank,
+        "clock": clock,
         "threads": torch.get_num_threads(),
         "passes_per_step": {n: len(p) / steps for n, p in passes.items()},
         "rows_per_pass": {n: sorted(set(p)) for n, p in passes.items()},
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=4, help="at least 2")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=1, help="uncounted rounds first")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     from steerguide.comfyui.harness import use_comfyui
 
     use_comfyui(args.comfyui)
-    result = measure(args.unet, args.latent, args.steps, args.rounds, args.rank, clock=args.clock)
+    result = measure(args.unet, args.latent, args.steps, args.rounds, args.rank, clock=args.clock,
+                     warmup=args.warmup)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:

@@ -340,3 +340,18 @@ def test_example_workflows_pass_comfyui_validation_and_their_ui_files_agree(env,
     # (the validation does look: a file that is not in the checkpoints folder is refused)
     api[next(k for k, v in api.items() if v["class_type"] == "CheckpointLoaderSimple")]["inputs"]["ckpt_name"] = "x"
     assert not asyncio.run(execution.validate_prompt("test", api, None))[0]
+
+
+def test_cost_benchmark_counts_one_pass_for_pg_and_two_for_hooks(env):
+    """benchmarks/comfyui_cost.py at the tiny UNet (its real run is SD 1.5's UNet at 64×64 latents)."""
+    import importlib.util
+
+    from comfyui_env import REPO
+
+    spec = importlib.util.spec_from_file_location("comfyui_cost", REPO / "benchmarks" / "comfyui_cost.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.measure("tiny", latent=8, steps=2, rounds=1, warmup=0, rank=4)
+    assert result["passes_per_step"] == {"cfg": 1.0, "pg-lora": 1.0, "hooks": 2.0}
+    assert result["rows_per_pass"] == {"cfg": [2], "pg-lora": [2], "hooks": [1]}
+    assert all(t > 0 for t in result["seconds_per_step"].values())
