@@ -230,10 +230,27 @@ def test_reversed_and_memory_split_batches_give_the_same_samples(env, reference,
     close(out, expected, reference["effect"])
 
 
+def test_two_images_per_prompt_equal_the_hooks_graph(env, reference):
+    # a latent batch of 2: each chunk holds 2 rows, and both rows of the negative chunk get ω
+    latent = {"samples": torch.zeros(2, 4, 8, 8)}
+    with _Calls(env.model) as calls:
+        ours = sample(env, pg(env, 0.3), latent=latent)["samples"]
+    assert calls.log == [(4, [1, 0])] * STEPS
+    close(ours, sample(env, hooks_guider(env, 0.3), latent=latent)["samples"], reference["effect"])
+
+
 def test_bad_input_is_one_line_from_the_node(env):
+    from safetensors.torch import load_file, save_file
+
     from steerguide.errors import UserError
 
     loader = env.ours.PersonalizationLoRALoader()
+    # a LoRA that also reaches the text encoder (not supported yet) is refused, not half applied
+    lora = load_file(str(env.files["lora"]))
+    lora["lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight"] = torch.zeros(768, 4)
+    save_file(lora, str(env.files["lora"].with_name("with-te.safetensors")))
+    with pytest.raises(UserError, match="also changes the text encoder"):
+        loader.load(env.model, "with-te.safetensors")
     with pytest.raises(UserError, match=r"do not fit the model's weight .*another architecture") as e:
         loader.load(env.model, env.files["other_lora"].name)
     assert "\n" not in str(e.value)
