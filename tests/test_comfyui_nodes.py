@@ -62,14 +62,14 @@ def pg(c, omega, model=None, schedule="constant", omega_end=1.0, start=0.0, stop
                            start, stop)[0]
 
 
-def hooks_guider(c, omega, positive=None, negative=None, cfg=CFG):
+def hooks_guider(c, omega, positive=None, negative=None, cfg=CFG, model=None, lora=None):
     """ComfyUI's own PG graph: LoRA hook ω on the negative, 1 on the positive, CFGGuider."""
-    hook_pos = c.hooks.CreateHookLora().create_hook(c.lora, 1.0, 0.0)[0]
-    hook_neg = c.hooks.CreateHookLora().create_hook(c.lora, omega, 0.0)[0]
+    hook_pos = c.hooks.CreateHookLora().create_hook(lora or c.lora, 1.0, 0.0)[0]
+    hook_neg = c.hooks.CreateHookLora().create_hook(lora or c.lora, omega, 0.0)[0]
     props = c.hooks.ConditioningSetProperties()
     pos = props.set_properties(positive or c.positive, 1.0, "default", hooks=hook_pos)[0]
     neg = props.set_properties(negative or c.negative, 1.0, "default", hooks=hook_neg)[0]
-    return c.custom.CFGGuider().get_guider(c.model, pos, neg, cfg)[0]
+    return c.custom.CFGGuider().get_guider(model or c.model, pos, neg, cfg)[0]
 
 
 def close(a, b, scale):
@@ -261,6 +261,34 @@ def test_bad_input_is_one_line_from_the_node(env):
     # ω's range is ComfyUI's to enforce (prompt validation refuses values outside min/max)
     spec = env.ours.PersonalizationGuiderNode.INPUT_TYPES()["required"]
     assert spec["omega"][1]["min"] == 0.0 and spec["omega"][1]["max"] == 1.0
+
+
+# -- another family: SD3 (MMDiT) -------------------------------------------------------------------------
+def test_sd3_pg_equals_comfyui_hooks_graph(env):
+    """The same row-scaled LoRA on ComfyUI's SD3: a tiny MMDiT that ComfyUI detects as SD3 from its keys."""
+    from steerguide.comfyui import testing
+
+    unet = testing.mmdit_state_dict()
+    folder = env.files["checkpoint"].parent
+    testing.write_checkpoint(folder / "tiny-sd3.safetensors", unet=unet, with_clip=False, with_vae=False)
+    testing.write_lora(env.files["lora"].with_name("tiny-sd3-lora.safetensors"), unet, scale=1.0)
+    model = env.nodes.CheckpointLoaderSimple().load_checkpoint("tiny-sd3.safetensors")[0]
+    assert type(model.model.model_config).__name__ == "SD3"
+    g = torch.Generator().manual_seed(1)
+    cond = lambda: [[torch.randn(1, 77, 4096, generator=g), {"pooled_output": torch.randn(1, 2048, generator=g)}]]  # noqa: E731
+    c = type(env)()
+    c.__dict__.update(env.__dict__)
+    c.model, c.lora, c.positive, c.negative = model, "tiny-sd3-lora.safetensors", cond(), cond()
+    c.sigmas = env.custom.BasicScheduler().get_sigmas(model, "simple", STEPS, 1.0)[0]
+    c.personalized = env.ours.PersonalizationLoRALoader().load(model, c.lora)[0]
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+    refs = {w: sample(c, hooks_guider(c, w), latent=latent)["samples"] for w in (0.0, 0.3)}
+    effect = (refs[0.0] - refs[0.3]).abs().max().item() / 0.3
+    assert effect > 2e-3 * refs[0.3].abs().max().item()
+    with _Calls(model) as calls:
+        ours = sample(c, pg(c, 0.3), latent=latent)["samples"]
+    assert calls.log == [(2, [1, 0])] * STEPS
+    close(ours, refs[0.3], effect)
 
 
 # -- full fine-tunes -------------------------------------------------------------------------------------

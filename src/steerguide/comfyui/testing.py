@@ -55,10 +55,22 @@ SD15_UNET = {
     "transformer_depth_middle": 1,
 }
 
-# The layers the test LoRA reaches: every attention projection of the transformer blocks, the 1×1
-# proj_in/proj_out convolutions around them, and one 3×3 res block convolution (a LoCon-style conv LoRA).
+# A tiny SD3 (MMDiT) as comfy/model_detection.py reads it from the keys: depth 2 (hidden 64·depth = 128),
+# SD3's 16 latent channels, 2048-wide pooled and 4096-wide context inputs (what ComfyUI's SD3 class needs).
+TINY_SD3 = {
+    "in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2, "input_size": None,
+    "adm_in_channels": 2048,
+    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},
+    "num_patches": 256, "pos_embed_max_size": 16, "pos_embed_scaling_factor": None,
+    "x_block_self_attn_layers": [],
+}
+
+# The layers the test LoRA reaches. SD 1.5: every attention projection of the transformer blocks, the
+# 1×1 proj_in/proj_out convolutions around them, and one 3×3 res block convolution (a LoCon-style conv
+# LoRA). SD3: the attention and MLP linears of both streams of every joint block.
 _LORA_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-                 "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ff.net.2")
+                 "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ff.net.2",
+                 "attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
 
 def fill_random_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -84,6 +96,15 @@ def unet_state_dict(config: dict = TINY_UNET, seed: int = 0) -> dict[str, torch.
     return {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
 
 
+def mmdit_state_dict(config: dict = TINY_SD3, seed: int = 0) -> dict[str, torch.Tensor]:
+    """ComfyUI's SD3 MMDiT at `config` with random weights, keys as in a checkpoint."""
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+
+    model = fill_random_(MMDiT(**config, device="cpu", operations=comfy.ops.disable_weight_init), seed)
+    return {f"model.diffusion_model.{k}": v for k, v in model.state_dict().items()}
+
+
 def clip_state_dict(seed: int = 1) -> dict[str, torch.Tensor]:
     """CLIP-L's text model (SD 1.5's text encoder) with random weights, in float16, as `cond_stage_model.`."""
     from comfy.sd1_clip import SDClipModel
@@ -107,15 +128,17 @@ def vae_state_dict(seed: int = 2) -> dict[str, torch.Tensor]:
     return {f"first_stage_model.{k}": v for k, v in vae.state_dict().items()}
 
 
-def write_checkpoint(path: str | Path, *, seed: int = 0, with_clip: bool = True,
+def write_checkpoint(path: str | Path, *, seed: int = 0, with_clip: bool = True, with_vae: bool = True,
                      unet: dict[str, torch.Tensor] | None = None) -> Path:
-    """A single-file SD 1.5-architecture checkpoint (safetensors) that CheckpointLoaderSimple loads."""
+    """A single-file checkpoint (safetensors) that CheckpointLoaderSimple loads: SD 1.5 unless `unet`
+    holds another family's weights (then without VAE and text encoder: those would be SD 1.5's)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = dict(unet if unet is not None else unet_state_dict(seed=seed))
-    sd.update(vae_state_dict())
+    if with_vae:
+        sd.update(vae_state_dict())
     if with_clip:
         sd.update(clip_state_dict())
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
