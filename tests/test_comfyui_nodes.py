@@ -19,9 +19,9 @@ CFG = 4.0
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """ComfyUI imported (once for the file), its model folders pointing at the tiny files."""
-    from steerguide.comfyui.harness import use_comfyui
+    from steerguide.comfyui.harness import leave_comfyui, use_comfyui
 
-    use_comfyui(comfyui_dir())
+    folder = use_comfyui(comfyui_dir())
     import comfy_extras.nodes_custom_sampler as custom
     import comfy_extras.nodes_hooks as hooks
     import folder_paths
@@ -43,7 +43,8 @@ def env(tmp_path_factory):
     ns.negative = [[torch.randn(1, 77, 768, generator=g), {}]]
     ns.personalized = ours.PersonalizationLoRALoader().load(model, ns.lora)[0]
     ns.sigmas = custom.BasicScheduler().get_sigmas(model, "normal", STEPS, 1.0)[0]
-    return ns
+    yield ns
+    leave_comfyui(folder)  # later test files in this process see no ComfyUI folder and no stand-in
 
 
 def sample(c, guider, sigmas=None, latent=None, noise=True):

@@ -68,7 +68,7 @@ def server(tmp_path_factory):
     import os
 
     from steerguide.cli import run
-    from steerguide.comfyui.harness import use_comfyui
+    from steerguide.comfyui.harness import leave_comfyui, use_comfyui
 
     folder = comfyui_dir()
     base = tmp_path_factory.mktemp("comfyui-base")
@@ -76,6 +76,7 @@ def server(tmp_path_factory):
     assert run(["comfyui", "install", str(base)]) == 0  # the documented install
     use_comfyui(folder)  # ComfyUI's modules build the tiny files (this process only)
     write_models(base / "models", with_clip=True)
+    leave_comfyui(folder)
     (base / "frontend").mkdir()  # an empty web root: ComfyUI's frontend package is not needed headless
     port = _free_port()
     mark = f"comfyui-{port}"

@@ -78,6 +78,17 @@ def torchvision_stand_in() -> None:
     sys.modules["torchvision.transforms"] = transforms
 
 
+def leave_comfyui(folder: str | Path) -> None:
+    """Undo what `use_comfyui` did to this process's import state (its folder on sys.path, the stand-in),
+    so that code run later in the process (other test files) sees neither. Imported comfy modules stay."""
+    folder = Path(folder).resolve()
+    # ComfyUI's folder, and folders inside it that its modules put on sys.path themselves
+    sys.path[:] = [p for p in sys.path if not (p and (Path(p).resolve() == folder or folder in Path(p).resolve().parents))]
+    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        if isinstance(sys.modules[name], _Missing):
+            del sys.modules[name]
+
+
 def use_comfyui(folder: str | Path | None = None) -> Path:
     """Make `import comfy..., nodes` work in this process from ComfyUI's source folder; returns it."""
     folder = check_comfyui_dir(folder if folder is not None else default_comfyui_dir())
