@@ -2,6 +2,7 @@
 
     python benchmarks/comfyui_cost.py                      # the real SD 1.5 UNet (860 M, random weights)
     python benchmarks/comfyui_cost.py --unet tiny --latent 8 --rounds 1 --steps 2   # a smoke run
+    python benchmarks/comfyui_cost.py --flops              # operations per step instead of time
 
 ComfyUI comes from `--comfyui` (default `$STEERGUIDE_COMFYUI`, else ../shared/comfyui), imported in this
 process on CPU (steerguide.comfyui.harness). The UNet is built by ComfyUI from SD 1.5's configuration
@@ -79,8 +80,42 @@ class Counter:
         return (self.ends[-1] - self.ends[per_step - 1]) / (steps - 1)
 
 
+def flops_per_step(patcher, custom, guiders, sampler, sigmas, noise, latent_image) -> dict[str, int]:
+    """Floating-point operations inside the UNet calls of one sampling step per graph (torch's
+    FlopCounterMode: matmuls and convolutions; weight patching outside the calls is left out), a count no
+    other job on the machine can disturb."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = patcher.model.diffusion_model
+    total = [0]
+    active: list = []
+
+    def enter(module, args):
+        active.append(FlopCounterMode(display=False))
+        active[-1].__enter__()
+
+    def leave(module, args, output):
+        mode = active.pop()
+        mode.__exit__(None, None, None)
+        total[0] += mode.get_total_flops()
+
+    handles = [unet.register_forward_pre_hook(enter), unet.register_forward_hook(leave)]
+    out = {}
+    try:
+        for name in GRAPHS:
+            total[0] = 0
+            with torch.inference_mode():
+                custom.SamplerCustomAdvanced().sample(noise, guiders[name](), sampler, sigmas[:2], latent_image)
+            out[name] = total[0]
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
 def measure(unet: str = "sd15", latent: int = 64, steps: int = 4, rounds: int = 3, rank: int = 16,
-            omega: float = 0.5, cfg: float = 7.5, clock: str = "cpu", warmup: int = 1) -> dict:
+            omega: float = 0.5, cfg: float = 7.5, clock: str = "cpu", warmup: int = 1,
+            flops_only: bool = False) -> dict:
     import comfy_extras.nodes_custom_sampler as custom
     import comfy_extras.nodes_hooks as hooks
     import nodes
@@ -110,6 +145,9 @@ def measure(unet: str = "sd15", latent: int = 64, steps: int = 4, rounds: int = 
         sigmas = custom.BasicScheduler().get_sigmas(patcher, "normal", steps, 1.0)[0]
         noise = custom.RandomNoise().get_noise(0)[0]
         latent_image = {"samples": torch.zeros(1, 4, latent, latent)}
+        if flops_only:
+            return {"unet": unet, "latent": latent, "rank": rank,
+                    "flops_per_step": flops_per_step(patcher, custom, guiders, sampler, sigmas, noise, latent_image)}
         counter = Counter(patcher, tick)
         times: dict[str, list[float]] = {name: [] for name in GRAPHS}
         passes: dict[str, list[int]] = {}
@@ -149,6 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=1, help="uncounted rounds first")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    parser.add_argument("--flops", action="store_true",
+                        help="only count the floating-point operations of one step per graph (no timing)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     if args.steps < 2 or args.rounds < 1:
@@ -158,11 +198,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     use_comfyui(args.comfyui)
     result = measure(args.unet, args.latent, args.steps, args.rounds, args.rank, clock=args.clock,
-                     warmup=args.warmup)
+                     warmup=args.warmup, flops_only=args.flops)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:
         args.out.write_text(text + "\n")
+    if args.flops:
+        f = result["flops_per_step"]
+        print("\nGFLOP per step: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in f.items())
+              + f"\npg-lora / cfg = {f['pg-lora'] / f['cfg']:.4f}", file=sys.stderr)
+        return result
     s = result["seconds_per_step"]
     print(f"\npasses per step: {result['passes_per_step']}\n"
           f"s/step ({args.clock} clock, {result['threads']} thread(s)): cfg {s['cfg']:.3f}, "

@@ -172,3 +172,58 @@ def test_bad_input_is_one_line_in_comfyui_node_error(server, case, needle):
     assert error["exception_type"] == "steerguide.errors.UserError"
     # ComfyUI's traceback stops at the node's function: none of steerguide's internals in it
     assert "steerguide" not in "".join(error["traceback"][:-1]) and "node_function" in error["traceback"][-1]
+
+
+def _image(server, entry, workflow):
+    import numpy as np
+    from PIL import Image
+
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (image,) = entry["outputs"][_node_of(workflow, "SaveImage")]["images"]
+    with Image.open(server.base / "output" / image["subfolder"] / image["filename"]) as im:
+        return np.asarray(im).astype(int)
+
+
+def comfyui_only_pg(lora: str, omega: float) -> dict:
+    """PG from ComfyUI's own nodes: LoraLoader's CLIP at 1 (positive) and at ω (negative), the UNet LoRA
+    as hooks (1 on the positive, ω on the negative), CFGGuider; as in the example, 3 steps at 64×64."""
+    text = example("pg-lora.api.json")["3"]["inputs"]["text"]
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd15.safetensors"}},
+        "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": lora,
+                                                      "strength_model": 0.0, "strength_clip": 1.0}},
+        "3": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": lora,
+                                                      "strength_model": 0.0, "strength_clip": omega}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": text}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 1], "text": ""}},
+        "6": {"class_type": "CreateHookLora", "inputs": {"lora_name": lora, "strength_model": 1.0, "strength_clip": 0.0}},
+        "7": {"class_type": "CreateHookLora", "inputs": {"lora_name": lora, "strength_model": omega, "strength_clip": 0.0}},
+        "8": {"class_type": "ConditioningSetProperties",
+              "inputs": {"cond_NEW": ["4", 0], "strength": 1.0, "set_cond_area": "default", "hooks": ["6", 0]}},
+        "9": {"class_type": "ConditioningSetProperties",
+              "inputs": {"cond_NEW": ["5", 0], "strength": 1.0, "set_cond_area": "default", "hooks": ["7", 0]}},
+        "10": {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["8", 0], "negative": ["9", 0], "cfg": 7.5}},
+        "11": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "12": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": 3, "denoise": 1.0}},
+        "13": {"class_type": "RandomNoise", "inputs": {"noise_seed": 0}},
+        "14": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "15": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["13", 0], "guider": ["10", 0], "sampler": ["11", 0],
+                                                                 "sigmas": ["12", 0], "latent_image": ["14", 0]}},
+        "16": {"class_type": "VAEDecode", "inputs": {"samples": ["15", 0], "vae": ["1", 2]}},
+        "17": {"class_type": "SaveImage", "inputs": {"images": ["16", 0], "filename_prefix": "comfyui-only-pg"}},
+    }
+
+
+def test_lora_with_a_text_encoder_part_equals_comfyui_own_nodes(server):
+    lora, omega = "tiny-sd15-te-lora.safetensors", 0.3
+    ours = example("pg-lora.api.json")
+    ours[_node_of(ours, "PersonalizationLoRALoader")]["inputs"]["lora_name"] = lora
+    ours[_node_of(ours, "PersonalizationGuider")]["inputs"]["omega"] = omega
+    weak = _node_of(ours, "PersonalizationWeakTextEncoder")
+    ours[weak]["inputs"]["omega"] = omega
+    ref = comfyui_only_pg(lora, omega)
+    got, expected = _image(server, server.run(ours), ours), _image(server, server.run(ref), ref)
+    assert abs(got - expected).max() <= 1  # the same floats up to rounding into 8 bits
+    # the text-encoder part matters: the negative prompt encoded at 1 instead of ω gives another image
+    ours[weak]["inputs"]["omega"] = 1.0
+    assert (abs(_image(server, server.run(ours), ours) - got) > 1).sum() > 10

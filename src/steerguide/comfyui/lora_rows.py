@@ -13,7 +13,8 @@ when memory is short) and the weak model's ω from `transformer_options[OMEGA_KE
 steerguide's guiders set: with any other guider the model is the personalized model, LoRA at 1.
 
 The LoRA file is read by ComfyUI's own key maps and loader (comfy/lora.py), so every key layout ComfyUI's
-LoraLoader reads is read here the same way.
+LoraLoader reads is read here the same way. A text-encoder part goes to ComfyUI's CLIP weight patches (at
+1 for the positive prompt, at ω for the negative one, see `text_encoder_at`).
 """
 
 from __future__ import annotations
@@ -138,43 +139,53 @@ def _term(key: str, adapter, weight: torch.Tensor, module: torch.nn.Module) -> _
     return _Term(down=down, up=up, cache={})
 
 
-def read_lora(model_patcher, lora_sd: dict[str, torch.Tensor], name: str) -> dict[str, _Term]:
-    """The LoRA's terms by UNet weight key, read with ComfyUI's key map; every tensor must find its layer."""
+def read_lora(model_patcher, lora_sd: dict[str, torch.Tensor], name: str, clip=None):
+    """The LoRA read with ComfyUI's key maps and loader (as LoraLoader reads it): its UNet terms by weight
+    key, and its text-encoder patches (ComfyUI's adapters, for `clip.add_patches`). Every tensor must find
+    its layer."""
     import comfy.lora
+    import comfy.lora_convert
     import comfy.utils
 
+    lora_sd = comfy.lora_convert.convert_lora(lora_sd)
     key_map = comfy.lora.model_lora_keys_unet(model_patcher.model, {})
+    if clip is not None:
+        key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
     loaded = comfy.lora.load_lora(lora_sd, key_map, log_missing=False)
     used: set[str] = set()
     for adapter in loaded.values():
         used |= set(getattr(adapter, "loaded_keys", ()) or ())
     unmatched = sorted(set(lora_sd) - used)
     if not loaded:
-        raise UserError(f"LoRA {name}: none of its {len(lora_sd)} tensors matches a layer of this model's "
-                        "UNet: a LoRA for another architecture?")
+        raise UserError(f"LoRA {name}: none of its {len(lora_sd)} tensors matches a layer of this model: "
+                        "a LoRA for another architecture?")
     if unmatched:
         te = [k for k in unmatched if k.startswith(("lora_te", "text_encoder", "te_", "lora_clip"))]
-        if te:
-            raise UserError(f"LoRA {name}: it also changes the text encoder ({te[0]}, {len(te)} tensors); "
-                            "steerguide's ComfyUI nodes take UNet-only LoRAs for now")
+        if te and clip is None:
+            raise UserError(f"LoRA {name}: it also changes the text encoder ({len(te)} tensors, e.g. {te[0]}): "
+                            "connect the checkpoint's CLIP to the loader")
         raise UserError(f"LoRA {name}: {len(unmatched)} of its tensors match no layer of this model "
                         f"(first: {unmatched[0]}): a LoRA for another architecture?")
     sd = model_patcher.model.state_dict()
+    clip_keys = set(clip.cond_stage_model.state_dict()) if clip is not None else set()
     terms: dict[str, _Term] = {}
+    text_patches = {}
     for key, adapter in loaded.items():
+        if isinstance(key, str) and key in clip_keys and not key.startswith("diffusion_model."):
+            text_patches[key] = adapter
+            continue
         if not isinstance(key, str) or not key.startswith("diffusion_model.") or key not in sd:
             raise UserError(f"LoRA {name}: layer {key} is not a whole UNet weight; not supported")
         module = comfy.utils.get_attr(model_patcher.model, key[:-len(".weight")])
         terms[key] = _term(key, adapter, sd[key], module)
-    return terms
+    return terms, text_patches
 
 
-def add_row_scaled_lora(model_patcher, lora_sd: dict[str, torch.Tensor], name: str):
-    """A clone of `model_patcher` with the LoRA unmerged, row-scaled by steerguide's guiders."""
+def add_row_scaled_lora(model_patcher, terms: dict[str, _Term]):
+    """A clone of `model_patcher` with the LoRA `terms` unmerged, row-scaled by steerguide's guiders."""
     import comfy.patcher_extension
     import comfy.utils
 
-    terms = read_lora(model_patcher, lora_sd, name)
     patched = model_patcher.clone()
     for key, term in terms.items():
         path = key[:-len(".weight")]
@@ -193,3 +204,29 @@ def add_row_scaled_lora(model_patcher, lora_sd: dict[str, torch.Tensor], name: s
 
 def has_row_scaled_lora(model_patcher) -> bool:
     return any(isinstance(v, RowScaledLoRAForward) for v in model_patcher.object_patches.values())
+
+
+# The text encoder encodes each prompt on its own, before sampling: there the LoRA can be merged, at 1 for
+# the positive prompt and at ω for the negative one (ComfyUI's own CLIP weight patches, as LoraLoader's).
+TEXT_ATTACHMENT = "steerguide_text_lora"  # on the loader's CLIP: (the CLIP without the LoRA, its patches)
+
+
+def text_encoder_at(clip, scale: float):
+    """The loader's CLIP with its LoRA's text-encoder part at `scale` instead of 1."""
+    base, patches = clip.patcher.attachments[TEXT_ATTACHMENT]
+    out = base.clone()
+    if patches:
+        out.add_patches(patches, scale)
+    out.patcher.attachments[TEXT_ATTACHMENT] = (base, patches)
+    return out
+
+
+def has_text_lora(clip) -> bool:
+    return TEXT_ATTACHMENT in getattr(getattr(clip, "patcher", None), "attachments", {})
+
+
+def personalize_text_encoder(clip, patches: dict):
+    """The CLIP for the positive prompt: the LoRA's text-encoder part at 1, the way to θ_ω kept."""
+    base = clip.clone()
+    base.patcher.attachments[TEXT_ATTACHMENT] = (clip, patches)
+    return text_encoder_at(base, 1.0)

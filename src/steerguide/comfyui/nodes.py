@@ -1,8 +1,11 @@
 """steerguide's ComfyUI nodes and their NODE_CLASS_MAPPINGS (what `custom_nodes/steerguide` exports).
 
-- PersonalizationLoRALoader: MODEL + a LoRA from ComfyUI's `loras` folder → MODEL with the LoRA kept
-  unmerged (lora_rows), at 1 on every row unless one of the guiders below sets ω for the negative rows.
+- PersonalizationLoRALoader: MODEL (+ CLIP) + a LoRA from ComfyUI's `loras` folder → MODEL with the LoRA
+  kept unmerged (lora_rows), at 1 on every row unless one of the guiders below sets ω for the negative
+  rows, and CLIP with the LoRA's text-encoder part at 1 (for the positive prompt).
   With ComfyUI's own CFGGuider/KSampler it is the personalized model, as after LoraLoader.
+- PersonalizationWeakTextEncoder: the loader's CLIP with the LoRA's text-encoder part at ω, for the
+  negative prompt (text is encoded once per prompt, so there the LoRA is merged: ComfyUI's own patches).
 - PersonalizationFineTuneLoader: a fine-tuned MODEL and its base MODEL → MODEL whose weak rows PG/AG run
   through θ_ω (finetune.py).
 - PersonalizationGuider (PG) and PersonalizationAGGuider (AG): GUIDERs for SamplerCustomAdvanced.
@@ -21,7 +24,14 @@ import folder_paths
 
 from steerguide.comfyui.finetune import has_finetune_base, with_finetune_base
 from steerguide.comfyui.guiders import PersonalizationGuider
-from steerguide.comfyui.lora_rows import add_row_scaled_lora, has_row_scaled_lora
+from steerguide.comfyui.lora_rows import (
+    add_row_scaled_lora,
+    has_row_scaled_lora,
+    has_text_lora,
+    personalize_text_encoder,
+    read_lora,
+    text_encoder_at,
+)
 from steerguide.errors import UserError
 from steerguide.schedules import Constant, Cosine, Linear
 
@@ -83,23 +93,52 @@ class PersonalizationLoRALoader:
     """Load a personalization LoRA unmerged, so that PG/AG can give each batch row its own scale."""
 
     CATEGORY = "loaders"
-    RETURN_TYPES = ("MODEL",)
+    RETURN_TYPES = ("MODEL", "CLIP")
+    RETURN_NAMES = ("model", "clip")
     FUNCTION = "load"
-    DESCRIPTION = "A LoRA kept unmerged: scale 1 for the prompt rows, ω for the weak rows of PG/AG."
+    DESCRIPTION = ("A LoRA kept unmerged: scale 1 for the prompt rows, ω for the weak rows of PG/AG. The CLIP "
+                   "output has the LoRA's text-encoder part at 1 (for the positive prompt); encode the "
+                   "negative prompt with Weak Text Encoder at the guider's ω.")
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), "lora_name": (folder_paths.get_filename_list("loras"),)}}
+        return {"required": {"model": ("MODEL",), "lora_name": (folder_paths.get_filename_list("loras"),)},
+                "optional": {"clip": ("CLIP", {"tooltip": "needed when the LoRA reaches the text encoder"})}}
 
     @_one_line
-    def load(self, model, lora_name):
+    def load(self, model, lora_name, clip=None):
         import comfy.utils
 
         path = folder_paths.get_full_path("loras", lora_name)
         if path is None:
             raise UserError(f"LoRA {lora_name!r} is not in ComfyUI's loras folder")
         lora = comfy.utils.load_torch_file(path, safe_load=True)
-        return (add_row_scaled_lora(model, lora, lora_name),)
+        terms, text_patches = read_lora(model, lora, lora_name, clip)
+        if not terms:
+            raise UserError(f"LoRA {lora_name}: it changes no UNet layer; nothing to guide with")
+        clip_out = personalize_text_encoder(clip, text_patches) if clip is not None else None
+        return (add_row_scaled_lora(model, terms), clip_out)
+
+
+class PersonalizationWeakTextEncoder:
+    """The loader's CLIP with the LoRA's text-encoder part at ω: for the negative prompt of PG."""
+
+    CATEGORY = "loaders"
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "weaken"
+    DESCRIPTION = "The text encoder of θ_ω (the LoRA's text-encoder part at ω), to encode PG's negative prompt."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"clip": ("CLIP", {"tooltip": "the CLIP output of Load Personalization LoRA"}),
+                             "omega": _float(0.5, 0.0, 1.0, 0.01, "the same ω as the guider's")}}
+
+    @_one_line
+    def weaken(self, clip, omega):
+        if not has_text_lora(clip):
+            raise UserError("this CLIP does not come from Load Personalization LoRA (steerguide): connect "
+                            "that node's clip output")
+        return (text_encoder_at(clip, omega),)
 
 
 class PersonalizationFineTuneLoader:
@@ -170,6 +209,7 @@ class PersonalizationAGGuiderNode:
 
 NODE_CLASS_MAPPINGS = {
     "PersonalizationLoRALoader": PersonalizationLoRALoader,
+    "PersonalizationWeakTextEncoder": PersonalizationWeakTextEncoder,
     "PersonalizationFineTuneLoader": PersonalizationFineTuneLoader,
     "PersonalizationGuider": PersonalizationGuiderNode,
     "PersonalizationAGGuider": PersonalizationAGGuiderNode,
@@ -177,6 +217,7 @@ NODE_CLASS_MAPPINGS = {
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "PersonalizationLoRALoader": "Load Personalization LoRA (steerguide)",
+    "PersonalizationWeakTextEncoder": "Weak Text Encoder (θ_ω, steerguide)",
     "PersonalizationFineTuneLoader": "Load Personalization Fine-Tune (steerguide)",
     "PersonalizationGuider": "Personalization Guider (PG, steerguide)",
     "PersonalizationAGGuider": "Autoguidance Guider (AG, steerguide)",

@@ -129,7 +129,8 @@ def vae_state_dict(seed: int = 2) -> dict[str, torch.Tensor]:
 
 
 def write_checkpoint(path: str | Path, *, seed: int = 0, with_clip: bool = True, with_vae: bool = True,
-                     unet: dict[str, torch.Tensor] | None = None) -> Path:
+                     unet: dict[str, torch.Tensor] | None = None,
+                     clip: dict[str, torch.Tensor] | None = None) -> Path:
     """A single-file checkpoint (safetensors) that CheckpointLoaderSimple loads: SD 1.5 unless `unet`
     holds another family's weights (then without VAE and text encoder: those would be SD 1.5's)."""
     from safetensors.torch import save_file
@@ -140,7 +141,7 @@ def write_checkpoint(path: str | Path, *, seed: int = 0, with_clip: bool = True,
     if with_vae:
         sd.update(vae_state_dict())
     if with_clip:
-        sd.update(clip_state_dict())
+        sd.update(clip if clip is not None else clip_state_dict())
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     return path
 
@@ -170,10 +171,32 @@ def lora_state_dict(unet: dict[str, torch.Tensor], rank: int = 4, alpha: float =
     return out
 
 
-def write_lora(path: str | Path, unet: dict[str, torch.Tensor], **kwargs) -> Path:
+def text_encoder_lora_state_dict(clip: dict[str, torch.Tensor], rank: int = 4, seed: int = 4,
+                                 scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """A random kohya-layout LoRA (`lora_te_...`) on the q/v projections of the CLIP in `clip`."""
+    gen = torch.Generator().manual_seed(seed)
+    prefix = "cond_stage_model.transformer."
+    out: dict[str, torch.Tensor] = {}
+    for key, weight in sorted(clip.items()):
+        if not key.endswith(("self_attn.q_proj.weight", "self_attn.v_proj.weight")):
+            continue
+        name = "lora_te_" + key[len(prefix):-len(".weight")].replace(".", "_")
+        fan_in = weight.shape[1]
+        out[f"{name}.lora_down.weight"] = torch.randn(rank, fan_in, generator=gen) / math.sqrt(fan_in)
+        out[f"{name}.lora_up.weight"] = torch.randn(weight.shape[0], rank, generator=gen) * scale / math.sqrt(rank)
+        out[f"{name}.alpha"] = torch.tensor(float(rank))
+    return out
+
+
+def write_lora(path: str | Path, unet: dict[str, torch.Tensor], clip: dict[str, torch.Tensor] | None = None,
+               **kwargs) -> Path:
+    """The UNet LoRA (and, given the CLIP's weights, a text-encoder part) as one safetensors file."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(lora_state_dict(unet, **kwargs), str(path))
+    sd = lora_state_dict(unet, **kwargs)
+    if clip is not None:
+        sd.update(text_encoder_lora_state_dict(clip))
+    save_file(sd, str(path))
     return path
