@@ -138,6 +138,11 @@ def test_ag_equals_comfyui_hooks_graph(env, reference):
     # AG's reference: the positive prompt twice, the copy in the negative slot with the LoRA hook at ω
     ref = sample(env, hooks_guider(env, 0.3, negative=env.positive))["samples"]
     close(sample(env, ag(env, 0.3))["samples"], ref, reference["effect"])
+    # the weak branch's own encoding of the prompt (Weak Text Encoder's, for a LoRA with a text-encoder part)
+    node = env.ours.PersonalizationAGGuiderNode()
+    guider = node.get_guider(env.personalized, env.positive, CFG, 0.3, "constant", 1.0, 0.0, 1.0,
+                             weak_positive=env.negative)[0]
+    close(sample(env, guider)["samples"], reference[0.3], reference["effect"])  # PG's reference, by design
     # ω = 1: the weak model is the personalized one, and AG returns its conditional prediction alone
     lora_model = env.nodes.LoraLoader().load_lora(env.model, None, env.lora, 1.0, 0.0)[0]
     basic = sample(env, env.custom.BasicGuider().get_guider(lora_model, env.positive)[0])

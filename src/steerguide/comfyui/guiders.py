@@ -48,7 +48,9 @@ class PersonalizationGuider(comfy.samplers.CFGGuider):
         self.weak_on_prompt = weak_on_prompt
 
     def set_conds(self, positive, negative=None):
-        weak = positive if self.weak_on_prompt else negative
+        """PG: the weak rows are `negative`. AG: the prompt again, or `negative` when given (the prompt
+        encoded by the text encoder at θ_ω, for a LoRA that reaches it)."""
+        weak = (negative if negative is not None else positive) if self.weak_on_prompt else negative
         if has_finetune_base(self.model_patcher):  # θ_ω by ComfyUI's weight hook on the weak rows
             if not isinstance(self.omega, Constant):
                 raise UserError("a full fine-tune takes a constant omega (each ω value is its own weights)")

@@ -194,15 +194,19 @@ class PersonalizationAGGuiderNode:
     def INPUT_TYPES(cls):
         inputs = dict(_GUIDE_INPUTS)
         inputs["omega"] = _float(0.0, 0.0, 1.0, 0.01, "share of the personalization the weak model keeps")
-        return {"required": {"model": ("MODEL",), "positive": ("CONDITIONING",), **inputs}}
+        weak = ("CONDITIONING", {"tooltip": "the prompt encoded by Weak Text Encoder, when the LoRA reaches "
+                                            "the text encoder (default: positive)"})
+        return {"required": {"model": ("MODEL",), "positive": ("CONDITIONING",), **inputs},
+                "optional": {"weak_positive": weak}}
 
     @_one_line
-    def get_guider(self, model, positive, cfg, omega, omega_schedule, omega_end, start, stop):
+    def get_guider(self, model, positive, cfg, omega, omega_schedule, omega_end, start, stop,
+                   weak_positive=None):
         _check_model(model)
         _check_interval(start, stop)
         schedule = _schedule(omega_schedule, omega, omega_end)
         guider = PersonalizationGuider(model, schedule, start, stop, weak_on_prompt=True)
-        guider.set_conds(positive)
+        guider.set_conds(positive, weak_positive)
         guider.set_cfg(cfg)
         return (guider,)
 
