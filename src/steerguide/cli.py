@@ -41,6 +41,7 @@ _COMMAND_MODULES: list[str] = [
     "steerguide.demo",
     "steerguide.ui.cli",
     "steerguide.tune.cli",
+    "steerguide.comfyui.cli",
 ]
 
 
