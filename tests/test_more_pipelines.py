@@ -1,4 +1,4 @@
-"""METHOD.md's properties on two more pipelines that batch CFG as [uncond; cond]: Sana and PixArt-Σ.
+"""docs/method.md's properties on two more pipelines that batch CFG as [uncond; cond]: Sana and PixArt-Σ.
 
 Tiny random models of the real architectures, built here and saved to disk (their tokenizers are
 character-level vocabularies written on the spot, so nothing is downloaded). Sana takes LoRAs

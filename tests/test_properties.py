@@ -1,4 +1,4 @@
-"""The seven properties of METHOD.md, to float tolerance, on tiny SD 1.5, SDXL and SD3 models.
+"""The seven properties of docs/method.md, to float tolerance, on tiny SD 1.5, SDXL and SD3 models.
 
 Each model is saved to disk and loaded through the same code as real checkpoints. The personalization
 is a random LoRA (both matrices random, so Δ is real) and the same LoRA fused into the base weights and

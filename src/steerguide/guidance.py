@@ -1,7 +1,7 @@
 """The guidance methods as values and as formulas; no diffusers in here.
 
 All three methods share one shape, D = D_first + w · (D_ft(x, c) − D_first); they differ only in what
-the first term is (METHOD.md):
+the first term is (docs/method.md):
 
     CFG  D_first = D_ft(x, ∅)      the personalized model on the null prompt
     AG   D_first = D_weak(x, c)    a weaker model (θ_pre, or θ_ω) on the prompt   (Karras et al. 2024)

@@ -2,7 +2,7 @@
 smooth function of the knob plus noise (written into a 2×1 float image), and two metrics that read them.
 The tests and the grid-versus-search measurement of docs/tune.md use it.
 
-The true scores, with g = (w − 1)(1 − ω) PG's push (METHOD.md: PG − CFG ∝ (w − 1)(1 − ω)):
+The true scores, with g = (w − 1)(1 − ω) PG's push (docs/method.md: PG − CFG ∝ (w − 1)(1 − ω)):
     fidelity = 0.5 + 0.15·(1 − e^{−(w−1)/3}) + push·(1 − e^{−g·k_f/s}) − 0.002·(w − 1)²
     text     = 0.4 + 0.3·(1 − e^{−(w−1)/2}) − pen·(g·k_t)²
 with k_f = 1, k_t = 1 for ω constant and k_f = 0.6, k_t = 0.3 for ω rising linearly to 1 (the schedule

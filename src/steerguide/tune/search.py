@@ -37,7 +37,7 @@ DIAGONALS = True
 
 @dataclass(frozen=True, order=True)
 class Knob:
-    """One guidance setting of PG (ω = 1 with a constant schedule is CFG exactly: METHOD.md property 2)."""
+    """One guidance setting of PG (ω = 1 with a constant schedule is CFG exactly: docs/method.md property 2)."""
 
     scale: float
     omega: float
