@@ -142,9 +142,8 @@ def generate_command(
     overwrite: bool = typer.Option(False, help="Replace the images and run.json of another run in --out."),
 ) -> None:
     """Generate images with CFG, autoguidance or personalization guidance."""
-    from rich.console import Console
-
     from steerguide.guidance import GuidanceConfig
+    from steerguide.progress import console
     from steerguide.sampling import generate
 
     common = {
@@ -190,7 +189,7 @@ def generate_command(
         threads=threads,
         overwrite=overwrite,
     )
-    Console(stderr=True).print(
+    console(stderr=True).print(
         f"{len(record['images'])} images and run.json in {out} "
         f"({record['denoiser_calls']} denoiser calls, {record['denoiser_rows']} rows, "
         f"{record['seconds_denoising']:.2f} s denoising)",

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 from PIL import Image, UnidentifiedImageError
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,6 +21,7 @@ from rich.progress import (
 
 from steerguide.errors import Interrupted, UserError
 from steerguide.files import check_writable, check_writable_file, save_image_atomic
+from steerguide.progress import console
 
 toyworld = typer.Typer(help="The embedded toy world: base model, subjects, judges.", no_args_is_help=True,
                        rich_markup_mode=None)
@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
 def _progress(description: str, total: int | None):
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*cols, transient=True, console=Console(stderr=True)) as bar:
+    with Progress(*cols, transient=True, console=console(stderr=True)) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
 
@@ -361,7 +361,7 @@ def _stages():
     `progress(stage, done, total, metrics)` callback that the training functions take."""
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"))
-    with Progress(*cols, console=Console(stderr=True)) as bar:
+    with Progress(*cols, console=console(stderr=True)) as bar:
         tasks: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int, metrics: dict) -> None:

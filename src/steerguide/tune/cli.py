@@ -58,17 +58,16 @@ def tune(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> int:
     """Choose w and ω for one personalization from a budget of judged probe images; writes DIR/preset.yaml."""
-    from rich.console import Console
-
     from steerguide.cli import _read_prompts
     from steerguide.limits import default_threads
     from steerguide.limits import threads as check_threads
+    from steerguide.progress import console as progress_console
     from steerguide.tune.objective import Target
     from steerguide.tune.problems import real_problem, toy_problem, train_toy
     from steerguide.tune.tuner import check_budget, check_tune_out
     from steerguide.tune.tuner import tune as run_tune
 
-    console = Console(stderr=True)
+    console = progress_console(stderr=True)
     goal = Target.parse(target, min_text, min_fidelity)
     check_tune_out(out)
     check_threads(threads)
