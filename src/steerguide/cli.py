@@ -72,7 +72,7 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
     found = list(prompts)
     if prompts_file is not None:
         try:
-            lines = prompts_file.read_text(encoding="utf-8").splitlines()
+            lines = prompts_file.read_text(encoding="utf-8-sig").splitlines()  # a BOM is no prompt text
         except OSError as e:
             raise UserError(f"cannot read prompts file {prompts_file}: {e.strerror or e}") from None
         except UnicodeDecodeError as e:
@@ -80,6 +80,8 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
                 f"prompts file {prompts_file} is not UTF-8 text (byte {e.start}); give one prompt per line"
             ) from None
         found += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not found:
+            raise UserError(f"prompts file {prompts_file} holds no prompt (only blank lines or # comments)")
     if not found:
         raise UserError("no prompt given: use --prompt TEXT (repeatable) or --prompts-file FILE")
     return found
@@ -142,10 +144,13 @@ def generate_command(
     overwrite: bool = typer.Option(False, help="Replace the images and run.json of another run in --out."),
 ) -> None:
     """Generate images with CFG, autoguidance or personalization guidance."""
+    from steerguide import limits
     from steerguide.guidance import GuidanceConfig
     from steerguide.progress import console
     from steerguide.sampling import generate
 
+    if guidance_start == guidance_stop:  # start > stop: GuidanceConfig's message
+        limits.guidance_interval("guidance interval", guidance_start, guidance_stop)
     common = {
         "interval": (guidance_start, guidance_stop),
         "guidance_rescale": guidance_rescale,
@@ -168,6 +173,11 @@ def generate_command(
             omega=omega,
             omega_schedule=omega_schedule or "constant",
             **common,
+        )
+    if config.method == "cfg" and (omega is not None or omega_schedule is not None):
+        raise UserError(
+            "--omega and --omega-schedule are for --method pg or ag: CFG's first term is the personalized "
+            "model on the null prompt, which has no ω"
         )
     prompts = _read_prompts(prompt, prompts_file)
     record = generate(

@@ -40,6 +40,7 @@ def sweep(
     from steerguide.evaluate.sweep import describe_grid, expand, load_config, resolve_base, run_sweep
     from steerguide.evaluate.sweep_config import check_sample_size
     from steerguide.evaluate.sweep_run import SweepInterrupted, check_out
+    from steerguide.evaluate.sweep_sampler import check_inputs
     from steerguide.progress import console as progress_console
 
     cfg = load_config(config)
@@ -50,9 +51,11 @@ def sweep(
 
         torch.set_num_threads(threads)
     if dry_run:
-        check_sample_size(cfg, resolve_base(cfg.base))
+        base = resolve_base(cfg.base)
+        check_sample_size(cfg, base)
         benchmark = load_benchmark(cfg.benchmark)
         rows = expand(cfg, benchmark)
+        check_inputs(cfg, benchmark.subjects, base, fits=True)  # what a run would refuse, without sampling
         done = ResultsStore(out / "results.jsonl").done_keys()
         pending = sum(r.key not in done for r in rows)
         console.print(
@@ -139,6 +142,7 @@ def evaluate(
 
     from steerguide.evaluate.folder import score_folder
     from steerguide.evaluate.metrics import (
+        DEFAULT_MODELS,
         build_metrics,
         canonical_metric_name,
         normalize_metric_spec,
@@ -158,6 +162,8 @@ def evaluate(
         key = canonical_metric_name(name)
         if key not in spec:
             raise UserError(f"--model {item!r}: metric {key} is not in --metrics")
+        if key not in DEFAULT_MODELS:
+            raise UserError(f"--model {item!r}: metric {key} takes no model (models: {', '.join(DEFAULT_MODELS)})")
         spec[key]["model"] = value
     scores = score_folder(images, build_metrics(spec, device=device), references, prompt, token, progress=True)
     summary = scores.summary()

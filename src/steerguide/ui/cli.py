@@ -58,6 +58,12 @@ def ui(
         dino=str(dino) if dino else None,
         clip=str(clip) if clip else None,
     )
+    from steerguide.files import check_writable
+
+    check_writable(workdir, "--workdir")  # trained personalizations go there: a file or /proc/x is refused now
+    _check_can_serve(host, port)
+    if studio.personalization:  # whether it fits the base is known only once loaded: before serving
+        studio.warm_up()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
     try:
         import gradio  # noqa: F401
@@ -66,6 +72,30 @@ def ui(
     from steerguide.ui.app import launch
 
     launch(studio, host=host, port=port, guidance=guidance)
+
+
+def _check_can_serve(host: str, port: int) -> None:
+    """Bind `host:port` once, as the server will, so that a bad address or a busy port is one line naming
+    which, before anything starts (gradio says only that it found no empty port)."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError):
+        raise UserError(f"--host {host} is not an address or host name") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(f"cannot serve on {host}:{port}: the port is in use (choose another with --port)") from None
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise UserError(f"--host {host} is not an address of this machine (127.0.0.1: this machine only; "
+                                "0.0.0.0: every interface)") from None
+            raise UserError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
 
 
 def register(app: typer.Typer) -> None:
