@@ -605,3 +605,27 @@ def test_duplicate_keys_in_a_sweep_config_and_a_subjects_file(capsys, tmp_path):
     line = bad(capsys, ["toyworld", "info", "--subjects-file", subjects])
     assert f"{subjects}: not valid YAML at line 2 (key 'class' is given twice (lines 2 and 2))" in line, line
 
+
+# -- the page out of the box ----------------------------------------------------------------------------
+
+
+def test_ui_with_no_arguments_compares_on_the_shipped_personalization(tmp_path, monkeypatch):
+    """`steerguide ui` alone: Compare starts on the toy world's shipped LoRA and a prompt of its subject,
+    so that its first Generate press gives CFG, AG and PG (it failed: "AG and PG need a personalization")."""
+    import steerguide.ui.app
+    from steerguide.toyworld.assets import shipped_personalizations_path
+
+    started = {}
+    monkeypatch.setattr(steerguide.ui.app, "launch", lambda studio, **kw: started.setdefault("studio", studio))
+    monkeypatch.chdir(tmp_path)  # the default --workdir is relative
+    assert run(["ui", "--port", free_port()]) == 0
+    studio = started["studio"]
+    assert Path(studio.personalization).parent == shipped_personalizations_path()
+    subject = Path(studio.personalization).name.rsplit("-", 1)[0]
+    assert studio.default_prompt.startswith("a " + subject.replace("_", " "))
+    import types
+
+    studio._judges = types.SimpleNamespace(score=lambda images, *_: [{} for _ in images])  # tested elsewhere
+    rows = studio.compare([studio.default_prompt], methods=["cfg", "ag", "pg"], scale=5.0, omega=0.5, steps=1,
+                          num_images=1, personalization=studio.personalization)
+    assert [r.method for r in rows] == ["cfg", "ag", "pg"] and all(len(r.images) == 1 for r in rows)

@@ -47,6 +47,10 @@ def ui(
             preset, base=base, personalization=str(personalization) if personalization else None
         )
         personalization = Path(chosen) if chosen is not None else None
+    given = personalization is not None
+    prompt = None
+    if not given and preset is None and base in (None, "toy"):  # out of the box: something to compare
+        personalization, prompt = _shipped_personalization()
     from steerguide.ui.studio import Studio
 
     studio = Studio(  # checks the paths and the device before anything is started
@@ -62,7 +66,8 @@ def ui(
 
     check_writable(workdir, "--workdir")  # trained personalizations go there: a file or /proc/x is refused now
     _check_can_serve(host, port)
-    if studio.personalization:  # whether it fits the base is known only once loaded: before serving
+    studio.default_prompt = prompt
+    if given:  # whether it fits the base is known only once loaded: before serving
         studio.warm_up()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
     try:
@@ -72,6 +77,20 @@ def ui(
     from steerguide.ui.app import launch
 
     launch(studio, host=host, port=port, guidance=guidance)
+
+
+def _shipped_personalization() -> tuple[Path | None, str | None]:
+    """The toy world's shipped personalization (of the demo's subject) and one of its subject's prompts,
+    so that the page opened with no arguments compares CFG, AG and PG at once."""
+    from steerguide.demo import default_subject
+    from steerguide.toyworld.assets import shipped_personalizations_path
+    from steerguide.toyworld.subjects import get_subject
+
+    name = default_subject()
+    found = sorted(p for p in shipped_personalizations_path().glob(f"{name}-*") if (p / "train.json").is_file())
+    if not found:
+        return None, None
+    return found[-1], get_subject(name).eval_prompts()[0]
 
 
 def _check_can_serve(host: str, port: int) -> None:
