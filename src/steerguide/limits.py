@@ -7,6 +7,7 @@ the Python API's keyword reads once the dashes are dropped.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 
 from steerguide.errors import UserError
@@ -82,7 +83,7 @@ MAX_SEED = 2**32 - 1
 
 def seed(name: str, value: int, count: int = 1) -> int:
     """A seed from 0 to `MAX_SEED`, and so are the `count - 1` seeds after it (image i uses seed + i)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED - (count - 1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_SEED - (count - 1):
         after = f" (less {count - 1}: its {count} images use seed + 0 ... seed + {count - 1})" if count > 1 else ""
         raise UserError(f"{name} must be an integer from 0 to {MAX_SEED}{after}, got {value!r}")
     return value
