@@ -103,19 +103,17 @@ class FolderLock:
     """An exclusive lock on an output folder while one command writes into it (`flock` on a hidden file,
     released by the kernel when the process dies, so a killed run never leaves the folder locked).
 
-    `acquire()` creates the folder if needed and raises `UserError` at once when another process holds it.
-    `release()` removes the lock file; `created` says whether `acquire` made the folder."""
+    `acquire()` creates the folder if needed and raises `UserError` at once when another process holds it;
+    `release()` removes the lock file."""
 
     def __init__(self, folder: str | Path, what: str):
         self.folder, self.what = Path(folder), what
         self.path = self.folder / LOCK_NAME
         self.fd: int | None = None
-        self.created = False
 
     def acquire(self) -> FolderLock:
         import fcntl
 
-        self.created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -124,8 +122,6 @@ class FolderLock:
             except BlockingIOError:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
                 os.close(fd)
-                if self.created:  # it was made by the other run a moment ago: not ours to remove
-                    self.created = False
                 raise UserError(
                     f"{self.what} {self.folder} is being written by another steerguide process (pid {holder}); "
                     "wait for it to finish, or give another folder"

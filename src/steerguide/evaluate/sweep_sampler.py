@@ -113,4 +113,3 @@ def check_inputs(
         for path in paths:  # one pipeline each: a personalization is loaded onto a fresh base
             pipe = load_pipeline(base, device="cpu", dtype="float32", scheduler=scheduler)
             load_personalization(pipe, path).release()
-            del pipe
