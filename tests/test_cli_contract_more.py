@@ -475,7 +475,15 @@ def test_generate_refuses_a_folder_another_run_is_writing(capsys, tmp_path):
         assert [p.name for p in out.iterdir()] == [".steerguide.lock"]  # nothing of ours
     finally:
         other.release()
-    assert run(["generate", "--method", "cfg", "-p", "x", "--steps", "1", "--out", str(out)]) == 0
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:  # the command's --threads must not outlive it (tests and notebooks run it in-process)
+        assert run(["generate", "--method", "cfg", "-p", "x", "--steps", "1", "--threads", "1", "--out", str(out)]) == 0
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
     assert sorted(p.name for p in out.iterdir()) == ["000-x-00.png", "run.json"]  # the lock is gone
 
 

@@ -254,6 +254,8 @@ def run(argv: list[str] | None = None) -> int:
         _registered = True
     args = sys.argv[1:] if argv is None else list(argv)
     command = typer.main.get_command(app)
+    # Commands set torch's CPU threads (--threads); run in-process (tests, notebooks), leave them as found.
+    threads_before = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default", SteerguideWarning)  # each distinct message once
@@ -295,6 +297,9 @@ def run(argv: list[str] | None = None) -> int:
             "(a bug in steerguide; STEERGUIDE_DEBUG=1 shows the traceback)"
         )
         return 1
+    finally:
+        if threads_before is not None:
+            sys.modules["torch"].set_num_threads(threads_before)
     return result if isinstance(result, int) else 0
 
 
