@@ -340,19 +340,21 @@ def toy_sweep(**changes) -> dict:
     return data
 
 
-@pytest.mark.parametrize("dry_run", [True, False])
+SWEEP_CASES = [
+    ("base", "config key base: /nonexistent/base does not exist"),
+    ("personalization", "config key personalization.paths: /nonexistent/lora does not exist"),
+    ("sdxl-lora", "does not fit this base model"),  # a run finds out on loading (the test after this one)
+    ("device", "device 'cuda' asked for, but this machine has no CUDA GPU"),
+    ("dtype", "unknown dtype 'float64'"),
+    ("sampler", "config key sampler: cannot import 'steerguide.evaluate.fakes:NoSuchSampler'"),
+    ("scheduler", "unknown scheduler 'Bogus'"),
+    ("train-keys", "config key personalization.train.stepz: unknown key"),
+]
+
+
 @pytest.mark.parametrize(
-    "case,needle",
-    [
-        ("base", "config key base: /nonexistent/base does not exist"),
-        ("personalization", "config key personalization.paths: /nonexistent/lora does not exist"),
-        ("sdxl-lora", "does not fit this base model"),
-        ("device", "device 'cuda' asked for, but this machine has no CUDA GPU"),
-        ("dtype", "unknown dtype 'float64'"),
-        ("sampler", "config key sampler: cannot import 'steerguide.evaluate.fakes:NoSuchSampler'"),
-        ("scheduler", "unknown scheduler 'Bogus'"),
-        ("train-keys", "config key personalization.train.stepz: unknown key"),
-    ],
+    "case,needle,dry_run",
+    [(*c, True) for c in SWEEP_CASES] + [(*c, False) for c in SWEEP_CASES if c[0] != "sdxl-lora"],
 )
 def test_sweep_checks_everything_before_any_folder(capsys, tmp_path, sdxl_lora, case, needle, dry_run):
     import torch
@@ -369,8 +371,6 @@ def test_sweep_checks_everything_before_any_folder(capsys, tmp_path, sdxl_lora, 
         "scheduler": {"sampling": {"steps": 2, "scheduler": "Bogus"}},
         "train-keys": {"personalization": {"train": {"stepz": 5}}},
     }[case]
-    if case == "sdxl-lora" and not dry_run:
-        pytest.skip("a run finds out on loading (the case below)")
     config = write_yaml(tmp_path / "s.yaml", toy_sweep(**changes))
     line = bad(capsys, ["sweep", config, "--out", tmp_path / "out", *(["--dry-run"] if dry_run else [])])
     assert needle in line, line
