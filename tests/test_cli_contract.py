@@ -5,8 +5,6 @@ Most cases never load a model: the checks come first, which is the point."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import typer
 
@@ -501,12 +499,16 @@ def test_evaluate_bad_input(capsys, tmp_path, monkeypatch, case, needle):
         (["toyworld", "train-judge", "--out", "{tmp}/file"], "exists and is not fidelity judge weights"),
     ],
 )
-def test_toyworld_bad_input_before_any_work(capsys, tmp_path, argv, needle):
+def test_toyworld_bad_input_before_any_work(capsys, tmp_path, monkeypatch, argv, needle):
     import shutil
 
     from PIL import Image
 
     from steerguide.toyworld import base_model_path
+
+    # train-base's default --work is relative: look for it here, not wherever the suite was started (a
+    # toyworld_build left there by anything else failed every case)
+    monkeypatch.chdir(tmp_path)
 
     (tmp_path / "file").write_text("x")
     (tmp_path / "imgs").mkdir()
@@ -520,7 +522,7 @@ def test_toyworld_bad_input_before_any_work(capsys, tmp_path, argv, needle):
     line = bad(capsys, argv)
     assert needle.replace("{tmp}", str(tmp_path)) in line, line
     assert (tmp_path / "file").read_text() == "x" and not (tmp_path / "r").exists()
-    assert not (tmp_path / "o").exists() and not Path("toyworld_build").exists()
+    assert not (tmp_path / "o").exists() and not (tmp_path / "toyworld_build").exists()
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])

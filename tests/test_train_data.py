@@ -45,7 +45,7 @@ def test_folder_errors(tmp_path):
         load_images(tmp_path)
     Image.new("RGB", (8, 8)).save(tmp_path / "good.png")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    with pytest.raises(UserError, match="corrupt image .*broken.jpg"):
+    with pytest.raises(UserError, match="cannot read image .*broken.jpg"):
         load_images(tmp_path)
     with pytest.raises(UserError, match="no training images"):
         load_images([])

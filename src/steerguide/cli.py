@@ -73,7 +73,7 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
     found = list(prompts)
     if prompts_file is not None:
         try:
-            lines = prompts_file.read_text(encoding="utf-8").splitlines()
+            lines = prompts_file.read_text(encoding="utf-8-sig").splitlines()  # a BOM is no prompt text
         except OSError as e:
             raise UserError(f"cannot read prompts file {prompts_file}: {e.strerror or e}") from None
         except UnicodeDecodeError as e:
@@ -81,6 +81,8 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
                 f"prompts file {prompts_file} is not UTF-8 text (byte {e.start}); give one prompt per line"
             ) from None
         found += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not found:
+            raise UserError(f"prompts file {prompts_file} holds no prompt (only blank lines or # comments)")
     if not found:
         raise UserError("no prompt given: use --prompt TEXT (repeatable) or --prompts-file FILE")
     return found
@@ -149,11 +151,13 @@ def generate_command(
     overwrite: bool = typer.Option(False, help="Replace the images and run.json of another run in --out."),
 ) -> None:
     """Generate images with CFG, autoguidance or personalization guidance."""
-    from rich.console import Console
-
+    from steerguide import limits
     from steerguide.guidance import GuidanceConfig
+    from steerguide.progress import console
     from steerguide.sampling import generate
 
+    if guidance_start == guidance_stop:  # start > stop: GuidanceConfig's message
+        limits.guidance_interval("guidance interval", guidance_start, guidance_stop)
     common = {
         "interval": (guidance_start, guidance_stop),
         "guidance_rescale": guidance_rescale,
@@ -177,6 +181,11 @@ def generate_command(
             omega_schedule=omega_schedule or "constant",
             **common,
         )
+    if config.method == "cfg" and (omega is not None or omega_schedule is not None):
+        raise UserError(
+            "--omega and --omega-schedule are for --method pg or ag: CFG's first term is the personalized "
+            "model on the null prompt, which has no ω"
+        )
     prompts = _read_prompts(prompt, prompts_file)
     record = generate(
         _default_base() if base in (None, "toy") else base,
@@ -198,7 +207,7 @@ def generate_command(
         threads=threads,
         overwrite=overwrite,
     )
-    Console(stderr=True).print(
+    console(stderr=True).print(
         f"{len(record['images'])} images and run.json in {out} "
         f"({record['denoiser_calls']} denoiser calls, {record['denoiser_rows']} rows, "
         f"{record['seconds_denoising']:.2f} s denoising)",
@@ -253,6 +262,8 @@ def run(argv: list[str] | None = None) -> int:
         _registered = True
     args = sys.argv[1:] if argv is None else list(argv)
     command = typer.main.get_command(app)
+    # Commands set torch's CPU threads (--threads); run in-process (tests, notebooks), leave them as found.
+    threads_before = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default", SteerguideWarning)  # each distinct message once
@@ -294,6 +305,9 @@ def run(argv: list[str] | None = None) -> int:
             "(a bug in steerguide; STEERGUIDE_DEBUG=1 shows the traceback)"
         )
         return 1
+    finally:
+        if threads_before is not None:
+            sys.modules["torch"].set_num_threads(threads_before)
     return result if isinstance(result, int) else 0
 
 

@@ -480,10 +480,11 @@ def demo(
     import os
 
     import torch
-    from rich.console import Console
+
+    from steerguide.progress import console as progress_console
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo needs nothing from the network
-    console = Console(stderr=True)
+    console = progress_console(stderr=True)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -500,8 +501,8 @@ def demo(
             )
     finally:  # the CLI also runs in-process (tests, notebooks): leave torch as it was
         torch.set_num_threads(previous)
-    Console().print(result_table(result))
-    Console().print(
+    progress_console().print(result_table(result))
+    progress_console().print(
         f"first picture: {result.out / 'report' / 'showcase.png'}\n"
         f"report: {result.report.html}  ({result.stats.written} new images, "
         f"{result.stats.done_before} reused; {result.seconds:.0f} s)",

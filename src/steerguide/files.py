@@ -94,3 +94,55 @@ def versions() -> dict[str, str]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
     }
+
+
+LOCK_NAME = ".steerguide.lock"
+
+
+class FolderLock:
+    """An exclusive lock on an output folder while one command writes into it (`flock` on a hidden file,
+    released by the kernel when the process dies, so a killed run never leaves the folder locked).
+
+    `acquire()` creates the folder if needed and raises `UserError` at once when another process holds it;
+    `release()` removes the lock file."""
+
+    def __init__(self, folder: str | Path, what: str):
+        self.folder, self.what = Path(folder), what
+        self.path = self.folder / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> FolderLock:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise UserError(
+                    f"{self.what} {self.folder} is being written by another steerguide process (pid {holder}); "
+                    "wait for it to finish, or give another folder"
+                ) from None
+            try:  # the holder before us may have removed the file we opened: lock the one that is there
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # while still held: a waiter re-checks the inode
+        finally:
+            os.close(self.fd)
+            self.fd = None

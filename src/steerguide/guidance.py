@@ -84,6 +84,12 @@ class GuidanceConfig:
             raise UserError(f"guidance interval must satisfy 0 <= start <= stop <= 1, got {self.interval}")
         if self.omega is None:
             self.omega = DEFAULT_OMEGA[self.method]
+            spelled = self.omega_schedule if isinstance(self.omega_schedule, str) else ""
+            if self.method != "cfg" and spelled.startswith("constant:"):  # "constant:0.3" names ω itself
+                try:
+                    self.omega = float(spelled.partition(":")[2])
+                except ValueError:
+                    pass  # parse_schedule says what is wrong with it
         if self.method == "cfg":
             self._schedule = parse_schedule("constant", 1.0)
             return

@@ -7,6 +7,7 @@ the Python API's keyword reads once the dashes are dropped.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 
 from steerguide.errors import UserError
@@ -73,3 +74,47 @@ def threads(value: int | None) -> int | None:
     if value is not None and value < 1:
         raise UserError(f"--threads must be at least 1, got {value}")
     return value
+
+
+# Seeds: numpy's legacy generator (which accelerate's `set_seed` seeds for training) takes 0 to 2**32 - 1,
+# torch's up to 2**64 - 1; one range for every command, so that a seed that works in one works in all.
+MAX_SEED = 2**32 - 1
+
+
+def seed(name: str, value: int, count: int = 1) -> int:
+    """A seed from 0 to `MAX_SEED`, and so are the `count - 1` seeds after it (image i uses seed + i)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_SEED - (count - 1):
+        after = f" (less {count - 1}: its {count} images use seed + 0 ... seed + {count - 1})" if count > 1 else ""
+        raise UserError(f"{name} must be an integer from 0 to {MAX_SEED}{after}, got {value!r}")
+    return value
+
+
+MAX_SEED_COUNT = 10_000  # seeds per prompt in a sweep or a tuning run: 10,000 images per prompt and setting
+
+
+def seed_count(name: str, value: int) -> list[int]:
+    """A count N of seeds, 0 ... N-1: at least 1, at most `MAX_SEED_COUNT`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SEED_COUNT:
+        raise UserError(f"{name} must be a count from 1 to {MAX_SEED_COUNT}, got {value!r}")
+    return list(range(value))
+
+
+# Sampling steps: the bases steerguide samples were trained on 1000 noise levels, and some schedulers
+# allocate per step up front (--steps 1000000000 took 22 GB in 45 s before the kernel killed it).
+MAX_STEPS = 10_000
+
+
+def sampling_steps(name: str, value: int) -> int:
+    at_least(name, value, 1)
+    return at_most(name, value, MAX_STEPS)
+
+
+def guidance_interval(name: str, start: float, stop: float) -> tuple[float, float]:
+    """An interval of the steps that guides at least at some step count: start < stop. (The Python API
+    takes an empty one, (0, 0), as "never guide"; from a command line or a config it is a slip.)"""
+    if finite(name, start) >= finite(name, stop) and 0 <= start <= 1:
+        raise UserError(
+            f"{name} [{start:g}, {stop:g}] is empty: no step would be guided; give start < stop "
+            "(for no guidance at all, --scale 1)"
+        )
+    return start, stop

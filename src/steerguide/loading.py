@@ -102,6 +102,12 @@ def set_scheduler(pipe, name: str | None) -> None:
     """Swap the pipeline's scheduler for diffusers' `<name>` (with or without the 'Scheduler' suffix)."""
     if not name:
         return
+    pipe.scheduler = scheduler_class(name).from_config(pipe.scheduler.config)
+
+
+def scheduler_class(name: str):
+    """diffusers' scheduler class `<name>` (with or without the 'Scheduler' suffix), or one line naming
+    the known ones (checked before any model loads)."""
     import diffusers
 
     cls_name = name if name.endswith("Scheduler") else name + "Scheduler"
@@ -111,7 +117,7 @@ def set_scheduler(pipe, name: str | None) -> None:
             n[: -len("Scheduler")] for n in dir(diffusers) if n.endswith("Scheduler") and n[0].isupper()
         )
         raise UserError(f"unknown scheduler {name!r}; known: {', '.join(k for k in known if k)}")
-    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    return cls
 
 
 def load_pipeline(
@@ -398,8 +404,25 @@ def _install_lora(pipe, path: Path, name: str = ADAPTER) -> Personalization:
     return _adapter_personalization(pipe, name, str(path), info={"format": "lora"})
 
 
+def _check_finite_adapter(pipe, name: str, source: str | None) -> None:
+    """A LoRA with NaN or infinite weights makes NaN predictions, so images of noise or black: refused,
+    and taken off the pipeline again (when this loader put it there)."""
+    modules = [denoiser_of_pipe(pipe)] + [encoder for _, encoder in _text_encoders(pipe)]
+    marker = f".{name}."
+    for module in modules:
+        for param_name, param in module.named_parameters():
+            if marker in param_name and not bool(torch.isfinite(param).all()):
+                if source is not None and hasattr(pipe, "delete_adapters"):
+                    pipe.delete_adapters(name)
+                raise UserError(
+                    f"LoRA {source or name} holds NaN or infinite weights (e.g. {param_name}); it would make "
+                    "images of noise: retrain it (a lower learning rate, or --mixed-precision no)"
+                )
+
+
 def _adapter_personalization(pipe, name: str, source: str | None, info: dict) -> Personalization:
     """The personalization that adapter `name` (already on the pipeline) stands for."""
+    _check_finite_adapter(pipe, name, source)
     personal = Personalization(kind="lora", source=source, adapter=name, info={**info, "adapter": name})
     personal.prepare(pipe)
     personal.release()  # nothing stays merged between runs

@@ -1,6 +1,21 @@
-"""The progress bar of long loops (sweeps, tuning): description, bar, done/total, elapsed and remaining."""
+"""The progress bar of long loops (sweeps, tuning): description, bar, done/total, elapsed and remaining;
+and the console that the commands print their lines and tables with."""
 
 from __future__ import annotations
+
+# Columns of a console that is no terminal (a pipe, a file, a test's capture): there lines are read by
+# programs, so they are never wrapped, whatever COLUMNS or the terminal the process started from says.
+UNWRAPPED_WIDTH = 1000
+
+
+def console(stderr: bool = False):
+    """A rich console for the commands' lines and tables: as wide as the terminal when it is one, else
+    `UNWRAPPED_WIDTH` (rich would take COLUMNS or an inherited terminal's width, even for a pipe: a
+    report's table wrapped at 56 columns in a test worker)."""
+    from rich.console import Console
+
+    terminal = Console(stderr=stderr)
+    return terminal if terminal.is_terminal else Console(stderr=stderr, width=UNWRAPPED_WIDTH)
 
 
 def start_bar(enabled: bool, total: int, description: str, unit: str = ""):

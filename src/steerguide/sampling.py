@@ -19,7 +19,7 @@ from PIL import Image
 
 from steerguide.denoiser import Counters, guided
 from steerguide.errors import UserError
-from steerguide.files import check_writable, save_image_atomic, versions, write_json_atomic
+from steerguide.files import FolderLock, check_writable, save_image_atomic, versions, write_json_atomic
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
 
@@ -83,17 +83,16 @@ def sample(
     the pipeline's default). Extra keyword arguments go to the pipeline call unchanged (e.g.
     `callback_on_step_end`).
     """
+    from steerguide import limits
     from steerguide.families import family_of
 
     family = family_of(pipe)
-    if steps < 1:
-        raise UserError(f"steps must be >= 1, got {steps}")
+    limits.sampling_steps("steps", steps)
     if num_images < 1:
         raise UserError(f"num_images must be >= 1, got {num_images}")
     if not prompts:
         raise UserError("no prompts given")
-    from steerguide import limits
-
+    limits.seed("seed", seed, num_images)
     limits.image_side("--height", height)  # the messages of `generate` and the CLI
     limits.image_side("--width", width)
     call_params = inspect.signature(pipe.__call__).parameters
@@ -322,9 +321,10 @@ def generate(
     from steerguide.errors import Interrupted
 
     # Every number and path before any work.
-    limits.at_least("--steps", steps, 1)
+    limits.sampling_steps("--steps", steps)
     limits.at_least("--num-images", num_images, 1)
     limits.at_least("--batch-size", batch_size, 1)
+    limits.seed("--seed", seed, num_images)
     limits.threads(threads)
     limits.image_side("--height", height)
     limits.image_side("--width", width)
@@ -350,8 +350,13 @@ def generate(
         "distilled_guidance": distilled_guidance,
     }
     created = not out.exists()
-    earlier, replaced = check_generate_out(out, identity, overwrite)
+    check_generate_out(out, identity, overwrite)  # refused here, nothing is made
+    # One run at a time writes into a folder: two started together would mix their images under one
+    # run.json. Under the lock the folder is looked at again (the other run may have just written it).
+    lock = FolderLock(out, "output folder")
     try:
+        lock.acquire()
+        earlier, replaced = check_generate_out(out, identity, overwrite)
         return _generate(base, personalization, config, prompts, out, identity, earlier, replaced, num_images,
                          seed, steps, height, width, negative_prompt, device, dtype, scheduler, batch_size,
                          threads, progress)
@@ -362,9 +367,13 @@ def generate(
             "run the same command again to make the rest"
         ) from None
     except BaseException:
+        if lock.fd is not None:
+            lock.release()
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # nothing was made: leave nothing behind
         raise
+    finally:
+        lock.release()
 
 
 def _generate(base, personalization, config, prompts, out, identity, earlier, replaced, num_images, seed,

@@ -93,7 +93,13 @@ def parse_schedule(spec: str | None, start: float) -> Schedule:
     if kind not in SCHEDULE_KINDS:
         raise UserError(f"unknown omega schedule {kind!r}; expected one of {', '.join(SCHEDULE_KINDS)}")
     if kind == "constant":
-        return Constant(_number(rest, "omega schedule constant"))
+        value = _number(rest, "omega schedule constant")
+        if value != start:  # ω would be `value` while --omega (and every record of the run) says `start`
+            raise UserError(
+                f"omega schedule 'constant:{rest}' holds ω at {value:g}, but --omega is {start:g}: give "
+                f"--omega {value:g} (with the schedule 'constant')"
+            )
+        return Constant(value)
     if kind in ("linear", "cosine"):
         if not rest:
             raise UserError(f"omega schedule {kind!r} needs an end value, e.g. '{kind}:1.0'")

@@ -63,13 +63,9 @@ class BenchSubject:
         """The subject's real images as RGB PIL images (training set and fidelity references)."""
         if self.load_references is not None:
             return [im.convert("RGB") for im in self.load_references()]
-        from PIL import Image
+        from steerguide.images import open_rgb
 
-        images = []
-        for path in self.references:
-            with Image.open(path) as im:
-                images.append(im.convert("RGB"))
-        return images
+        return [open_rgb(path, "reference image") for path in self.references]
 
     def fidelity_references(self) -> list:
         """What fidelity metrics compare against: the real images (DreamBench), or renders of the subject

@@ -35,25 +35,27 @@ def sweep(
 
     Under `accelerate launch` the pending rows are shared among the processes; two sweeps into the same
     --out share them too (each claims the rows it computes)."""
-    from rich.console import Console
-
     from steerguide.evaluate.benchmarks import load_benchmark
     from steerguide.evaluate.results import ResultsStore
     from steerguide.evaluate.sweep import describe_grid, expand, load_config, resolve_base, run_sweep
     from steerguide.evaluate.sweep_config import check_sample_size
     from steerguide.evaluate.sweep_run import SweepInterrupted, check_out
+    from steerguide.evaluate.sweep_sampler import check_inputs
+    from steerguide.progress import console as progress_console
 
     cfg = load_config(config)
     check_out(out, create=False)  # before any work: an existing file or an unwritable place
-    console = Console(stderr=True)
+    console = progress_console(stderr=True)
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
     if dry_run:
-        check_sample_size(cfg, resolve_base(cfg.base))
+        base = resolve_base(cfg.base)
+        check_sample_size(cfg, base)
         benchmark = load_benchmark(cfg.benchmark)
         rows = expand(cfg, benchmark)
+        check_inputs(cfg, benchmark.subjects, base, fits=True)  # what a run would refuse, without sampling
         done = ResultsStore(out / "results.jsonl").done_keys()
         pending = sum(r.key not in done for r in rows)
         console.print(
@@ -91,10 +93,10 @@ def report(
     ] = 12,
 ) -> int:
     """Trade-off plots, image grids, a summary table and one self-contained HTML file."""
-    from rich.console import Console
     from rich.table import Table
 
     from steerguide.evaluate.report import _fmt, write_report
+    from steerguide.progress import console as progress_console
 
     rep = write_report(folder, out, max_prompts=max_prompts, max_columns=max_columns)
     table = Table(title=f"{folder.name}: mean ± 95% CI per setting")
@@ -104,7 +106,7 @@ def report(
         table.add_column(m, justify="right")
     for s in rep.summary:
         table.add_row(s.label, str(s.n), *(_fmt(*s.stats[m]) for m in rep.metrics))
-    console = Console()
+    console = progress_console()
     console.print(table)
     for note in rep.notes:
         print(f"steerguide: note: {note}", file=sys.stderr)
@@ -136,17 +138,18 @@ def evaluate(
 ) -> int:
     """Score a folder of already generated images (DINO, CLIP-I, CLIP-T, toy judges)."""
 
-    from rich.console import Console
     from rich.table import Table
 
     from steerguide.evaluate.folder import score_folder
     from steerguide.evaluate.metrics import (
+        DEFAULT_MODELS,
         build_metrics,
         canonical_metric_name,
         normalize_metric_spec,
     )
     from steerguide.evaluate.report import _fmt
     from steerguide.loading import resolve_device
+    from steerguide.progress import console as progress_console
 
     resolve_device(device)  # e.g. cuda on a machine without one: say so, do not fall back
     if out is not None:
@@ -159,6 +162,8 @@ def evaluate(
         key = canonical_metric_name(name)
         if key not in spec:
             raise UserError(f"--model {item!r}: metric {key} is not in --metrics")
+        if key not in DEFAULT_MODELS:
+            raise UserError(f"--model {item!r}: metric {key} takes no model (models: {', '.join(DEFAULT_MODELS)})")
         spec[key]["model"] = value
     scores = score_folder(images, build_metrics(spec, device=device), references, prompt, token, progress=True)
     summary = scores.summary()
@@ -167,7 +172,7 @@ def evaluate(
     table.add_column("value", justify="right")
     for name, (mean, ci) in summary.items():
         table.add_row(name, _fmt(mean, ci))
-    Console().print(table)
+    progress_console().print(table)
     if out is not None:
         from steerguide.files import write_json_atomic
 

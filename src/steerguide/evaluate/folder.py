@@ -51,14 +51,10 @@ def _run_json_prompts(folder: Path) -> dict[str, str]:
 
 
 def open_image(path: Path):
-    """An RGB image, or one line naming the file that is not one."""
-    from PIL import Image, UnidentifiedImageError
+    """An RGB image, or one line naming the file that is not one (or is a decompression bomb)."""
+    from steerguide.images import open_rgb
 
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise UserError(f"cannot read image {path}: {e.__class__.__name__}: not a readable image") from None
+    return open_rgb(path)
 
 
 def folder_prompts(folder: Path, files: list[Path], prompt: str | None) -> list[str | None]:
@@ -106,6 +102,8 @@ def score_folder(
     )
 
     folder = Path(images)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"images folder {str(folder)!r} is not a folder (give the folder that holds the images)")
     if not folder.is_dir():
         raise UserError(f"images folder {str(folder)!r} does not exist")
     files = _image_files(folder)

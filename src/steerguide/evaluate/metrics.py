@@ -301,6 +301,8 @@ def normalize_metric_spec(spec: Any, where: str = "metrics") -> dict[str, dict]:
         unknown = set(options) - {"model", "batch_size"}
         if unknown:
             raise UserError(f"{where}.{name}.{min(unknown)}: unknown option (expected model, batch_size)")
+        if key in _REGISTRY and key not in DEFAULT_MODELS and "model" in options:  # the toy judges
+            raise UserError(f"{where}.{name}.model: {key} takes no model (its judge ships with steerguide)")
         out[key] = dict(options)
     return out
 

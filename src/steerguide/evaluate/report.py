@@ -90,7 +90,40 @@ def load_results(folder: str | Path) -> list[dict]:
     rows = ResultsStore(path).read()
     if not rows:
         raise UserError(f"{str(path)!r} holds no complete rows yet")
+    for row in rows:
+        _check_row(path, row)
     return rows
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# What a report reads of each row, and the kinds it must be (a hand-edited or foreign file: one line).
+_ROW_FIELDS = {
+    "method": (lambda v: isinstance(v, str), "a method name"),
+    "scale": (_is_number, "a number"),
+    "omega": (lambda v: v is None or _is_number(v), "a number or null"),
+    "subject": (lambda v: isinstance(v, str), "a subject name"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "prompt": (lambda v: isinstance(v, str), "a prompt"),
+    "prompt_index": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "metrics": (lambda v: isinstance(v, dict), "a mapping metric -> score"),
+}
+
+
+def _check_row(path: Path, row: dict) -> None:
+    for name, (ok, kind) in _ROW_FIELDS.items():
+        if not ok(row.get(name)):
+            raise UserError(
+                f"{path}: row {row['key']}: {name} is {row.get(name)!r}, not {kind}; fix or delete that row"
+            )
+    for metric, value in row["metrics"].items():
+        if value is not None and not _is_number(value):
+            raise UserError(
+                f"{path}: row {row['key']}: metrics.{metric} is {value!r}, not a score (a number or null); "
+                "fix or delete that row"
+            )
 
 
 def metric_axes(folder: str | Path, rows: list[dict]) -> dict[str, str]:
@@ -268,7 +301,7 @@ def subject_grids(
     """Prompts × settings for one subject at one seed, split into grids of at most `max_prompts` rows and
     `max_columns` columns (every setting and prompt appears in one of them). Returns the grids and the
     cells that have no readable image, named."""
-    from PIL import Image, UnidentifiedImageError
+    from steerguide.images import TooLarge, open_rgb
 
     chosen = [r for r in rows if r["subject"] == subject and r["seed"] == seed]
     settings = list(dict.fromkeys(setting_key(r) for r in sorted(chosen, key=_setting_order)))
@@ -281,12 +314,16 @@ def subject_grids(
         for s in settings:
             r = by_cell.get((prompt, s))
             path = folder / r["image"] if r else None
+            images[(prompt, s)] = None
+            if path is None:
+                missing.append(f"{labels[s]} × {prompt!r} (no row)")
+                continue
             try:
-                with Image.open(path) as im:
-                    images[(prompt, s)] = im.convert("RGB")
-            except (TypeError, OSError, UnidentifiedImageError, ValueError):
-                missing.append(str(path) if path else f"{labels[s]} × {prompt!r} (no row)")
-                images[(prompt, s)] = None
+                images[(prompt, s)] = open_rgb(path)
+            except TooLarge:  # a blank cell, as for any image that cannot be read, saying why
+                missing.append(f"{path} (over Pillow's decompression-bomb limit)")
+            except UserError:
+                missing.append(str(path))
     grids = []
     for p0 in range(0, len(prompts), max_prompts):
         part = prompts[p0 : p0 + max_prompts]

@@ -24,6 +24,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+from steerguide import limits
 from steerguide.errors import UserError
 from steerguide.evaluate.metrics import normalize_metric_spec
 
@@ -137,6 +138,8 @@ def _interval(where: str, value: Any) -> tuple[float, float]:
         or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)
     ):
         raise UserError(f"config key {where}: expected [start, stop], got {value!r}")
+    if value[0] == value[1]:  # start > stop: the guidance code's message
+        limits.guidance_interval(f"config key {where}", float(value[0]), float(value[1]))
     return (float(value[0]), float(value[1]))
 
 
@@ -188,16 +191,21 @@ def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"sweep config {str(path)!r} does not exist")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"sweep config {str(path)!r} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"cannot read sweep config {str(path)!r}: {e.strerror or e}") from None
     try:
         if path.suffix.lower() == ".toml":
             import tomllib
 
             data = tomllib.loads(text)
         elif path.suffix.lower() in (".yaml", ".yml", ".json"):
-            import yaml
+            from steerguide.yaml_files import safe_load
 
-            data = yaml.safe_load(text)
+            data = safe_load(text)
         else:
             raise UserError(f"sweep config {str(path)!r}: expected a .yaml, .yml or .toml file")
     except UserError:
@@ -233,6 +241,8 @@ def parse_config(data: dict, source: str = "") -> SweepConfig:
         not isinstance(bench["subjects"], list) or not all(isinstance(s, str) for s in bench["subjects"])
     ):
         raise UserError("config key benchmark.subjects: expected a list of subject names")
+    if bench.get("subjects") == []:
+        raise UserError("config key benchmark.subjects: an empty list makes no rows (leave it out for every subject)")
     if "subjects_file" in bench:
         if bench["name"] != "toy":
             raise UserError(
@@ -269,9 +279,7 @@ def parse_config(data: dict, source: str = "") -> SweepConfig:
 
     seeds = data.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
-        if seeds < 1:
-            raise UserError(f"config key seeds: expected a count >= 1 or a list of seeds, got {seeds}")
-        seeds = list(range(seeds))
+        seeds = limits.seed_count("config key seeds", seeds)
     if (
         not isinstance(seeds, list)
         or not seeds
@@ -280,6 +288,8 @@ def parse_config(data: dict, source: str = "") -> SweepConfig:
         raise UserError(f"config key seeds: expected a count or a list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise UserError("config key seeds: a seed is listed twice")
+    for seed in seeds:
+        limits.seed("config key seeds: each seed", seed)
 
     sampling = data.get("sampling") or {}
     if not isinstance(sampling, dict):
@@ -289,6 +299,8 @@ def parse_config(data: dict, source: str = "") -> SweepConfig:
         v = sampling.get(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise UserError(f"config key sampling.{key}: expected an integer >= 1, got {v!r}")
+    if sampling.get("steps") is not None:
+        limits.sampling_steps("config key sampling.steps", sampling["steps"])
     for key in ("height", "width"):
         v = sampling.get(key)
         if v is not None and (v % 8 or v > MAX_SIDE):
@@ -307,7 +319,16 @@ def parse_config(data: dict, source: str = "") -> SweepConfig:
         raise UserError("config key personalization.paths: expected a path or a mapping subject -> path")
     if "train" in personalization and not isinstance(personalization["train"] or {}, dict):
         raise UserError("config key personalization.train: expected a mapping of training settings")
-    factor = (personalization.get("train") or {}).get("steps_factor")
+    train = personalization.get("train") or {}
+    if train:  # TrainConfig's options (the base, photos and folder are the sweep's), else a typo
+        import dataclasses
+
+        from steerguide.train import TrainConfig
+
+        if dataclasses.is_dataclass(TrainConfig):  # (tests may stand a plain callable in for it)
+            fields = {f.name for f in dataclasses.fields(TrainConfig)}
+            _unknown("personalization.train", train, fields - {"base", "images", "out"} | {"steps_factor"})
+    factor = train.get("steps_factor")
     if factor is not None and (
         isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0
     ):

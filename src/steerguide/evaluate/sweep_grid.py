@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import Benchmark
 from steerguide.evaluate.sweep_cache import base_identity, personalization_id, stable_hash
 from steerguide.evaluate.sweep_config import Setting, SweepConfig
+
+MAX_ROWS = 10_000_000  # images in one sweep; its rows' keys alone take gigabytes beyond
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,12 @@ def expand(config: SweepConfig, benchmark: Benchmark) -> list[Row]:
     sampling = {
         k: config.sampling.get(k) for k in ("steps", "height", "width", "negative_prompt", "scheduler")
     }
+    total = len(config.settings) * len(config.seeds) * sum(len(s.prompts) for s in benchmark.subjects)
+    if total > MAX_ROWS:  # before the rows are made: a list of billions of them ends in MemoryError
+        raise UserError(
+            f"the sweep has {describe_grid(config, benchmark)}, more than {MAX_ROWS}: "
+            "give fewer settings, seeds, prompts or subjects"
+        )
     rows = []
     base = base_identity(config.base)
     for subject in benchmark.subjects:

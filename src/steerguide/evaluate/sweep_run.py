@@ -11,6 +11,7 @@ even if two launches overlap.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -25,7 +26,7 @@ from steerguide.evaluate.sweep_cache import ensure_personalization, resolve_base
 from steerguide.evaluate.sweep_claims import RowClaims
 from steerguide.evaluate.sweep_config import SweepConfig, check_sample_size
 from steerguide.evaluate.sweep_grid import Row, batches, expand, shard
-from steerguide.evaluate.sweep_sampler import make_sampler
+from steerguide.evaluate.sweep_sampler import check_inputs, make_sampler
 from steerguide.files import check_writable, save_image_atomic, write_json_atomic
 from steerguide.progress import start_bar
 
@@ -121,8 +122,27 @@ def run_sweep(
     recipe found there (exact under a constant learning rate: `seed_from_shorter`). Rows
     another sweep into the same folder is computing are left to it and waited for (see `sweep_claims`).
     Ctrl-C raises `SweepInterrupted` once the claims are released and this process's temporary files
-    removed.
+    removed. A sweep refused (`UserError`) before it kept anything leaves no folder it created behind.
     """
+    created = not Path(out).exists()
+    try:
+        return _run_sweep(config, out, metrics=metrics, sampler=sampler, progress=progress, limit=limit,
+                          train_only=train_only, log=log, shipped=shipped, continue_from=continue_from)
+    except UserError:
+        if created and int(os.environ.get("WORLD_SIZE", "1")) == 1 and not _kept_anything(Path(out)):
+            shutil.rmtree(out, ignore_errors=True)  # e.g. a LoRA that does not fit the base: refused on load
+        raise
+
+
+def _kept_anything(out: Path) -> bool:
+    """Whether a sweep folder holds work worth keeping: a result row, an image or a personalization."""
+    results = out / "results.jsonl"
+    return (results.is_file() and results.stat().st_size > 0) or any(
+        (out / name).is_dir() and any((out / name).iterdir()) for name in ("images", "personalizations")
+    )
+
+
+def _run_sweep(config, out, *, metrics, sampler, progress, limit, train_only, log, shipped, continue_from):
     out = check_out(out, create=False)  # before any work; created once the inputs are known good
     t_start = time.perf_counter()
     base = resolve_base(config.base)
@@ -134,6 +154,7 @@ def run_sweep(
     rows = expand(config, benchmark)
     store = ResultsStore(out / "results.jsonl")
     done = store.done_keys()  # a damaged results file stops here, before anything is loaded or written
+    check_inputs(config, benchmark.subjects, base, sampler_given=sampler is not None)
     check_writable(out)
     out.mkdir(parents=True, exist_ok=True)  # check_writable leaves no trace; the inputs are good now
     metrics = build_metrics(config.metrics, device=config.device) if metrics is None else metrics

@@ -60,9 +60,56 @@ class DiffusersSampler:
 def make_sampler(config: SweepConfig):
     if config.sampler is None:
         return DiffusersSampler(config)
-    module_name, _, attr = config.sampler.partition(":")
+    return sampler_factory(config)(config)
+
+
+def sampler_factory(config: SweepConfig):
+    """The callable `sampler: module:callable` names (importable and callable), without calling it."""
+    module_name, _, attr = (config.sampler or "").partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
+    except (ImportError, AttributeError, ValueError) as e:
         raise UserError(f"config key sampler: cannot import {config.sampler!r} ({e})") from None
-    return factory(config)
+    if not callable(factory):
+        raise UserError(f"config key sampler: {config.sampler!r} is not a callable")
+    return factory
+
+
+def check_inputs(
+    config: SweepConfig, subjects: list[BenchSubject], base: str, *, sampler_given: bool = False, fits: bool = False
+) -> None:
+    """What the sweep will load, checked before anything is written (and by `--dry-run`): the device and
+    dtype, the sampler, and for steerguide's own sampler the base and the personalization paths; `fits`
+    also loads the base with each path (whether a LoRA fits it is known only once loaded).
+    `sampler_given`: the caller passed its own sampler object (only the device and dtype are checked)."""
+    from pathlib import Path
+
+    from steerguide.evaluate.sweep_cache import personalization_path
+    from steerguide.loading import resolve_device, resolve_dtype, scheduler_class
+
+    resolve_device(config.device)
+    resolve_dtype(config.dtype)
+    if sampler_given:
+        return
+    if config.sampler is not None:
+        sampler_factory(config)
+        return  # another sampler: the base and personalizations are its to read
+    folder = Path(base).expanduser()
+    local = folder.exists() or str(base).startswith((".", "/", "~")) or str(base).count("/") > 1
+    if local and not folder.exists():
+        raise UserError(f"config key base: {base} does not exist (a diffusers folder, a checkpoint, or 'toy')")
+    if folder.is_dir() and not (folder / "model_index.json").is_file():
+        raise UserError(f"config key base: {base} has no model_index.json (not a diffusers pipeline)")
+    if config.sampling.get("scheduler"):
+        scheduler_class(config.sampling["scheduler"])
+    paths = dict.fromkeys(personalization_path(config, s) for s in subjects) if "paths" in config.personalization else {}
+    for path in paths:
+        if path is not None and not Path(path).expanduser().exists():
+            raise UserError(f"config key personalization.paths: {path} does not exist")
+    if fits and local and any(paths):
+        from steerguide.loading import load_personalization, load_pipeline
+
+        scheduler = config.sampling.get("scheduler")
+        for path in paths:  # one pipeline each: a personalization is loaded onto a fresh base
+            pipe = load_pipeline(base, device="cpu", dtype="float32", scheduler=scheduler)
+            load_personalization(pipe, path).release()

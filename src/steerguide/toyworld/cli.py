@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from PIL import Image, UnidentifiedImageError
-from rich.console import Console
+from PIL import Image
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,8 +19,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from steerguide import limits
 from steerguide.errors import Interrupted, UserError
 from steerguide.files import check_writable, check_writable_file, save_image_atomic
+from steerguide.images import open_rgb
+from steerguide.progress import console
 
 toyworld = typer.Typer(help="The embedded toy world: base model, subjects, judges.", no_args_is_help=True,
                        rich_markup_mode=None)
@@ -41,7 +43,7 @@ def register(app: typer.Typer) -> None:
 def _progress(description: str, total: int | None):
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*cols, transient=True, console=Console(stderr=True)) as bar:
+    with Progress(*cols, transient=True, console=console(stderr=True)) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
 
@@ -122,6 +124,7 @@ def render(
     from steerguide.toyworld.world import Spec, complete, parse_caption
     from steerguide.toyworld.world import caption as caption_of
 
+    limits.seed("--seed", seed, n)
     subj = get_subject(subject, subjects_file) if subject else None
     stated = parse_caption(caption) if caption else Spec()
     if subj is not None:
@@ -158,10 +161,7 @@ def _load_images(folder: Path) -> dict[str, Image.Image]:
     out = {}
     for f in sorted(folder.iterdir()):
         if f.suffix.lower() in IMAGE_SUFFIXES:
-            try:
-                out[f.name] = Image.open(f).convert("RGB")
-            except (UnidentifiedImageError, OSError):
-                raise UserError(f"cannot read image {f}") from None
+            out[f.name] = open_rgb(f)
     if not out:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return out
@@ -184,6 +184,8 @@ def judge(
 
     if out is not None:
         check_writable_file(out, "--out")
+    if prompt is not None and manifest is not None:
+        raise UserError("give --prompt (one prompt for every image) or --manifest, not both")
     subj = get_subject(subject, subjects_file) if subject else None
     loaded = _load_images(images)
     if prompt is not None:
@@ -193,9 +195,11 @@ def judge(
         if not manifest.exists():
             raise UserError(f"give --prompt or a manifest; {manifest} does not exist")
         try:
-            rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+            rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
             pairs = [(r["image"], r["prompt"]) for r in rows]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except OSError as e:  # a folder, unreadable
+            raise UserError(f"cannot read the manifest {manifest}: {e.strerror or e}") from None
+        except (ValueError, KeyError, TypeError):  # JSONDecodeError, UnicodeDecodeError: not a manifest
             raise UserError(f"{manifest}: every line must be JSON with 'image' and 'prompt'") from None
         missing = [name for name, _ in pairs if name not in loaded]
         if missing:
@@ -265,11 +269,11 @@ def check_base(
     fidelity: Annotated[bool, typer.Option(help="also score class-only prompts against the subjects")] = True,
 ) -> None:
     """Attribute accuracy of the base model's CFG samples; fidelity of class-only prompts to subjects."""
-    from steerguide import limits
     from steerguide.toyworld import checks
     from steerguide.toyworld.assets import load_base_pipeline
 
     limits.at_least("--guidance-scale", guidance_scale, 0)
+    limits.seed("--seed", seed)
     if grid is not None:
         check_writable_file(grid, "--grid")
     if json_out is not None:
@@ -327,6 +331,7 @@ def train_base(
     from steerguide.toyworld.train_base import TrainConfig
     from steerguide.toyworld.train_base import train_base as run
 
+    limits.seed("--seed", seed)
     cfg = TrainConfig(seed=seed)
     cfg.unet_steps = unet_steps or cfg.unet_steps
     cfg.refine_steps = cfg.refine_steps if refine_steps is None else refine_steps
@@ -346,6 +351,7 @@ def train_judge(
     """Train the fidelity judge's instance embedding (never on subjects)."""
     from steerguide.toyworld.fidelity import Embedder, save_embedder, train_embedder
 
+    limits.seed("--seed", seed)
     check_writable_file(out, "--out")
     if out.exists() and not _holds_weights_of(out, Embedder()):
         raise UserError(f"--out {out} exists and is not fidelity judge weights; give a new file name")
@@ -361,7 +367,7 @@ def _stages():
     `progress(stage, done, total, metrics)` callback that the training functions take."""
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"))
-    with Progress(*cols, console=Console(stderr=True)) as bar:
+    with Progress(*cols, console=console(stderr=True)) as bar:
         tasks: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int, metrics: dict) -> None:

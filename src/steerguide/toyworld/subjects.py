@@ -35,6 +35,7 @@ from steerguide.toyworld.world import (
     caption,
     complete,
 )
+from steerguide.yaml_files import safe_load
 
 # Colors outside the grammar's palette and backgrounds, usable by name in a subjects file.
 SUBJECT_COLORS = {
@@ -286,7 +287,7 @@ def parse_subjects(data: Any, source: str) -> dict[str, Subject]:
 @cache
 def _builtin() -> dict[str, Subject]:
     path = builtin_subjects_path()
-    return parse_subjects(yaml.safe_load(path.read_text()), str(path))
+    return parse_subjects(safe_load(path.read_text(encoding="utf-8")), str(path))
 
 
 def load_subjects(path: str | Path | None = None) -> dict[str, Subject]:
@@ -301,7 +302,7 @@ def load_subjects(path: str | Path | None = None) -> dict[str, Subject]:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read subjects file {str(path)!r}: {getattr(e, 'strerror', None) or e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -94,11 +94,21 @@ class Measurer:
         # across calls (calibrating recipes measures the same base many times).
         self.cache = Path(cache) if cache is not None else None
         self._base: dict[str, list[float]] = {}
+        if self.cache is not None:
+            from steerguide.files import check_writable_file
+
+            check_writable_file(self.cache, "--cache")
         if self.cache is not None and self.cache.is_file():
-            try:
-                self._base = json.loads(self.cache.read_text())
-            except json.JSONDecodeError:
-                raise UserError(f"--cache {str(self.cache)!r} is not a JSON file of this command") from None
+            try:  # binary garbage is a UnicodeDecodeError, another JSON document no mapping of score lists
+                self._base = json.loads(self.cache.read_text(encoding="utf-8"))
+                ours = isinstance(self._base, dict) and all(
+                    isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)
+                    for v in self._base.values()
+                )
+            except (ValueError, OSError):
+                ours = False
+            if not ours:
+                raise UserError(f"--cache {str(self.cache)!r} is not a JSON file of this command")
         self._pipes: dict[str, Any] = {}
 
     def _sample(self, pipe, prompts: list[str]) -> list:

@@ -12,6 +12,11 @@ from steerguide import limits
 from steerguide.errors import UserError
 
 METHODS = ("lora", "dreambooth", "custom-diffusion")
+# LoRA ranks beyond this are wider than the layers of the bases steerguide trains (SD 1.x: 320-1280
+# features; the toy base: 32-128): no longer a low-rank update, and memory grows with the rank
+# (--rank 100000 on the toy base was killed for memory).
+MAX_LORA_RANK = 1024
+MAX_RANK_WHY = "a LoRA wider than the layers it adapts is no low-rank update, and memory grows with the rank"
 CROPS = ("center", "random", "resize")
 PRECISIONS = ("no", "fp16", "bf16")
 
@@ -163,10 +168,32 @@ class TrainConfig:
                 limits.finite(f"--{name.replace('_', '-')}", getattr(self, name))
         if self.threads is not None:
             limits.threads(self.threads)
+        limits.seed("--seed", self.seed)
         if self.resolution is not None:
             limits.image_side("--resolution", self.resolution)
         if self.rank < 1:
             raise UserError(f"--rank must be at least 1 (got {self.rank})")
+        if self.rank > MAX_LORA_RANK:
+            raise UserError(f"--rank must be at most {MAX_LORA_RANK} (got {self.rank}): {MAX_RANK_WHY}")
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            raise UserError(f"--snr-gamma must be positive (got {self.snr_gamma:g}); leave it out for plain MSE")
+        if self.max_grad_norm < 0:
+            raise UserError(f"--max-grad-norm must not be negative (got {self.max_grad_norm:g}); 0 turns clipping off")
+        if self.resume and self.overwrite:
+            raise UserError("give --resume (continue --out) or --overwrite (replace it), not both")
+        if self.instance_prompt is not None and not self.instance_prompt.strip():
+            raise UserError(
+                "--instance-prompt is empty: give the words to train on (with the token), or leave it out "
+                "for 'a photo of TOKEN CLASS'"
+            )
+        if self.prior_preservation and self.class_data_dir is not None:
+            folder = Path(self.class_data_dir)
+            if folder.exists() and not folder.is_dir():
+                raise UserError(f"--class-data-dir {folder} is not a folder")
+            if not folder.exists():  # to be made and filled with generated class images
+                from steerguide.files import check_writable
+
+                check_writable(folder, "--class-data-dir")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise UserError(f"--lora-alpha must be positive (got {self.lora_alpha})")
         from diffusers.optimization import SchedulerType

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from steerguide.errors import UserError
+from steerguide.images import open_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -60,12 +61,7 @@ def load_images(source: str | Path | Sequence[Image.Image]) -> list[tuple[str, I
         raise UserError(f"no usable image in {folder}: found {shown} (expected {', '.join(IMAGE_SUFFIXES)})")
     loaded = []
     for path in candidates:
-        try:
-            with Image.open(path) as im:
-                im.load()
-                loaded.append((path.name, to_rgb(im)))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-            raise UserError(f"corrupt image {path}: {e}") from None
+        loaded.append((path.name, open_rgb(path, convert=to_rgb)))
     return loaded
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from steerguide.errors import UserError
 from steerguide.train.config import TrainConfig
 
 # LoRA reaches the ResNet convolutions and feed-forward layers as well as the attention projections:
@@ -61,6 +62,12 @@ def toy_config(subject: str, method: str = "lora", subjects_file: str | Path | N
     from steerguide import toyworld
 
     found = toyworld.get_subject(subject, subjects_file)  # UserError for an unknown name or a bad file
+    for name in ("token", "class_noun"):  # the subject's prompt has its own: the record would say another
+        if overrides.get(name) not in (None, getattr(found, name)) and "instance_prompt" not in overrides:
+            raise UserError(
+                f"--{name.replace('_', '-')} {overrides[name]}: toy subject {found.name} trains on "
+                f"{found.instance_prompt!r}; give --instance-prompt too to train on other words"
+            )
     values: dict[str, Any] = {
         "base": toyworld.base_model_path(),
         "images": found.reference_images(),

@@ -58,17 +58,16 @@ def tune(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> int:
     """Choose w and ω for one personalization from a budget of judged probe images; writes DIR/preset.yaml."""
-    from rich.console import Console
-
     from steerguide.cli import _read_prompts
     from steerguide.limits import default_threads
     from steerguide.limits import threads as check_threads
+    from steerguide.progress import console as progress_console
     from steerguide.tune.objective import Target
     from steerguide.tune.problems import real_problem, toy_problem, train_toy
     from steerguide.tune.tuner import check_budget, check_tune_out
     from steerguide.tune.tuner import tune as run_tune
 
-    console = Console(stderr=True)
+    console = progress_console(stderr=True)
     goal = Target.parse(target, min_text, min_fidelity)
     check_tune_out(out)
     check_threads(threads)
@@ -78,6 +77,19 @@ def tune(
         for name, value in (("--base", base), ("--references", references)):
             if value is not None and not (name == "--base" and value == "toy"):
                 raise UserError(f"--toy takes no {name} (the toy base and renders are used)")
+        # The toy problem samples the toy base as its judges were calibrated: an option it would not use
+        # is refused rather than silently dropped.
+        for name, value, default in (
+            ("--fidelity-metric", fidelity_metric, "dino"), ("--model", model or None, None),
+            ("--height", height, None), ("--width", width, None), ("--negative-prompt", negative_prompt, None),
+            ("--scheduler", scheduler, None), ("--device", device, "cpu"), ("--dtype", dtype, "float32"),
+            ("--token", token, "sks"),
+        ):
+            if value != default:
+                raise UserError(
+                    f"--toy takes no {name} (the toy judges score 32-pixel float32 samples of the toy base on "
+                    "the CPU, with its scheduler and the subject's own token)"
+                )
         prompts = _read_prompts([], prompts_file) if prompts_file else None
         problem, bench = toy_problem(
             toy,

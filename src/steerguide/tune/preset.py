@@ -21,6 +21,9 @@ from steerguide.errors import UserError
 
 KIND, VERSION = "steerguide-preset", 1
 GUIDANCE_KEYS = {"method", "scale", "omega", "omega_schedule"}
+# What `steerguide tune` writes besides the guidance (reported, not used): any other key is a typo.
+REPORTED_KEYS = {"subject", "target", "scores", "probes", "images", "tuned_on"}
+TOP_KEYS = {"kind", "version", "guidance", "base", "personalization", *REPORTED_KEYS}
 
 
 @dataclass
@@ -88,6 +91,8 @@ def read_preset(path: str | Path) -> Preset:
     """A preset file, checked: one line naming the file and the key when it is not one."""
     import yaml
 
+    from steerguide.yaml_files import safe_load
+
     path = Path(path)
     if path.is_dir() and (path / "preset.yaml").is_file():  # a tuning folder: its preset
         path = path / "preset.yaml"
@@ -96,13 +101,16 @@ def read_preset(path: str | Path) -> Preset:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"--preset {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as e:
         raise UserError(f"--preset {path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise UserError(f"--preset {path} is not a steerguide preset (no 'kind: {KIND}')")
     if data.get("version") != VERSION:
         raise UserError(f"--preset {path}: version {data.get('version')!r} is not supported (expected {VERSION})")
+    unknown = sorted(str(k) for k in set(data) - TOP_KEYS)
+    if unknown:
+        raise UserError(f"--preset {path}: key {unknown[0]}: unknown (expected {', '.join(sorted(TOP_KEYS))})")
     guidance = data.get("guidance")
     if not isinstance(guidance, dict):
         raise UserError(f"--preset {path}: key guidance: expected a mapping (method, scale, omega, omega_schedule)")

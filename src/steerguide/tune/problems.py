@@ -16,9 +16,9 @@ TOY_PROMPTS = 8  # per probe: 14 coarse probes × 8 images fit the default budge
 
 
 def check_seeds(seeds: int) -> list[int]:
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise UserError(f"--seeds must be a count of at least 1, got {seeds!r}")
-    return list(range(seeds))
+    from steerguide import limits
+
+    return limits.seed_count("--seeds", seeds)
 
 
 def _check_prompts(prompts: list[str], num_prompts: int | None) -> list[str]:

@@ -148,13 +148,18 @@ class _Judge:
         self.session = None
         self.prepared: list = []
 
-    def __call__(self, knob: Knob) -> Probe:
+    def open(self) -> None:
+        """Load the pipeline and personalization (a LoRA that does not fit the base refuses here)."""
         p = self.problem
-        t0 = time.perf_counter()
         if self.session is None:
             self.session = self.sampler.open(p.base, p.personalization, p.subject)
             references = p.subject.fidelity_references()
             self.prepared = [m.prepare(references) for m in (p.fidelity_metric, p.text_metric)]
+
+    def __call__(self, knob: Knob) -> Probe:
+        p = self.problem
+        t0 = time.perf_counter()
+        self.open()
         setting = setting_of(knob)
         per_seed = []  # [seed][prompt] -> (fidelity, text)
         for seed in p.seeds:
@@ -230,8 +235,10 @@ def tune(
     probes = store.read()  # a damaged file stops here, before any model is loaded
     if log and probes:
         log(f"{len(probes)} probes found in {store.path}: continuing")
-    out.mkdir(parents=True, exist_ok=True)
     judge = _Judge(problem, default_sampler(problem) if sampler is None else sampler)
+    if next_knobs({k: p.judged for k, p in probes.items()}, target, max_probes, probe_noise(probes)):
+        judge.open()  # probes to make: what can refuse (the model, the personalization) before any folder or bar
+    out.mkdir(parents=True, exist_ok=True)
     bar = start_bar(
         progress, max_probes * problem.images_per_probe, f"tune {problem.subject.name}", unit="images"
     )

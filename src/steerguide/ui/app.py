@@ -99,9 +99,8 @@ def build_app(studio: Studio, guidance=None):
                 prompts = gr.Textbox(
                     label="Prompts (one per line)",
                     lines=3,
-                    value="a sks star on a blue background"
-                    if studio.toy
-                    else "a photo of sks dog on the beach",
+                    value=getattr(studio, "default_prompt", None)  # the shipped personalization's
+                    or ("a sks star on a blue background" if studio.toy else "a photo of sks dog on the beach"),
                     elem_id="prompts",
                 )
                 with gr.Column():

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from steerguide import limits
 from steerguide.errors import UserError
 
 METHOD_NAMES = {"cfg": "CFG", "ag": "AG", "pg": "PG"}
@@ -348,6 +349,7 @@ class Studio:
             )
         negative = (negative_prompt or "").strip() or None
         steps, num_images, seed = int(steps), int(num_images), int(seed)
+        limits.seed("seed", seed, num_images)
         total = steps * len(configs)
         done = 0
 
