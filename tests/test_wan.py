@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_impl import cosine, lerp_into, load, separate_reference_latents
+from reference_impl import cosine, lerp_into, load, lora_pipes, separate_reference_latents
 
 from steerguide.denoiser import guided
 from steerguide.guidance import GuidanceConfig
@@ -64,11 +64,7 @@ def run(pipe, personal, config, steps=4, negative=None):
 
 
 def lora_reference(arch, base, lora, method, omega, **kw):
-    ft, weak = load(base), load(base)
-    for pipe in (ft, weak):
-        pipe.load_lora_weights(str(lora), adapter_name="p")
-        if arch == "wan22":
-            pipe.load_lora_weights(str(lora), adapter_name="p", load_into_transformer_2=True)
+    ft, weak = lora_pipes(base, lora, second_expert=arch == "wan22")
     return separate_reference_latents(ft, weak, method=method, scale=4.0, omega=omega, prompts=PROMPTS,
                                       num_images=1, seed=5, side=32, scale_argument="guidance_scale",
                                       experts=EXPERTS[arch], num_frames=5, max_sequence_length=16, **kw)  # fmt: skip

@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from steerguide.errors import UserError
-from steerguide.families import family_of
+from steerguide.families import GENERIC, family_of
 from steerguide.weak import ParameterDelta, RowScaledLora
 from steerguide.weak.lora import adapter_active, row_scalable, tuner_layers
 from steerguide.weak.merged import merge_state, merged_adapter_delta, unmerge_adapter
 
 KINDS = ("none", "lora", "full", "partial")
+TEXT_ENCODERS = GENERIC.text_encoders  # every family's text encoder names; a pipeline's: its family's
 
 
 def _denoiser(pipe):
