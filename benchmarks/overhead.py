@@ -3,6 +3,7 @@
     python benchmarks/overhead.py                       # CPU, SD 1.5 architecture, 5.8 M-parameter UNet
     python benchmarks/overhead.py --model sd15-full     # the real SD 1.5 UNet (860 M, random weights)
     python benchmarks/overhead.py --model sd15-full --device cuda --resolution 128 --steps 10
+    python benchmarks/overhead.py --model flux          # FLUX.1-dev's transformer width, 1+1 blocks
 
 The test pipelines' autoencoder downsamples by 2 (SD 1.5's by 8): `--resolution 128` gives SD 1.5's
 native 64×64 latents (a 512 px image); the header prints the latent size.
@@ -18,6 +19,10 @@ Methods (all at w = 5, same prompts, seeds and scheduler):
   pg-full-linear        PG, ω linear 0 → 1 on the full fine-tune: θ_ω materialized anew at every step
   ag-lora               autoguidance with the pretrained model (LoRA scale 0 on the first half)
   naive-3pass           PG the naive way: D_ft(c), D_ft(∅) and D_pre(∅) in three passes, mixed in output space
+
+`--model flux`: a FluxPipeline whose transformer has FLUX.1-dev's real configuration (3072 wide, 24 heads,
+4096-wide text) but `--flux-layers` blocks (double,single; default 1,1), random weights. Its true CFG makes
+two transformer calls a step; PG runs the negative call at θ_ω (adapter scale ω, or θ_ω swapped in).
 
 Time: the median over interleaved rounds of (sampling time / steps), so that drift of the machine hits
 every method alike. `--clock cpu` counts the process's CPU time instead of wall time: with `--threads 1`
@@ -86,6 +91,27 @@ def build_models(
     return {"base": base, "lora": lora, "full": folder / "full"}
 
 
+FLUX_METHODS = ["cfg-lora", "pg-lora", "ag-lora", "cfg-full", "pg-full"]
+
+
+def build_flux_models(folder: Path, layers: tuple[int, int], rank: int) -> dict[str, Path]:
+    """A real-width Flux base, a random LoRA on its attention and MLPs, and a full fine-tune (every tensor)."""
+    from steerguide.testing import build_flux, save_random_lora
+
+    pipe = build_flux(layers=layers, real_width=True)
+    pipe.save_pretrained(folder / "base", safe_serialization=True)
+    targets = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+               "proj_mlp", "proj_out")  # fmt: skip
+    lora = save_random_lora(pipe, folder / "lora", rank=rank, seed=1, target_modules=targets)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # DreamBooth moves every tensor
+        for p in pipe.transformer.parameters():
+            p.add_(1e-3 * torch.randn(p.shape, generator=generator))
+    pipe.transformer.save_pretrained(folder / "full", safe_serialization=True)
+    del pipe
+    return {"base": folder / "base", "lora": lora, "full": folder / "full"}
+
+
 class NaiveThreePass:
     """PG computed the naive way: three denoiser passes of B rows per step, ω applied to the outputs."""
 
@@ -115,6 +141,7 @@ def make_runner(method: str, models: dict[str, Path], args, loaded: dict | None 
     `loaded` shares one pipeline per personalization kind between methods (the methods leave it as
     they found it); without it each method loads its own.
     """
+    from steerguide.denoiser import denoiser_of
     from steerguide.guidance import GuidanceConfig
     from steerguide.loading import load_personalization, load_pipeline
     from steerguide.sampling import sample
@@ -173,7 +200,7 @@ def make_runner(method: str, models: dict[str, Path], args, loaded: dict | None 
         if method == "naive-3pass":
             pipe.unet.forward = NaiveThreePass(pipe, 0.5)
         clock = _clock(args)
-        hook = pipe.unet.register_forward_hook(poll_held)
+        hook = denoiser_of(pipe).register_forward_hook(poll_held)
         delta = personal.denoiser_delta
         if delta is not None:
             delta.weights = timed_weights(delta, clock)
@@ -194,6 +221,7 @@ def make_runner(method: str, models: dict[str, Path], args, loaded: dict | None 
                 progress=False,
                 output_type="latent",
                 batch_size=len(prompts),
+                **({"max_sequence_length": 16} if args.model == "flux" else {}),
             )
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
@@ -249,7 +277,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--model",
-        choices=["toy", "sd15-full"],
+        choices=["toy", "sd15-full", "flux"],
         default="toy",
         help="toy: the SD 1.5 architecture at --channels widths; sd15-full: the real SD 1.5 UNet "
         "configuration (860 M parameters, random weights), methods sharing one pipeline per kind, "
@@ -264,6 +292,7 @@ def main() -> None:
         help="image size; latents are half of it here (128: SD 1.5's native 64×64 latents); 64 / 16",
     )
     parser.add_argument("--channels", default="64,128,128", help="UNet block widths")
+    parser.add_argument("--flux-layers", default="1,1", help="--model flux: double-stream,single-stream blocks")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--scale", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=5)
@@ -275,7 +304,7 @@ def main() -> None:
         "is then negligible)",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=None, help=f"default {','.join(METHODS)}; flux {','.join(FLUX_METHODS)}")
     parser.add_argument(
         "--clock",
         choices=["wall", "cpu"],
@@ -288,11 +317,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.warmups < 0:
         parser.error(f"--warmups must be at least 0, got {args.warmups}")
-    full_size = args.model == "sd15-full"
-    defaults = {"steps": (10, 2), "prompts": (4, 2), "resolution": (64, 16)}
-    for name, (toy, full) in defaults.items():
+    flux = args.model == "flux"
+    full_size = args.model == "sd15-full" or flux
+    defaults = {"steps": (10, 2, 2), "prompts": (4, 2, 1), "resolution": (64, 16, 32)}
+    for name, (toy, full, flux_default) in defaults.items():
         if getattr(args, name) is None:
-            setattr(args, name, full if full_size else toy)
+            setattr(args, name, flux_default if flux else full if full_size else toy)
+    if args.methods is None:
+        args.methods = ",".join(FLUX_METHODS if flux else METHODS)
     if full_size:
         args.skip_memory = True  # a fresh process per method would load 3.4 GB each time
     if args.threads:
@@ -310,7 +342,11 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as tmp:
-        models = build_models(Path(tmp), channels, args.rank, full_size=full_size)
+        if flux:
+            layers = tuple(int(n) for n in args.flux_layers.split(","))
+            models = build_flux_models(Path(tmp), layers, args.rank)
+        else:
+            models = build_models(Path(tmp), channels, args.rank, full_size=full_size)
         loaded: dict = {} if full_size else None
         runners = {m: make_runner(m, models, args, loaded) for m in methods}
         pipe = next(iter(loaded.values()))[0] if loaded else None
@@ -318,12 +354,17 @@ def main() -> None:
             from steerguide.loading import load_pipeline
 
             pipe = load_pipeline(models["base"])
-        unet_params = sum(p.numel() for n, p in pipe.unet.named_parameters() if "lora_" not in n)
+        from steerguide.denoiser import denoiser_of
+
+        unet_params = sum(p.numel() for n, p in denoiser_of(pipe).named_parameters() if "lora_" not in n)
         latent = args.resolution // pipe.vae_scale_factor
         del pipe
+        name = "SD 1.5 UNet configuration" if full_size else "SD 1.5 architecture"
+        if flux:
+            name = f"FLUX.1-dev transformer width, {args.flux_layers} blocks, true CFG (two calls a step)"
         print(
-            f"{'SD 1.5 UNet configuration' if full_size else 'SD 1.5 architecture'}, "
-            f"UNet {unet_params / 1e6:.1f} M parameters, LoRA rank {args.rank}, "
+            f"{name}, "
+            f"denoiser {unet_params / 1e6:.1f} M parameters, LoRA rank {args.rank}, "
             f"{args.prompts} prompts ({2 * args.prompts} CFG rows), {args.resolution}px ({latent}×{latent} latents), {args.steps} steps, "
             f"device {args.device}, torch threads {torch.get_num_threads()}, {args.clock} clock",
             flush=True,

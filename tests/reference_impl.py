@@ -11,6 +11,7 @@ the reference's own.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -161,6 +162,19 @@ def lerp_into(module, pre: dict[str, torch.Tensor], ft: dict[str, torch.Tensor])
 
 def cosine(start: float, end: float) -> Callable[[float], float]:
     return lambda tau: start + (end - start) * (1 - math.cos(math.pi * tau)) / 2
+
+
+@functools.cache
+def lora_pipes(base, lora, second_expert: bool = False) -> tuple:
+    """(`ft`, `weak`): two stock pipelines with the LoRA as adapter "p" (also on Wan 2.2's `transformer_2`
+    with `second_expert`), loaded once and shared: `separate_reference_latents` sets `weak`'s adapter scale
+    before each use and puts `ft`'s forwards back."""
+    pipes = load(base), load(base)
+    for pipe in pipes:
+        pipe.load_lora_weights(str(lora), adapter_name="p")
+        if second_expert:
+            pipe.load_lora_weights(str(lora), adapter_name="p", load_into_transformer_2=True)
+    return pipes
 
 
 def separate_reference_latents(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_impl import cosine, lerp_into, load, separate_reference_latents
+from reference_impl import cosine, lerp_into, load, lora_pipes, separate_reference_latents
 
 from steerguide.guidance import GuidanceConfig
 from steerguide.loading import load_personalization, load_pipeline
@@ -50,9 +50,7 @@ def engine(engines, kind, config, steps=4, negative=None, batch_size=16):
 
 
 def reference(base, lora, method, omega, **kw):
-    ft, weak = load(base), load(base)
-    for pipe in (ft, weak):
-        pipe.load_lora_weights(str(lora), adapter_name="p")
+    ft, weak = lora_pipes(base, lora)
     return separate_reference_latents(ft, weak, method=method, scale=4.0, omega=omega, prompts=PROMPTS, seed=5,
                                       side=SIDE, **EXTRA, **kw)  # fmt: skip
 

@@ -13,7 +13,7 @@ import functools
 
 import pytest
 import torch
-from reference_impl import cosine, lerp_into, load, separate_reference_latents
+from reference_impl import cosine, lerp_into, load, lora_pipes, separate_reference_latents
 
 from steerguide.guidance import GuidanceConfig
 from steerguide.loading import load_personalization, load_pipeline
@@ -90,9 +90,7 @@ def engine(base, personalization, config, steps=4, negative=None):
 
 
 def lora_reference(base, lora, method, omega, **kw):
-    ft, weak = load(base), load(base)
-    for pipe in (ft, weak):
-        pipe.load_lora_weights(str(lora), adapter_name="p")
+    ft, weak = lora_pipes(base, lora)
     return separate_reference_latents(ft, weak, method=method, scale=4.0, omega=omega, prompts=PROMPTS,
                                       seed=5, side=SIDE, **EXTRA, **kw)  # fmt: skip
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_impl import cosine, lerp_into, load, separate_reference_latents
+from reference_impl import cosine, lerp_into, load, lora_pipes, separate_reference_latents
 
 from steerguide.guidance import GuidanceConfig
 from steerguide.loading import load_personalization, load_pipeline
@@ -51,9 +51,7 @@ def engine(engines, kind, config, steps=4, negative=None, batch_size=16):
 
 
 def reference(base, lora, method, omega, **kw):
-    ft, weak = load(base), load(base)
-    for pipe in (ft, weak):
-        pipe.load_lora_weights(str(lora), adapter_name="p")
+    ft, weak = lora_pipes(base, lora)
     return separate_reference_latents(ft, weak, method=method, scale=4.0, omega=omega, prompts=PROMPTS, seed=5,
                                       side=SIDE, **EXTRA, **kw)  # fmt: skip
 
@@ -101,3 +99,39 @@ def test_full_finetune_and_a_scheduled_interval_match_the_reference(qwen):
     torch.testing.assert_close(ours, ref, atol=ATOL, rtol=1e-4)
     assert [o is None for o in result.omegas] == [True, False, False, False, True, True]
     assert result.counters.denoiser_calls == 6 + 3  # no negative call outside the interval
+
+
+@pytest.mark.parametrize("method", ["pg", "ag"])
+def test_modular_pipeline_takes_the_guiders(qwen, method):
+    """diffusers' modular Qwen-Image pipeline with `PersonalizationGuidance` / `PersonalizedAutoGuidance`
+    gives the latents of `steerguide.guided` on the stock pipeline; with `ClassifierFreeGuidance` the stock
+    true CFG (the modular pipeline returns them unpacked)."""
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    from steerguide.denoiser import guided
+    from steerguide.guiders import PersonalizationGuidance, PersonalizedAutoGuidance, modular_pipeline
+
+    _, _, _, engines = qwen
+    pipe, personal = engines["lora"]
+    modular = modular_pipeline(pipe)
+    call = dict(prompt="a dog", negative_prompt="", num_inference_steps=3, height=SIDE, width=SIDE,
+                max_sequence_length=16)  # fmt: skip
+
+    def stock(config):
+        with guided(pipe, personal, config), torch.no_grad():
+            out = pipe(**call, true_cfg_scale=4.0, generator=torch.Generator().manual_seed(0),
+                       output_type="latent").images  # fmt: skip
+        return pipe._unpack_latents(out, SIDE, SIDE, pipe.vae_scale_factor)
+
+    def modular_run(guider):
+        modular.update_components(guider=guider)
+        return modular(**call, generator=torch.Generator().manual_seed(0), output="latents")
+
+    guider = (PersonalizationGuidance if method == "pg" else PersonalizedAutoGuidance)(
+        guidance_scale=4.0, omega=0.3, personalization=personal
+    )
+    ours = modular_run(guider)
+    torch.testing.assert_close(ours, stock(GuidanceConfig(method, scale=4.0, omega=0.3)), atol=1e-6, rtol=1e-5)
+    cfg = modular_run(ClassifierFreeGuidance(guidance_scale=4.0))
+    torch.testing.assert_close(cfg, stock(GuidanceConfig("cfg", scale=4.0)), atol=0, rtol=0)
+    assert (ours - cfg).abs().max() > 50 * ATOL

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_impl import cosine, lerp_into, load, separate_reference_latents
+from reference_impl import cosine, lerp_into, load, lora_pipes, separate_reference_latents
 
 from steerguide.denoiser import guided
-from steerguide.errors import UserError
 from steerguide.guidance import GuidanceConfig
 from steerguide.loading import load_personalization, load_pipeline
-from steerguide.sampling import sample
 from steerguide.testing import save_random_lora
 
 PROMPTS = ["a dog on the beach", "a red cat"]
@@ -66,11 +64,7 @@ def run(pipe, personal, config, steps=4, negative=None):
 
 
 def lora_reference(arch, base, lora, method, omega, **kw):
-    ft, weak = load(base), load(base)
-    for pipe in (ft, weak):
-        pipe.load_lora_weights(str(lora), adapter_name="p")
-        if arch == "wan22":
-            pipe.load_lora_weights(str(lora), adapter_name="p", load_into_transformer_2=True)
+    ft, weak = lora_pipes(base, lora, second_expert=arch == "wan22")
     return separate_reference_latents(ft, weak, method=method, scale=4.0, omega=omega, prompts=PROMPTS,
                                       num_images=1, seed=5, side=32, scale_argument="guidance_scale",
                                       experts=EXPERTS[arch], num_frames=5, max_sequence_length=16, **kw)  # fmt: skip
@@ -136,9 +130,28 @@ def test_wan22_full_finetune_of_one_expert_with_a_schedule_and_an_interval(wan):
     assert (cfg - ours).abs().max() > 50 * ATOL  # θ_ω on the high-noise step matters: the test can fail
 
 
-def test_generate_refuses_video_in_one_line(wan):
+def test_generate_writes_frames_and_an_animation(wan, tiny_model_dir, tmp_path, capsys):
+    """`generate --num-frames`: each video's frames as PNGs and one GIF; PG's calls and rows are CFG's."""
+    import json
+
+    from PIL import Image
+
+    from steerguide.cli import run as cli
+
     base, lora, _ = wan("wan21")
-    pipe, personal = engine_pipe("wan21", base, lora)
-    with pytest.raises(UserError, match="makes videos") as error:
-        sample(pipe, personal, GuidanceConfig("pg", scale=4.0, omega=0.3), PROMPTS, steps=1, progress=False)
-    assert "\n" not in str(error.value)
+    common = ["generate", "--base", str(base), "-p", "a dog", "--steps", "2", "--height", "32", "--width", "32",
+              "--num-frames", "5", "--scale", "4", "--personalization", str(lora)]  # fmt: skip
+    assert cli([*common, "--method", "cfg", "--out", str(tmp_path / "cfg")]) == 0
+    assert cli([*common, "--method", "pg", "--omega", "0.3", "--out", str(tmp_path / "pg")]) == 0
+    cfg, pg = (json.loads((tmp_path / n / "run.json").read_text()) for n in ("cfg", "pg"))
+    entry = pg["images"][0]
+    assert entry["file"].endswith(".gif") and len(entry["frames"]) == 5
+    with Image.open(tmp_path / "pg" / entry["file"]) as gif:
+        assert gif.n_frames == 5 and gif.size == (32, 32)
+    assert all((tmp_path / "pg" / f).is_file() for f in entry["frames"])
+    assert cfg["denoiser_calls"] == pg["denoiser_calls"] == 4 and cfg["denoiser_rows"] == pg["denoiser_rows"]
+    capsys.readouterr()
+    code = cli(["generate", "--base", str(tiny_model_dir("sd15")), "-p", "x", "--steps", "1", "--method", "cfg",
+                "--num-frames", "5", "--out", str(tmp_path / "sd")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "makes images, not videos" in err[0], err

@@ -128,6 +128,9 @@ def generate_command(
     prompts_file: Path | None = typer.Option(None, help="File with one prompt per line."),
     negative_prompt: str | None = typer.Option(None, help="Negative prompt (replaces the null prompt)."),
     num_images: int = typer.Option(1, help="Images per prompt; image i uses seed + i."),
+    num_frames: int | None = typer.Option(
+        None, help="Video pipelines (Wan): frames per video (default: the pipeline's); PNGs and a GIF."
+    ),
     steps: int = typer.Option(30, help="Sampling steps."),
     seed: int = typer.Option(0, help="Seed of image 0 of every prompt."),
     height: int | None = typer.Option(None, help="Image height (default: the model's)."),
@@ -200,6 +203,7 @@ def generate_command(
         width=width,
         negative_prompt=negative_prompt,
         distilled_guidance=distilled_guidance,
+        num_frames=num_frames,
         device=device,
         dtype=dtype,
         scheduler=scheduler,

@@ -376,11 +376,12 @@ class PersonalizedAutoGuidance(_WeakModelGuidance):
 _MODULAR_BLOCKS = {
     "StableDiffusionXLPipeline": "StableDiffusionXLAutoBlocks",
     "StableDiffusion3Pipeline": "StableDiffusion3AutoBlocks",
+    "QwenImagePipeline": "QwenImageAutoBlocks",  # a guider batch per transformer call, as SDXL's
 }
 
 
 def modular_pipeline(pipe):
-    """diffusers' modular pipeline for a loaded stock SDXL or SD3 pipeline, sharing its components.
+    """diffusers' modular pipeline for a loaded stock SDXL, SD3 or Qwen-Image pipeline, sharing its components.
 
     A personalization installed on `pipe` (`steerguide.load_personalization`) is installed on the result.
     """

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from steerguide.errors import UserError
-from steerguide.families import family_of
+from steerguide.families import GENERIC, family_of
 from steerguide.weak import ParameterDelta, RowScaledLora
 from steerguide.weak.lora import (
     AdapterOutputDelta,
@@ -18,6 +18,7 @@ from steerguide.weak.lora import (
 from steerguide.weak.merged import merge_state, merged_adapter_delta, unmerge_adapter
 
 KINDS = ("none", "lora", "full", "partial")
+TEXT_ENCODERS = GENERIC.text_encoders  # every family's text encoder names; a pipeline's: its family's
 
 
 def _denoiser(pipe):

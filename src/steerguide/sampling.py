@@ -74,14 +74,16 @@ def sample(
     batch_size: int = 16,
     progress: bool = True,
     distilled_guidance: float | None = None,
+    num_frames: int | None = None,
     **pipe_kwargs: Any,
 ) -> SampleResult:
     """Sample `num_images` images for each prompt with the guidance of `config`.
 
     `config.scale` goes to the pipeline argument that is its real CFG scale (`true_cfg_scale` for Flux);
     `distilled_guidance` to a guidance embedding distilled into the model (Flux's `guidance_scale`; None:
-    the pipeline's default). Extra keyword arguments go to the pipeline call unchanged (e.g.
-    `callback_on_step_end`).
+    the pipeline's default). Video pipelines (Wan) make `num_frames` frames (None: the pipeline's
+    default); `images[p][i]` is then the list of video i's frames. Extra keyword arguments go to the
+    pipeline call unchanged (e.g. `callback_on_step_end`).
     """
     from steerguide import limits
     from steerguide.families import family_of
@@ -96,11 +98,15 @@ def sample(
     limits.image_side("--height", height)  # the messages of `generate` and the CLI
     limits.image_side("--width", width)
     call_params = inspect.signature(pipe.__call__).parameters
+    if num_frames is not None and not family.video:
+        raise UserError(f"--num-frames: {type(pipe).__name__} makes images, not videos")
     if family.video:
-        raise UserError(
-            f"{type(pipe).__name__} makes videos; sample and generate write images (guide it with "
-            "steerguide.guided around your own pipeline call)"
-        )
+        for name, side in (("--height", height), ("--width", width)):
+            if side is not None and side % 16:
+                raise UserError(f"{name} must be a multiple of 16 for {type(pipe).__name__}, got {side}")
+        if num_frames is not None:
+            pipe_kwargs["num_frames"] = num_frames
+        pipe_kwargs.setdefault("output_type", "pil")  # Wan's default is numpy arrays
     if family.scale_argument not in call_params:
         raise UserError(f"{type(pipe).__name__} takes no {family.scale_argument}: steerguide cannot guide it")
     if distilled_guidance is not None and family.distilled_argument is None:
@@ -149,7 +155,8 @@ def sample(
             if negative_prompt is not None:
                 kwargs["negative_prompt"] = [negative_prompt] * len(batch)
             with torch.no_grad():
-                out = pipe(**kwargs).images
+                result = pipe(**kwargs)
+                out = result.frames if family.video else result.images
             for (p, i), image in zip(batch, out, strict=True):
                 images[p][i] = image
     return SampleResult(
@@ -172,7 +179,7 @@ RUN_JSON = "run.json"
 # What must match for a rerun to continue a folder: everything that decides the images' pixels.
 IDENTITY = (
     "base", "personalization_path", "guidance", "prompts", "negative_prompt", "num_images", "seed",
-    "steps", "height", "width", "device", "dtype", "scheduler_asked", "distilled_guidance",
+    "steps", "height", "width", "device", "dtype", "scheduler_asked", "distilled_guidance", "num_frames",
 )
 
 
@@ -245,8 +252,11 @@ def check_generate_out(out: Path, identity: dict, overwrite: bool) -> tuple[dict
     replaced = [record_path]
     for entry in earlier.get("images", []) if isinstance(earlier, dict) else []:
         name = Path(str(entry.get("file", ""))).name if isinstance(entry, dict) else ""
-        if name.endswith(".png"):
+        if name.endswith((".png", ".gif")):
             replaced.append(out / name)
+        for frame in entry.get("frames", []) if isinstance(entry, dict) else []:  # a video's PNGs
+            if str(frame).endswith(".png"):
+                replaced.append(out / Path(str(frame)).name)
     check_writable(out)
     return None, replaced
 
@@ -312,6 +322,7 @@ def generate(
     overwrite: bool = False,
     progress: bool = True,
     distilled_guidance: float | None = None,
+    num_frames: int | None = None,
 ) -> dict:
     """Load, sample and write `out/<prompt#>-<slug>-<image#>.png` and `out/run.json`; returns the run record.
 
@@ -325,6 +336,8 @@ def generate(
     limits.at_least("--num-images", num_images, 1)
     limits.at_least("--batch-size", batch_size, 1)
     limits.seed("--seed", seed, num_images)
+    if num_frames is not None:
+        limits.at_least("--num-frames", num_frames, 1)
     limits.threads(threads)
     limits.image_side("--height", height)
     limits.image_side("--width", width)
@@ -348,6 +361,7 @@ def generate(
         "dtype": dtype,
         "scheduler_asked": scheduler,
         "distilled_guidance": distilled_guidance,
+        "num_frames": num_frames,
     }
     created = not out.exists()
     check_generate_out(out, identity, overwrite)  # refused here, nothing is made
@@ -458,13 +472,19 @@ def _generate(base, personalization, config, prompts, out, identity, earlier, re
             result = sample(pipe, personal, config, [prompts[p] for p in ps], num_images=per, seed=seed + first,
                             steps=steps, height=height, width=width, negative_prompt=negative_prompt,
                             batch_size=len(call), progress=False, callback_on_step_end=on_step_end,
-                            distilled_guidance=distilled)
+                            distilled_guidance=distilled, num_frames=identity["num_frames"])
             for k, p in enumerate(ps):
                 for j, image in enumerate(result.images[k]):
                     i = first + j
                     name = image_name(p, prompts[p], i)
-                    save_image_atomic(image, out / name)
-                    files[(p, i)] = {"file": name, "prompt": prompts[p], "prompt_index": p, "image_index": i,
+                    if family.video:  # the frames as PNGs and one animated GIF
+                        from steerguide.video import save_video
+
+                        entry = save_video(image, out, name.removesuffix(".png"))
+                    else:
+                        save_image_atomic(image, out / name)
+                        entry = {"file": name}
+                    files[(p, i)] = {**entry, "prompt": prompts[p], "prompt_index": p, "image_index": i,
                                      "seed": seed + i}
             for key, value in result.counters.as_dict().items():
                 totals[key] += value

@@ -18,6 +18,11 @@ latents tensor while the pipeline's `do_classifier_free_guidance` holds. Then, p
 θ_ω costs nothing here: the negative call is a call of its own, so a LoRA runs it at adapter scale ω
 (`RowScaledLora.at`) and a full or partial fine-tune swaps θ_ω in for it (`ParameterDelta.at`). PG's calls
 and rows are CFG's. ω(τ) and the interval are read at the step index, as in the batched engine.
+
+Wan 2.2 calls one of two experts a step (`transformer`, `transformer_2`): each has its gate and
+`cache_context` stand-in, and θ_ω is realized on the expert called (`Expert.weak`). Where the
+personalization reaches into the text encoders (Flux's CLIP), the pipeline call's `encode_prompt` calls
+are recorded and the weak call's condition is encoded again with the encoders at θ_ω (`EncodeRecorder`).
 """
 
 from __future__ import annotations
