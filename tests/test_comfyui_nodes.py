@@ -297,6 +297,39 @@ def test_sd3_pg_equals_comfyui_hooks_graph(env):
     close(ours, refs[0.3], effect)
 
 
+def test_flux_pg_equals_comfyui_hooks_graph(env):
+    """Flux dev at cfg > 1 (where ComfyUI runs CFG): the smallest Flux ComfyUI detects (one double and one
+    single block at FLUX.1's widths), loaded from its weights as UNETLoader does; the LoRA reaches the fused
+    qkv and the single blocks' fused linear1/linear2."""
+    import comfy.sd
+
+    from steerguide.comfyui import testing
+
+    unet = testing.flux_state_dict()
+    lora = "tiny-flux-lora.safetensors"
+    testing.write_lora(env.files["lora"].with_name(lora), unet, scale=1.0)
+    prefix = "model.diffusion_model."
+    model = comfy.sd.load_diffusion_model_state_dict({k[len(prefix):]: v for k, v in unet.items()})
+    del unet
+    assert type(model.model.model_config).__name__ == "Flux"  # dev (guidance_in), not FluxSchnell
+    g = torch.Generator().manual_seed(1)
+    cond = lambda: [[torch.randn(1, 4, 4096, generator=g), {"pooled_output": torch.randn(1, 768, generator=g)}]]  # noqa: E731
+    c = type(env)()
+    c.__dict__.update(env.__dict__)
+    c.model, c.lora, c.positive, c.negative = model, lora, cond(), cond()
+    steps = 2
+    c.sigmas = env.custom.BasicScheduler().get_sigmas(model, "simple", steps, 1.0)[0]
+    c.personalized = env.ours.PersonalizationLoRALoader().load(model, c.lora)[0]
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+    refs = {w: sample(c, hooks_guider(c, w), latent=latent)["samples"] for w in (0.0, 0.3)}
+    effect = (refs[0.0] - refs[0.3]).abs().max().item() / 0.3
+    assert effect > 2e-3 * refs[0.3].abs().max().item()
+    with _Calls(model) as calls:
+        ours = sample(c, pg(c, 0.3), latent=latent)["samples"]
+    assert calls.log == [(2, [1, 0])] * steps
+    close(ours, refs[0.3], effect)
+
+
 # -- full fine-tunes -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def finetune(env):
