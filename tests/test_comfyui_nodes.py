@@ -314,13 +314,38 @@ def test_flux_pg_equals_comfyui_hooks_graph(env):
     assert type(model.model.model_config).__name__ == "Flux"  # dev (guidance_in), not FluxSchnell
     g = torch.Generator().manual_seed(1)
     cond = lambda: [[torch.randn(1, 4, 4096, generator=g), {"pooled_output": torch.randn(1, 768, generator=g)}]]  # noqa: E731
+    _family_pg_equals_hooks_graph(env, model, lora, cond, channels=16)
+
+
+def test_sdxl_family_pg_equals_comfyui_hooks_graph(env):
+    """SDXL's architecture (linear proj_in, 2048-wide context, the size/crop ADM input) at the block counts of
+    KOALA-700M, which ComfyUI detects as an SDXL variant; loaded from its weights as UNETLoader does."""
+    import comfy.sd
+
+    from steerguide.comfyui import testing
+
+    unet = testing.unet_state_dict(testing.TINY_SDXL)
+    lora = "tiny-sdxl-lora.safetensors"
+    testing.write_lora(env.files["lora"].with_name(lora), unet, scale=1.0)
+    prefix = "model.diffusion_model."
+    model = comfy.sd.load_diffusion_model_state_dict({k[len(prefix):]: v for k, v in unet.items()})
+    assert type(model.model.model_config).__name__ == "KOALA_700M"
+    import comfy.supported_models
+
+    assert isinstance(model.model.model_config, comfy.supported_models.SDXL)
+    g = torch.Generator().manual_seed(1)
+    cond = lambda: [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]  # noqa: E731
+    _family_pg_equals_hooks_graph(env, model, lora, cond, channels=4)
+
+
+def _family_pg_equals_hooks_graph(env, model, lora, cond, channels, steps=2):
+    """PG at ω = 0.3 through our nodes equals the hooks graph at cfg 4, from one batched pass a step."""
     c = type(env)()
     c.__dict__.update(env.__dict__)
     c.model, c.lora, c.positive, c.negative = model, lora, cond(), cond()
-    steps = 2
     c.sigmas = env.custom.BasicScheduler().get_sigmas(model, "simple", steps, 1.0)[0]
     c.personalized = env.ours.PersonalizationLoRALoader().load(model, c.lora)[0]
-    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+    latent = {"samples": torch.zeros(1, channels, 8, 8)}
     refs = {w: sample(c, hooks_guider(c, w), latent=latent)["samples"] for w in (0.0, 0.3)}
     effect = (refs[0.0] - refs[0.3]).abs().max().item() / 0.3
     assert effect > 2e-3 * refs[0.3].abs().max().item()

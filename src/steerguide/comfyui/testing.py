@@ -55,6 +55,25 @@ SD15_UNET = {
     "transformer_depth_middle": 1,
 }
 
+# The smallest SDXL-architecture UNet ComfyUI detects: KOALA-700M's block counts (supported_models.KOALA_700M
+# matches model_channels 320, linear proj_in, 2048-wide context, 2816-wide ADM input and the input blocks'
+# transformer depths [0, 2, 5]; it does not look at the channel multipliers or the decoder side), at 320
+# channels on every level and with one transformer block a decoder level and in the middle.
+TINY_SDXL = {
+    **TINY_UNET,
+    "num_res_blocks": [1, 1, 1],
+    "channel_mult": [1, 1, 1],
+    "transformer_depth": [0, 2, 5],
+    "transformer_depth_output": [1, 1, 1, 1, 0, 0],
+    "transformer_depth_middle": 1,
+    "context_dim": 2048,
+    "num_heads": -1,
+    "num_head_channels": 64,
+    "use_linear_in_transformer": True,
+    "adm_in_channels": 2816,
+    "num_classes": "sequential",
+}
+
 # A tiny SD3 (MMDiT) as comfy/model_detection.py reads it from the keys: depth 2 (hidden 64·depth = 128),
 # SD3's 16 latent channels, 2048-wide pooled and 4096-wide context inputs (what ComfyUI's SD3 class needs).
 TINY_SD3 = {
