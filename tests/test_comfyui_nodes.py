@@ -297,6 +297,67 @@ def test_sd3_pg_equals_comfyui_hooks_graph(env):
     close(ours, refs[0.3], effect)
 
 
+def test_flux_pg_equals_comfyui_hooks_graph(env):
+    """Flux dev at cfg > 1 (where ComfyUI runs CFG): the smallest Flux ComfyUI detects (one double and one
+    single block at FLUX.1's widths), loaded from its weights as UNETLoader does; the LoRA reaches the fused
+    qkv and the single blocks' fused linear1/linear2."""
+    import comfy.sd
+
+    from steerguide.comfyui import testing
+
+    unet = testing.flux_state_dict()
+    lora = "tiny-flux-lora.safetensors"
+    testing.write_lora(env.files["lora"].with_name(lora), unet, scale=1.0)
+    prefix = "model.diffusion_model."
+    model = comfy.sd.load_diffusion_model_state_dict({k[len(prefix):]: v for k, v in unet.items()})
+    del unet
+    assert type(model.model.model_config).__name__ == "Flux"  # dev (guidance_in), not FluxSchnell
+    g = torch.Generator().manual_seed(1)
+    cond = lambda: [[torch.randn(1, 4, 4096, generator=g), {"pooled_output": torch.randn(1, 768, generator=g)}]]  # noqa: E731
+    _family_pg_equals_hooks_graph(env, model, lora, cond, channels=16)
+
+
+def test_sdxl_family_pg_equals_comfyui_hooks_graph(env):
+    """SDXL's architecture (linear proj_in, 2048-wide context, the size/crop ADM input) at the block counts of
+    KOALA-700M, which ComfyUI detects as an SDXL variant; loaded from its weights as UNETLoader does."""
+    import comfy.sd
+
+    from steerguide.comfyui import testing
+
+    unet = testing.unet_state_dict(testing.TINY_SDXL)
+    lora = "tiny-sdxl-lora.safetensors"
+    testing.write_lora(env.files["lora"].with_name(lora), unet, scale=1.0)
+    prefix = "model.diffusion_model."
+    model = comfy.sd.load_diffusion_model_state_dict({k[len(prefix):]: v for k, v in unet.items()})
+    assert type(model.model.model_config).__name__ == "KOALA_700M"
+    import comfy.supported_models
+
+    assert isinstance(model.model.model_config, comfy.supported_models.SDXL)
+    g = torch.Generator().manual_seed(1)
+    cond = lambda: [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]  # noqa: E731
+    _family_pg_equals_hooks_graph(env, model, lora, cond, channels=4)
+
+
+def _family_pg_equals_hooks_graph(env, model, lora, cond, channels, steps=2):
+    """PG at ω = 0.3 through our nodes equals the hooks graph at cfg 4, from one batched pass a step."""
+    c = type(env)()
+    c.__dict__.update(env.__dict__)
+    c.model, c.lora, c.positive, c.negative = model, lora, cond(), cond()
+    c.sigmas = env.custom.BasicScheduler().get_sigmas(model, "simple", steps, 1.0)[0]
+    c.personalized = env.ours.PersonalizationLoRALoader().load(model, c.lora)[0]
+    latent = {"samples": torch.zeros(1, channels, 8, 8)}
+    ref = sample(c, hooks_guider(c, 0.3), latent=latent)["samples"]
+    # ω's effect against ω = 1, i.e. CFG on LoraLoader's model (merged once: hooks re-patch every pass)
+    lora_model = env.nodes.LoraLoader().load_lora(model, None, lora, 1.0, 0.0)[0]
+    cfg = sample(c, env.custom.CFGGuider().get_guider(lora_model, c.positive, c.negative, CFG)[0], latent=latent)
+    effect = (cfg["samples"] - ref).abs().max().item() / 0.7
+    assert effect > 2e-3 * ref.abs().max().item()
+    with _Calls(model) as calls:
+        ours = sample(c, pg(c, 0.3), latent=latent)["samples"]
+    assert calls.log == [(2, [1, 0])] * steps
+    close(ours, ref, effect)
+
+
 # -- full fine-tunes -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def finetune(env):

@@ -55,6 +55,25 @@ SD15_UNET = {
     "transformer_depth_middle": 1,
 }
 
+# The smallest SDXL-architecture UNet ComfyUI detects: KOALA-700M's block counts (supported_models.KOALA_700M
+# matches model_channels 320, linear proj_in, 2048-wide context, 2816-wide ADM input and the input blocks'
+# transformer depths [0, 2, 5]; it does not look at the channel multipliers or the decoder side), at 320
+# channels on every level and with one transformer block a decoder level and in the middle.
+TINY_SDXL = {
+    **TINY_UNET,
+    "num_res_blocks": [1, 1, 1],
+    "channel_mult": [1, 1, 1],
+    "transformer_depth": [0, 2, 5],
+    "transformer_depth_output": [1, 1, 1, 1, 0, 0],
+    "transformer_depth_middle": 1,
+    "context_dim": 2048,
+    "num_heads": -1,
+    "num_head_channels": 64,
+    "use_linear_in_transformer": True,
+    "adm_in_channels": 2816,
+    "num_classes": "sequential",
+}
+
 # A tiny SD3 (MMDiT) as comfy/model_detection.py reads it from the keys: depth 2 (hidden 64·depth = 128),
 # SD3's 16 latent channels, 2048-wide pooled and 4096-wide context inputs (what ComfyUI's SD3 class needs).
 TINY_SD3 = {
@@ -65,12 +84,23 @@ TINY_SD3 = {
     "x_block_self_attn_layers": [],
 }
 
+# The smallest Flux (dev: with guidance_in) comfy/model_detection.py detects: it fixes the widths (hidden
+# 3072, 24 heads, 4096-wide T5 context, 768-wide pooled CLIP input) and counts the blocks from the keys, so
+# one double-stream and one single-stream block are kept (FLUX.1 has 19 and 38).
+TINY_FLUX = {
+    "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 4096, "hidden_size": 3072,
+    "mlp_ratio": 4.0, "num_heads": 24, "depth": 1, "depth_single_blocks": 1, "axes_dim": [16, 56, 56],
+    "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
+}
+
 # The layers the test LoRA reaches. SD 1.5: every attention projection of the transformer blocks, the
 # 1×1 proj_in/proj_out convolutions around them, and one 3×3 res block convolution (a LoCon-style conv
-# LoRA). SD3: the attention and MLP linears of both streams of every joint block.
+# LoRA). SD3: the attention and MLP linears of both streams of every joint block. Flux: those of both
+# streams of the double blocks (fused qkv) and the fused linear1/linear2 of the single blocks.
 _LORA_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
                  "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ff.net.2",
-                 "attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+                 "attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2",
+                 "img_mlp.0", "img_mlp.2", "txt_mlp.0", "txt_mlp.2", ".linear1", ".linear2")
 
 
 def fill_random_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -80,7 +110,7 @@ def fill_random_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
         for name, p in module.named_parameters():
             if p.ndim >= 2:
                 fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
+                p.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=gen)  # in place: Flux's are 545M numbers
             elif "norm" in name and name.endswith("weight"):
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
             else:
@@ -102,6 +132,15 @@ def mmdit_state_dict(config: dict = TINY_SD3, seed: int = 0) -> dict[str, torch.
     from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
 
     model = fill_random_(MMDiT(**config, device="cpu", operations=comfy.ops.disable_weight_init), seed)
+    return {f"model.diffusion_model.{k}": v for k, v in model.state_dict().items()}
+
+
+def flux_state_dict(config: dict = TINY_FLUX, seed: int = 0) -> dict[str, torch.Tensor]:
+    """ComfyUI's Flux at `config` with random weights, keys as in a checkpoint (`model.diffusion_model.`)."""
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+
+    model = fill_random_(Flux(**config, device="cpu", operations=comfy.ops.disable_weight_init), seed)
     return {f"model.diffusion_model.{k}": v for k, v in model.state_dict().items()}
 
 
