@@ -54,28 +54,31 @@ def photo_dir(tmp_path_factory) -> Path:
 # (trainings, the browser) last, where one of them can leave a worker alone for a minute. Handed out
 # longest first instead (measured seconds, heaviest first; the rest follow in their usual order), the
 # short files fill the gaps at the end.
-LONG_FILES = [  # seconds per file in a full `-n 2 --dist loadfile` run (idle machine, session 11)
-    "test_cli_contract.py",  # 79
-    "test_train_distributed.py",  # 50
-    "test_ui_browser.py",  # 29, and Chromium's own time besides
-    "test_reference.py",  # 37
-    "test_ui.py",  # 36
-    "test_properties.py",  # 35
-    "test_lazy_import.py",  # 32
-    "test_train_methods.py",  # 28
-    "test_demo.py",  # 27
-    "test_guiders.py",  # 27
-    "test_engine_cases.py",  # 27
-    "test_train_resume.py",  # 22
-    "test_tune.py",  # 22
-    "test_sweep_contract.py",  # 17
-    "test_sweep.py",  # 17
-    "test_formats.py",  # 17
-    "test_train_base.py",  # 16
-    "test_sweep_kill.py",  # 15
-    "test_toy_calibration.py",  # 15
-    "test_generate_cli.py",  # 11
+LONG_FILES = [  # seconds per file in a full `-n 2 --dist loadfile` run (idle machine, session 12)
+    "test_cli_contract.py",  # 38
+    "test_comfyui_nodes.py",  # 37
+    "test_train_distributed.py",  # 24
+    "test_ui.py",  # 16
+    "test_ui_browser.py",  # 12, and Chromium's own time besides
+    "test_reference.py",  # 13
+    "test_lazy_import.py",  # 13
+    "test_comfyui_server.py",  # 13, and the ComfyUI server's own process besides
+    "test_properties.py",  # 12
+    "test_sweep_contract.py",  # 11
     "test_benchmarks.py",  # 10
+    "test_demo.py",  # 10
+    "test_train_methods.py",  # 10
+    "test_train_resume.py",  # 10
+    "test_engine_cases.py",  # 9
+    "test_guiders.py",  # 9
+    "test_tune.py",  # 9
+    "test_processes.py",  # 9
+    "test_cli_contract_more.py",  # 8
+    "test_sweep.py",  # 7
+    "test_train_base.py",  # 7
+    "test_sweep_kill.py",  # 7
+    "test_formats.py",  # 6
+    "test_flux.py",  # 6
 ]
 
 
