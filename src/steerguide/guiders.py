@@ -40,7 +40,7 @@ from steerguide.errors import UserError
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
 from steerguide.pipeline_call import calling_components
-from steerguide.weak.gate import module_lock
+from steerguide.weak.gate import Guard, module_lock
 from steerguide.weak.lora import tuner_layers
 
 
@@ -80,6 +80,7 @@ class _WeakModelGuidance(BaseGuidance):
         self._found: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # denoiser → its adapter
         self._hooks: list = []
         self._weak_context: AbstractContextManager | None = None
+        self._weak_guard: Guard | None = None  # the module lock held by the weak pass under way
         if personalization is not None:
             self.personalize(personalization)
 
@@ -261,6 +262,13 @@ class _WeakModelGuidance(BaseGuidance):
             raise UserError(f"{type(self).__name__}: personalization {personal.source} has no weak model")
 
         def enter(module, args, kwargs):
+            # θ_ω is state on a module other pipelines and threads may share: the weak pass holds the
+            # module's lock, once calls of other threads already under way have finished (`Guard`, as a
+            # `guided` block does), so that no plain call runs while it is in place
+            guard = Guard.of(module)
+            guard.enter()
+            guard.lock.acquire()
+            self._weak_guard = guard
             self._weak_context = realization.at(omega)
             self._weak_context.__enter__()
 
@@ -284,8 +292,14 @@ class _WeakModelGuidance(BaseGuidance):
 
     def _exit_weak_model(self) -> None:
         context, self._weak_context = self._weak_context, None
-        if context is not None:
-            context.__exit__(None, None, None)
+        guard, self._weak_guard = self._weak_guard, None
+        try:
+            if context is not None:
+                context.__exit__(None, None, None)
+        finally:
+            if guard is not None:
+                guard.lock.release()
+                guard.leave()
 
     def _release(self) -> None:
         self._exit_weak_model()
