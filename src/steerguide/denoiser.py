@@ -172,16 +172,49 @@ def exposes_cfg(pipe) -> bool:
     return isinstance(getattr(type(pipe), "do_classifier_free_guidance", None), property)
 
 
-class GuidedDenoiser:
-    """What the gate calls for the thread of a `guided` block; see the module docstring."""
+class BlockWrapper:
+    """What a `guided` block installs, whichever engine its family takes (this module's batched one,
+    `steerguide.separate`'s): the pipeline, personalization and settings, which calls it owns, and its
+    counters and ω per step for run.json."""
 
     def __init__(self, pipe, personalization: Personalization, config: GuidanceConfig) -> None:
         self.pipe = pipe
         self.personalization = personalization
         self.config = config
-        self.denoiser = denoiser_of(pipe)
         self.counters = Counters()
         self.steps: dict[int, dict] = {}  # per sampling step: τ, ω and whether it was guided (run.json)
+
+    def _refuse_without_personalization(self) -> None:
+        if self.personalization.kind == "none" and self.config.method != "cfg":
+            # Without a personalization θ_pre = θ_ft: PG is CFG and AG guides the model with itself.
+            raise ValueError(
+                f"method {self.config.method!r} needs a personalization (θ_pre and θ_ft are the same)"
+            )
+
+    @property
+    def omegas(self) -> list[float | None]:
+        """ω at each sampling step, by step index (None where the step was outside the interval)."""
+        if not self.steps:
+            return []
+        last = max(self.steps)
+        return [self.steps[s]["omega"] if s in self.steps else None for s in range(last + 1)]
+
+    def _record(self, step: int, tau: float, omega: float | None) -> None:
+        self.steps.setdefault(step, {"step": step, "tau": tau, "omega": omega, "guided": omega is not None})
+
+    def owns_call(self) -> bool:
+        """Whether the denoiser call under way is this block's: made by its pipeline's call (another pipeline
+        sharing the denoiser gets the plain model), or by no pipeline at all (the denoiser called directly)."""
+        caller = calling_pipeline()
+        return caller is None or caller is self.pipe
+
+
+class GuidedDenoiser(BlockWrapper):
+    """What the gate calls for the thread of a `guided` block; see the module docstring."""
+
+    def __init__(self, pipe, personalization: Personalization, config: GuidanceConfig) -> None:
+        super().__init__(pipe, personalization, config)
+        self.denoiser = denoiser_of(pipe)
         self._original: Any = None  # the denoiser's own forward, set by `guided`
         self._signature: inspect.Signature | None = None
         self.recorder: CfgRecorder | None = None  # set by `guided` for pipelines that keep CFG in a local
@@ -198,30 +231,9 @@ class GuidedDenoiser:
                 "this personalization reaches into the text encoders: guide the pipeline it was loaded on "
                 "(load it again on this one with load_personalization)"
             )
-        if personalization.kind == "none" and config.method != "cfg":
-            # Without a personalization θ_pre = θ_ft: PG is CFG and AG guides the model with itself.
-            raise ValueError(
-                f"method {config.method!r} needs a personalization (θ_pre and θ_ft are the same)"
-            )
-
-    @property
-    def omegas(self) -> list[float | None]:
-        """ω at each sampling step, by step index (None where the step was outside the interval)."""
-        if not self.steps:
-            return []
-        last = max(self.steps)
-        return [self.steps[s]["omega"] if s in self.steps else None for s in range(last + 1)]
-
-    def _record(self, step: int, tau: float, omega: float | None) -> None:
-        self.steps.setdefault(step, {"step": step, "tau": tau, "omega": omega, "guided": omega is not None})
+        self._refuse_without_personalization()
 
     # -- the wrapped call ---------------------------------------------------------------------------
-    def owns_call(self) -> bool:
-        """Whether the denoiser call under way is this block's: made by its pipeline's call (another pipeline
-        sharing the denoiser gets the plain model), or by no pipeline at all (the denoiser called directly)."""
-        caller = calling_pipeline()
-        return caller is None or caller is self.pipe
-
     def _runs_cfg(self) -> bool:
         """Whether the pipeline call under way batches [null; prompt] (the pipeline's own decision)."""
         if self.recorder is None:

@@ -36,12 +36,11 @@ from typing import Any
 
 import torch
 
-from steerguide.denoiser import Counters, step_of
+from steerguide.denoiser import BlockWrapper, step_of
 from steerguide.errors import UserError
 from steerguide.families import BY_CACHE_CONTEXT, BY_CALL_ORDER, family_of
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
-from steerguide.pipeline_call import calling_pipeline
 from steerguide.weak import RowScaledLora
 from steerguide.weak.gate import Gate
 from steerguide.weak.lora import row_scalable, tuner_layers
@@ -145,24 +144,17 @@ class _ExpertCall:
         return self.wrapper.call(self.expert, args, kwargs)
 
 
-class SeparatePassDenoiser:
+class SeparatePassDenoiser(BlockWrapper):
     """What the gates call for the thread of a `guided` block on a separate-pass pipeline (see above)."""
 
     def __init__(self, pipe, personalization: Personalization, config: GuidanceConfig) -> None:
-        self.pipe = pipe
-        self.personalization = personalization
-        self.config = config
+        super().__init__(pipe, personalization, config)
         self.family = family_of(pipe)
         self.denoiser = self.family.denoiser(pipe)
-        self.counters = Counters()
-        self.steps: dict[int, dict] = {}
         self.experts: list[Expert] = []  # set by `guided_separately`
         self._prompt_call: tuple[torch.Tensor, dict, Any] | None = None  # (x, inputs, output) of this step
         self._negative_due = False  # BY_CALL_ORDER: the next call on the same latents is the negative one
-        if personalization.kind == "none" and config.method != "cfg":
-            raise ValueError(
-                f"method {config.method!r} needs a personalization (θ_pre and θ_ft are the same)"
-            )
+        self._refuse_without_personalization()
         self.encodings: EncodeRecorder | None = None  # set by `guided_separately` (text-encoder Δ)
         self._encoded: dict[tuple, tuple | None] = {}
         reaches_text = personalization.weak_condition_fn is not None or bool(personalization.text_realizations)
@@ -172,23 +164,6 @@ class SeparatePassDenoiser:
                 f"not yet re-encode the weak call's condition on {type(pipe).__name__} (a denoiser-only "
                 "personalization is guided)"
             )
-
-    # -- run.json --------------------------------------------------------------------------------------
-    @property
-    def omegas(self) -> list[float | None]:
-        """ω at each sampling step, by step index (None where the step was outside the interval)."""
-        if not self.steps:
-            return []
-        last = max(self.steps)
-        return [self.steps[s]["omega"] if s in self.steps else None for s in range(last + 1)]
-
-    def owns_call(self) -> bool:
-        """Whether the denoiser call under way is this block's (`GuidedDenoiser.owns_call`)."""
-        caller = calling_pipeline()
-        return caller is None or caller is self.pipe
-
-    def _record(self, step: int, tau: float, omega: float | None) -> None:
-        self.steps.setdefault(step, {"step": step, "tau": tau, "omega": omega, "guided": omega is not None})
 
     # -- the calls -------------------------------------------------------------------------------------
     def _is_negative_call(self, expert: Expert, x: torch.Tensor) -> bool:
