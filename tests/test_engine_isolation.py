@@ -4,10 +4,9 @@ from another thread (even one already under way when guidance starts) or from th
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
+from interleave import interleave
 
 from steerguide.denoiser import guided
 from steerguide.guidance import GuidanceConfig
@@ -18,7 +17,6 @@ from steerguide.testing import save_random_lora
 PROMPTS = ["a dog on the beach", "a red cat"]
 SIDE = 16
 PG = GuidanceConfig("pg", scale=4.0, omega=0.3)
-WAIT = 1.0  # seconds a paused call waits for the other thread before it goes on alone
 
 
 @pytest.fixture(scope="module")
@@ -72,40 +70,10 @@ def test_plain_call_under_way_when_guidance_starts_in_another_thread(personaliza
     twin = twin_of(pipe)
     want = plain(twin)
 
-    plain_thread: list[threading.Thread] = []
-    plain_paused, guided_inside, plain_done = threading.Event(), threading.Event(), threading.Event()
-
-    def middle(module, args):
-        me = threading.current_thread()
-        if me is plain_thread[0] and not plain_paused.is_set():
-            plain_paused.set()
-            guided_inside.wait(WAIT)
-        elif me is not plain_thread[0] and plain_paused.is_set() and not guided_inside.is_set():
-            guided_inside.set()
-            plain_done.wait(WAIT)
-
-    def after(module, args, output):
-        if threading.current_thread() is plain_thread[0]:
-            plain_done.set()
-
-    got = {}
-    unet = pipe.unet
-    hooks = [unet.mid_block.register_forward_pre_hook(middle), unet.register_forward_hook(after)]
-    try:
-        plain_thread.append(threading.Thread(target=lambda: got.setdefault("plain", plain(twin, steps=1))))
-        plain_thread[0].start()
-        assert plain_paused.wait(30)
-        guided_thread = threading.Thread(target=lambda: got.setdefault("pg", pg(pipe, personal).images))
-        guided_thread.start()
-        plain_thread[0].join(60)
-        guided_thread.join(60)
-    finally:
-        for h in hooks:
-            h.remove()
+    got = interleave(pipe.unet, lambda: plain(twin, steps=1), lambda: pg(pipe, personal).images)
     alone = plain(twin, steps=1)
     torch.testing.assert_close(got["plain"], alone, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(plain(twin), want, atol=0, rtol=0)  # nothing stays behind
-    assert "pg" in got
 
 
 def test_plain_call_of_another_pipeline_inside_a_guided_block_is_not_guided(personalizations):

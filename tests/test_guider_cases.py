@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from interleave import interleave
 from reference_impl import load, reference_latents, second_order_step
 
 from steerguide.errors import UserError
@@ -72,8 +73,6 @@ def test_a_plain_call_from_another_thread_never_sees_the_guiders_weak_model(tiny
     """The interleaving is forced: a plain call of the stock pipeline (sharing the UNet with the modular
     one) pauses inside its denoiser pass; the guider's weak pass then reaches the same layer with θ_ω in
     place; the plain call goes on. It must compute what it computes alone."""
-    import threading
-
     base = tiny_model_dir("sdxl")
     lora = save_random_lora(load_pipeline(base), tmp_path / "lora", seed=7, std=0.1)
     pipe = load_pipeline(base)
@@ -90,37 +89,8 @@ def test_a_plain_call_from_another_thread_never_sees_the_guiders_weak_model(tiny
                         generator=torch.Generator().manual_seed(5), output_type="latent").images  # fmt: skip
 
     want = plain()
-    plain_thread: list[threading.Thread] = []
-    plain_paused, weak_inside, plain_done = threading.Event(), threading.Event(), threading.Event()
-
-    def middle(module, args):
-        me = threading.current_thread()
-        if me is plain_thread[0] and not plain_paused.is_set():
-            plain_paused.set()
-            weak_inside.wait(1.0)
-        elif me is not plain_thread[0] and plain_paused.is_set() and personal.lora._row_scale is not None:
-            if not weak_inside.is_set():  # the guider's weak pass, θ_ω in place
-                weak_inside.set()
-                plain_done.wait(1.0)
-
-    def after(module, args, output):
-        if threading.current_thread() is plain_thread[0]:
-            plain_done.set()
-
-    got = {}
-    hooks = [pipe.unet.mid_block.register_forward_pre_hook(middle), pipe.unet.register_forward_hook(after)]
-    try:
-        plain_thread.append(threading.Thread(target=lambda: got.setdefault("plain", plain())))
-        plain_thread[0].start()
-        assert plain_paused.wait(30)
-        guided_thread = threading.Thread(target=lambda: got.setdefault("pg", modular(
-            prompt=PROMPTS[0], negative_prompt="", num_inference_steps=2, height=SIDE, width=SIDE,
-            generator=torch.Generator().manual_seed(5), output="latents")))  # fmt: skip
-        guided_thread.start()
-        plain_thread[0].join(60)
-        guided_thread.join(60)
-    finally:
-        for h in hooks:
-            h.remove()
-    assert "pg" in got
+    got = interleave(pipe.unet, plain, lambda: modular(
+        prompt=PROMPTS[0], negative_prompt="", num_inference_steps=2, height=SIDE, width=SIDE,
+        generator=torch.Generator().manual_seed(5), output="latents"),
+        weak_now=lambda: personal.lora._row_scale is not None)  # the guider's weak pass, θ_ω in place
     torch.testing.assert_close(got["plain"], want, atol=1e-6, rtol=1e-6)
