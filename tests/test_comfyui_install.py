@@ -32,12 +32,15 @@ def test_install_writes_an_entry_that_imports_the_installed_package(tmp_path, ca
 
 @pytest.mark.parametrize("case, needle", [
     ("missing", "does not exist"),
+    ("file", "is not a folder"),
     ("not_comfyui", "is not a ComfyUI folder (no custom_nodes/ in it)"),
     ("foreign", "exists and was not written by steerguide"),
 ])
 def test_install_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, needle):
     folder = tmp_path / "comfy"
-    if case != "missing":
+    if case == "file":
+        folder.write_text("not a folder\n")
+    elif case != "missing":
         folder.mkdir()
     if case == "foreign":
         (folder / "custom_nodes" / "steerguide").mkdir(parents=True)

@@ -50,8 +50,10 @@ def install(comfyui_dir: str | Path) -> Path:
     from steerguide import __version__
 
     root = Path(comfyui_dir).expanduser()
-    if not root.is_dir():
+    if not root.exists():
         raise UserError(f"ComfyUI folder {root} does not exist")
+    if not root.is_dir():
+        raise UserError(f"ComfyUI folder {root} is not a folder")
     if not (root / "custom_nodes").is_dir():  # ComfyUI's source folder, or a `--base-directory` one
         raise UserError(f"{root} is not a ComfyUI folder (no custom_nodes/ in it)")
     target = root / "custom_nodes" / "steerguide"
