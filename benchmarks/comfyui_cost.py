@@ -193,6 +193,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.steps < 2 or args.rounds < 1:
         parser.error("--steps must be at least 2 and --rounds at least 1")
+    for name, low in (("rank", 1), ("latent", 8), ("warmup", 0), ("threads", 1)):
+        if getattr(args, name) < low:
+            parser.error(f"--{name} must be at least {low}, got {getattr(args, name)}")
+    if args.out is not None and not args.out.parent.is_dir():
+        parser.error(f"--out {args.out}: its folder {args.out.parent} does not exist")
     torch.set_num_threads(args.threads)
     from steerguide.comfyui.harness import use_comfyui
 

@@ -467,3 +467,24 @@ def test_cost_benchmark_counts_one_pass_for_pg_and_two_for_hooks(env):
     assert result["passes_per_step"] == {"cfg": 1.0, "pg-lora": 1.0, "hooks": 2.0}
     assert result["rows_per_pass"] == {"cfg": [2], "pg-lora": [2], "hooks": [1]}
     assert all(t > 0 for t in result["seconds_per_step"].values())
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--rounds", "0"], "--rounds at least 1"),
+    (["--rank", "0"], "--rank must be at least 1"),
+    (["--latent", "2"], "--latent must be at least 8"),
+    (["--out", "/nonexistent-folder/cost.json"], "does not exist"),
+])
+def test_cost_benchmark_refuses_bad_input_in_one_line(argv, needle, capsys):
+    import importlib.util
+
+    from comfyui_env import REPO
+
+    spec = importlib.util.spec_from_file_location("comfyui_cost", REPO / "benchmarks" / "comfyui_cost.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert needle in err[-1], err
