@@ -164,6 +164,21 @@ def cosine(start: float, end: float) -> Callable[[float], float]:
     return lambda tau: start + (end - start) * (1 - math.cos(math.pi * tau)) / 2
 
 
+def lora_and_fused_finetune(base, tmp_path_factory, name: str, targets) -> tuple:
+    """(LoRA file, fine-tune folder): a random LoRA on `base`'s transformer and the same LoRA fused into it
+    by diffusers, saved as a transformer folder (a full fine-tune whose Δ is the LoRA's)."""
+    from steerguide.testing import save_random_lora
+
+    pipe = load(base)
+    lora = save_random_lora(pipe, tmp_path_factory.mktemp(f"{name}-lora"), seed=3, std=0.1, target_modules=targets)
+    pipe.load_lora_weights(str(lora))
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    full = tmp_path_factory.mktemp(f"{name}-full")
+    pipe.transformer.save_pretrained(full, safe_serialization=True)
+    return lora, full
+
+
 @functools.cache
 def lora_pipes(base, lora, second_expert: bool = False) -> tuple:
     """(`ft`, `weak`): two stock pipelines with the LoRA as adapter "p" (also on Wan 2.2's `transformer_2`

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_impl import cosine, lerp_into, load, lora_pipes, separate_reference_latents
+from reference_impl import (
+    cosine,
+    lerp_into,
+    load,
+    lora_and_fused_finetune,
+    lora_pipes,
+    separate_reference_latents,
+)
 
 from steerguide.guidance import GuidanceConfig
 from steerguide.loading import load_personalization, load_pipeline
 from steerguide.sampling import sample
-from steerguide.testing import save_random_lora
 
 PROMPTS = ["a dog on the beach", "a red cat"]
 SIDE = 32
@@ -27,13 +33,7 @@ TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "img_mlp.net.2")
 @pytest.fixture(scope="module")
 def qwen(tiny_model_dir, tmp_path_factory):
     base = tiny_model_dir("qwen-image")
-    pipe = load_pipeline(base)
-    lora = save_random_lora(pipe, tmp_path_factory.mktemp("qwen-lora"), seed=3, std=0.1, target_modules=TARGETS)
-    pipe.load_lora_weights(str(lora))
-    pipe.fuse_lora()
-    pipe.unload_lora_weights()
-    full = tmp_path_factory.mktemp("qwen-full")
-    pipe.transformer.save_pretrained(full, safe_serialization=True)
+    lora, full = lora_and_fused_finetune(base, tmp_path_factory, "qwen", TARGETS)
     engines = {}
     for name, personalization in (("lora", lora), ("full", full)):
         engine_pipe = load_pipeline(base)
