@@ -556,7 +556,7 @@ def test_blank_prompts_file_names_the_file(capsys, tmp_path):
 
 
 def test_prompts_file_bom_is_no_prompt_text(tmp_path):
-    from steerguide.cli import _read_prompts
+    from steerguide.files import read_prompts as _read_prompts
 
     path = tmp_path / "prompts.txt"
     path.write_bytes("\ufeffa red circle\na blue square\n".encode())

@@ -9,9 +9,8 @@ start, do not import torch or diffusers.
 
 from typing import TYPE_CHECKING
 
+from steerguide._version import __version__ as __version__
 from steerguide.lazy import lazy_attributes
-
-__version__ = "0.1.0"
 
 _WHERE = {
     "Counters": "steerguide.denoiser",

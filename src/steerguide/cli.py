@@ -47,7 +47,7 @@ _COMMAND_MODULES: list[str] = [
 
 def _version(value: bool) -> None:
     if value:
-        from steerguide import __version__
+        from steerguide._version import __version__
 
         print(f"steerguide {__version__}")
         raise typer.Exit()
@@ -67,25 +67,6 @@ def _default_base() -> str:
     from steerguide.toyworld import base_model_path
 
     return str(base_model_path())
-
-
-def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
-    found = list(prompts)
-    if prompts_file is not None:
-        try:
-            lines = prompts_file.read_text(encoding="utf-8-sig").splitlines()  # a BOM is no prompt text
-        except OSError as e:
-            raise UserError(f"cannot read prompts file {prompts_file}: {e.strerror or e}") from None
-        except UnicodeDecodeError as e:
-            raise UserError(
-                f"prompts file {prompts_file} is not UTF-8 text (byte {e.start}); give one prompt per line"
-            ) from None
-        found += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-        if not found:
-            raise UserError(f"prompts file {prompts_file} holds no prompt (only blank lines or # comments)")
-    if not found:
-        raise UserError("no prompt given: use --prompt TEXT (repeatable) or --prompts-file FILE")
-    return found
 
 
 @app.command("generate")
@@ -155,6 +136,7 @@ def generate_command(
 ) -> None:
     """Generate images with CFG, autoguidance or personalization guidance."""
     from steerguide import limits
+    from steerguide.files import read_prompts
     from steerguide.guidance import GuidanceConfig
     from steerguide.progress import console
     from steerguide.sampling import generate
@@ -189,7 +171,7 @@ def generate_command(
             "--omega and --omega-schedule are for --method pg or ag: CFG's first term is the personalized "
             "model on the null prompt, which has no ω"
         )
-    prompts = _read_prompts(prompt, prompts_file)
+    prompts = read_prompts(prompt, prompts_file)
     record = generate(
         _default_base() if base in (None, "toy") else base,
         str(personalization) if personalization else None,

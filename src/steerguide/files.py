@@ -82,10 +82,10 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    import steerguide
+    from steerguide._version import __version__
 
     return {
-        "steerguide": steerguide.__version__,
+        "steerguide": __version__,
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
@@ -146,3 +146,24 @@ class FolderLock:
         finally:
             os.close(self.fd)
             self.fd = None
+
+
+def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
+    """`prompts` and then the lines of `prompts_file` (blank lines and # comments skipped); one line
+    naming the problem when none is left or the file cannot be read as text."""
+    found = list(prompts)
+    if prompts_file is not None:
+        try:
+            lines = prompts_file.read_text(encoding="utf-8-sig").splitlines()  # a BOM is no prompt text
+        except OSError as e:
+            raise UserError(f"cannot read prompts file {prompts_file}: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"prompts file {prompts_file} is not UTF-8 text (byte {e.start}); give one prompt per line"
+            ) from None
+        found += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not found:
+            raise UserError(f"prompts file {prompts_file} holds no prompt (only blank lines or # comments)")
+    if not found:
+        raise UserError("no prompt given: use --prompt TEXT (repeatable) or --prompts-file FILE")
+    return found

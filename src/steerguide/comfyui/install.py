@@ -47,7 +47,7 @@ Icon = ""
 
 def install(comfyui_dir: str | Path) -> Path:
     """Write (or rewrite) `COMFYUI_DIR/custom_nodes/steerguide`; returns that folder."""
-    from steerguide import __version__
+    from steerguide._version import __version__
 
     root = Path(comfyui_dir).expanduser()
     if not root.exists():

@@ -97,7 +97,7 @@ def train_cache_key(config: SweepConfig, subject: BenchSubject) -> str:
 
 
 def _trainer_identity(config: SweepConfig) -> dict:
-    from steerguide import __version__
+    from steerguide._version import __version__
 
     identity = {"steerguide": __version__, "lora_layout": "peft"}
     if config.benchmark.get("name") == "toy":

@@ -58,7 +58,7 @@ def tune(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> int:
     """Choose w and ω for one personalization from a budget of judged probe images; writes DIR/preset.yaml."""
-    from steerguide.cli import _read_prompts
+    from steerguide.files import read_prompts
     from steerguide.limits import default_threads
     from steerguide.limits import threads as check_threads
     from steerguide.progress import console as progress_console
@@ -90,7 +90,7 @@ def tune(
                     f"--toy takes no {name} (the toy judges score 32-pixel float32 samples of the toy base on "
                     "the CPU, with its scheduler and the subject's own token)"
                 )
-        prompts = _read_prompts([], prompts_file) if prompts_file else None
+        prompts = read_prompts([], prompts_file) if prompts_file else None
         problem, bench = toy_problem(
             toy,
             out,
@@ -118,7 +118,7 @@ def tune(
             base=base,
             personalization=str(personalization),
             references=references,
-            prompts=_read_prompts([], prompts_file),
+            prompts=read_prompts([], prompts_file),
             token=token,
             fidelity=fidelity_metric,
             models=models,
