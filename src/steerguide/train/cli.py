@@ -141,6 +141,16 @@ def train_command(
         int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's choice).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    stop_when: Annotated[
+        str | None,
+        typer.Option("--stop-when", help="Train until this rule holds on validation renders, checked at --steps "
+                     "and every --check-every steps after: 'calibrated' (toy subjects: the calibration "
+                     "criterion). Default: train --steps steps."),
+    ] = None,
+    check_every: Annotated[int, typer.Option("--check-every", help="With --stop-when: steps between checks.")] = 100,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="With --stop-when: the most steps (default: 3 x --steps).")
+    ] = None,
 ) -> None:
     """Personalize a base model on a few photos: LoRA, DreamBooth or Custom Diffusion."""
     from steerguide.train import TrainConfig, TrainWarning, train
@@ -204,6 +214,16 @@ def train_command(
             raise UserError("--base and --images are required (or --toy SUBJECT)")
         config = TrainConfig(base=base, images=images, **options)
 
+    rule = None
+    if stop_when is not None:
+        from steerguide.train.stopping import check_schedule, rule_for
+
+        max_steps = 3 * config.steps if max_steps is None else max_steps
+        check_schedule(config, check_every, max_steps)  # before any work
+        rule = rule_for(stop_when, config)
+    elif _given(ctx, "check_every") or _given(ctx, "max_steps"):
+        raise UserError("--check-every and --max-steps go with --stop-when RULE")
+
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         if issubclass(category, TrainWarning):
             print(f"steerguide: warning: {message}", file=sys.stderr)
@@ -213,7 +233,14 @@ def train_command(
         warnings.simplefilter("ignore", FutureWarning)
         warnings.showwarning = show
         try:
-            folder = train(config, progress=not quiet)
+            if rule is None:
+                folder = train(config, progress=not quiet)
+            else:
+                from steerguide.train.stopping import train_until
+
+                folder, _ = train_until(config, rule, check_every, max_steps,
+                                        lambda c: train(c, progress=not quiet),
+                                        lambda line: print(f"steerguide: {line}", file=sys.stderr))
         except KeyboardInterrupt:
             raise Interrupted(_what_was_kept(Path(config.out), config.checkpoint_every)) from None
     print(folder)

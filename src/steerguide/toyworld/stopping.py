@@ -1,0 +1,124 @@
+"""`steerguide train --toy SUBJECT --stop-when calibrated`: train until the calibration criterion holds
+on validation renders.
+
+The criterion is the one `steerguide toyworld check-personalization` applies (text >= 0.80 x the base
+model's, normalized fidelity in [0.35, 0.85] at CFG w = 5), measured here on what the check never looks
+at, so that the check stays a held-out measurement of a personalization trained under this rule:
+- prompts: captions of `VALIDATION_PROMPTS` new contexts of the subject (background, position, size and
+  second object drawn at random where the photos never were), none of them an evaluation prompt;
+- fidelity references and held-out renders: other draws (`REFERENCE_DRAW`, `HELDOUT_DRAW`) than the
+  check's.
+A miss on fidelity alone (too little of the subject, the prompt kept) can be helped by more steps; a
+miss on text, or fidelity above the band, cannot (training longer only takes more of the prompt away).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from steerguide.errors import UserError
+from steerguide.train.calibration import CRITERION, GUIDANCE_SCALE, SAMPLING_STEPS, assess
+from steerguide.train.stopping import Check, register_rule
+
+VALIDATION_PROMPTS = 8
+VALIDATION_SEEDS = 2
+VALIDATION_DRAW = 7  # `Subject.heldout_specs` seed of the validation contexts
+REFERENCE_DRAW = 2  # ... of the fidelity references (the check uses draw 0)
+HELDOUT_DRAW = 3  # ... of the held-out renders that F_heldout averages over (the check uses draw 1)
+REFERENCES = 8
+HELDOUT_SAMPLES = 32
+
+
+def validation_prompts(subject) -> list[str]:
+    from steerguide.toyworld.world import caption
+
+    prompts: list[str] = []
+    evaluation = set(subject.eval_prompts())
+    # the subject's own look is what is learned: its color and pattern are not asked for; a context drawn
+    # twice is asked once, and none that the evaluation asks for
+    for spec in subject.heldout_specs(8 * VALIDATION_PROMPTS, seed=VALIDATION_DRAW):
+        prompt = caption(spec, drop=frozenset({"color", "pattern"}))
+        if prompt not in prompts and prompt not in evaluation:
+            prompts.append(prompt)
+    return prompts[:VALIDATION_PROMPTS]
+
+
+def more_steps_can_help(result) -> bool:
+    """A miss on fidelity alone, with the prompt kept: training longer takes more of the subject."""
+    return (not result.passed and result.text_ratio >= CRITERION.text_ratio_min
+            and result.normalized_fidelity < CRITERION.fidelity_min)
+
+
+class Calibrated:
+    """The toy calibration criterion on validation renders (module docstring)."""
+
+    name = "calibrated"
+
+    def __init__(self, config) -> None:
+        from steerguide.toyworld.subjects import subject_from_dict
+
+        definition = (config.extra or {}).get("toy_subject_definition")
+        if definition is None:
+            raise UserError("--stop-when calibrated is the toy world's criterion: it needs --toy SUBJECT")
+        self.subject = subject_from_dict(definition)
+        self.prompts = validation_prompts(self.subject)
+        self.steps = SAMPLING_STEPS
+        self._base: tuple[float, float, float] | None = None
+        self._judges: tuple[Any, Any] | None = None
+
+    def judges(self):
+        if self._judges is None:
+            from steerguide import toyworld
+
+            self._judges = (toyworld.TextJudge(), toyworld.FidelityJudge())
+        return self._judges
+
+    def _scores(self, pipe, sampled: list[str], references: list) -> tuple[float, float]:
+        """Mean text and fidelity of `pipe`'s samples of `sampled` (image (i, s) seeded with s); the text
+        judge reads the user's prompts (Custom Diffusion samples with its own new token)."""
+        import torch
+
+        text_judge, fidelity_judge = self.judges()
+        rows = [(i, s) for s in range(VALIDATION_SEEDS) for i in range(len(sampled))]
+        images = pipe([sampled[i] for i, _ in rows], generator=[torch.Generator().manual_seed(s) for _, s in rows],
+                      height=32, width=32, num_inference_steps=self.steps, guidance_scale=GUIDANCE_SCALE).images
+        judged = [self.prompts[i] for i, _ in rows]
+        text = sum(text_judge.score(im, p) for im, p in zip(images, judged, strict=True)) / len(images)
+        fidelity = fidelity_judge.fidelity(images, references)
+        return float(text), float(sum(fidelity) / len(fidelity))
+
+    def check(self, folder: Path) -> Check:
+        from diffusers.utils import logging as dlogging
+
+        from steerguide import toyworld
+        from steerguide.train.results import load_trained
+
+        references = self.subject.heldout_images(REFERENCES, seed=REFERENCE_DRAW)
+        bars = dlogging.is_progress_bar_enabled()
+        dlogging.disable_progress_bar()
+        try:
+            pipe, record = load_trained(folder)
+            sampled = [p.replace(self.subject.token, record["token"]) for p in self.prompts] \
+                if record["token"] != self.subject.token else self.prompts
+            text, fidelity = self._scores(pipe, sampled, references)
+            if self._base is None:
+                base = toyworld.load_base_pipeline(record["base"])
+                text_base, fidelity_base = self._scores(base, self.prompts, references)
+                heldout = self.subject.heldout_images(HELDOUT_SAMPLES, seed=HELDOUT_DRAW)
+                f_heldout = self.judges()[1].fidelity(heldout, references)
+                self._base = (text_base, fidelity_base, float(sum(f_heldout) / len(f_heldout)))
+        finally:
+            if bars:
+                dlogging.enable_progress_bar()
+        text_base, fidelity_base, fidelity_heldout = self._base
+        result = assess(text, text_base, fidelity, fidelity_base, fidelity_heldout)
+        more_helps = more_steps_can_help(result)
+        summary = (f"validation text ratio {result.text_ratio:.2f}, normalized fidelity "
+                   f"{result.normalized_fidelity:.2f}: " + ("holds" if result.passed else f"misses ({result.why})"))
+        row = {k: round(v, 4) if isinstance(v, float) else v
+               for k, v in result.__dict__.items() if k not in ("passed",)}
+        return Check(result.passed, more_helps, summary, row)
+
+
+register_rule("calibrated", Calibrated)
