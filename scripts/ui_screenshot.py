@@ -1,8 +1,9 @@
 """The README's screenshot of `steerguide ui`'s Compare tab on the toy world, taken in Debian's Chromium.
 
-    python scripts/ui_screenshot.py PERSONALIZATION docs/images/ui_compare.png
+    python scripts/ui_screenshot.py docs/images/ui_compare.png [PERSONALIZATION]
 
-PERSONALIZATION: a toy LoRA, e.g. from `steerguide train --toy sks_star --out runs/sks_star`.
+PERSONALIZATION: a toy LoRA (default: the calibrated bnq_triangle LoRA shipped with the demo); the
+prompts are two of its subject's evaluation prompts, at w = 7.5 and PG's default ω = 0.5.
 """
 
 from __future__ import annotations
@@ -22,10 +23,22 @@ from selenium.webdriver.support.ui import WebDriverWait
 from steerguide.ui.app import launch
 from steerguide.ui.studio import Studio
 
-PROMPTS = "a sks star on a teal background\na sks star in the bottom right"
+SUBJECT = "bnq_triangle"
 
 
-def main(personalization: str, out: str) -> None:
+def main(out: str, personalization: str | None = None) -> None:
+    from steerguide.toyworld.assets import shipped_personalizations_path
+    from steerguide.toyworld.subjects import get_subject
+
+    subject = get_subject(SUBJECT)
+    prompts_text = "\n".join(subject.eval_prompts()[:2])
+    if personalization is None:
+        import shutil
+
+        # a copy at a short path, which the page shows
+        personalization = "/tmp/steerguide-ui-shot/bnq_triangle-lora"
+        shutil.rmtree(personalization, ignore_errors=True)
+        shutil.copytree(next(shipped_personalizations_path().glob(f"{SUBJECT}-*")), personalization)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ["SE_OFFLINE"] = "true"
     with socket.socket() as s:
@@ -34,7 +47,7 @@ def main(personalization: str, out: str) -> None:
     demo = launch(Studio(personalization=personalization, workdir="/tmp/steerguide-ui-shot"), port=port, block=False)
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1560"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1760"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     try:
@@ -42,8 +55,8 @@ def main(personalization: str, out: str) -> None:
         WebDriverWait(driver, 60).until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#generate")))
         prompts = driver.find_element(By.CSS_SELECTOR, "#prompts textarea")
         prompts.send_keys(Keys.CONTROL, "a")
-        prompts.send_keys(PROMPTS)
-        for elem_id, value in (("num-images", 3), ("scale", 7.5), ("omega", 0.0)):
+        prompts.send_keys(prompts_text)
+        for elem_id, value in (("num-images", 3), ("scale", 7.5), ("omega", 0.5)):
             box = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type=number]")
             box.send_keys(Keys.CONTROL, "a")
             box.send_keys(str(value), Keys.TAB)
