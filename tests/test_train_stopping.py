@@ -136,8 +136,8 @@ def test_the_calibrated_rule_measures_what_the_check_does_not():
 
 
 def test_only_a_miss_on_fidelity_alone_trains_on():
-    from steerguide.toyworld.stopping import more_steps_can_help
     from steerguide.train.calibration import assess
+    from steerguide.train.stopping import more_steps_can_help
 
     # text, text_base, F, F_base, F_heldout: normalized F = (F - 0) / (1 - 0)
     assert more_steps_can_help(assess(0.9, 1.0, 0.2, 0.0, 1.0))  # too little of the subject, prompt kept
@@ -171,7 +171,7 @@ def test_cli_refusals(tmp_path, capsys):
 
     for args, message in [
         (["--stop-when", "nonsense"], "--stop-when 'nonsense': unknown stopping rule (known: calibrated"),
-        (["--check-every", "50"], "--check-every and --max-steps go with --stop-when RULE"),
+        (["--check-every", "50"], "--check-every, --max-steps, --judge-dino and --judge-clip go with --stop-when RULE"),
         (["--stop-when", "calibrated", "--lr-scheduler", "cosine"], "--lr-scheduler constant"),
     ]:
         code = run(["train", "--toy", "sks_star", "--out", str(tmp_path / "x"), *args])
@@ -185,3 +185,49 @@ def test_calibrated_needs_a_toy_subject(tiny_model_dir, photo_dir, tmp_path):
 
     with pytest.raises(UserError, match="it needs --toy SUBJECT"):
         rule_for("calibrated", config(tiny_model_dir("sd15"), photo_dir, tmp_path))
+
+
+@pytest.fixture(scope="module")
+def judges(tmp_path_factory):
+    from steerguide.evaluate.testing import save_tiny_clip, save_tiny_vit
+
+    root = tmp_path_factory.mktemp("judges")
+    return str(save_tiny_vit(root / "vit")), str(save_tiny_clip(root / "clip"))
+
+
+def test_dreambench_rule_against_the_judges_by_hand(tiny_model_dir, photo_dir, tmp_path, judges):
+    """On a LoRA that has learned nothing (lr 1e-12) the personalized samples are the base model's: text
+    = base text and F = F_base, which holds only if both are sampled on the same prompts and seeds; F_photos is
+    the leave-one-out DINO similarity of the photos, computed here from the embeddings."""
+    import numpy as np
+
+    from steerguide.evaluate.metrics import DinoMetric
+    from steerguide.evaluate.stopping import DreamBenchRule
+    from steerguide.train.data import load_images
+
+    dino, clip = judges
+    c = config(tiny_model_dir("sd15"), photo_dir, tmp_path / "real", learning_rate=1e-12,
+               validation_inference_steps=2)
+    folder = quiet_train(c)
+    found = DreamBenchRule(c, dino=dino, clip=clip).check(folder)
+    emb = DinoMetric(dino).embed([im for _, im in load_images(photo_dir)]).numpy()
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    sims = emb @ emb.T
+    leave_one_out = np.mean([(sims[i].sum() - sims[i, i]) / (len(emb) - 1) for i in range(len(emb))])
+    assert found.row["fidelity_heldout"] == pytest.approx(leave_one_out, abs=1e-4)
+    assert found.row["text"] == pytest.approx(found.row["text_base"], abs=1e-4)  # (random CLIP: may be < 0)
+    assert found.row["fidelity"] == pytest.approx(found.row["fidelity_base"], abs=1e-3)
+
+
+def test_dreambench_rule_refusals(tiny_model_dir, photo_dir, tmp_path, judges):
+    from steerguide.evaluate.stopping import DreamBenchRule
+
+    dino, clip = judges
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.png").write_bytes((photo_dir / sorted(p.name for p in photo_dir.iterdir())[0]).read_bytes())
+    with pytest.raises(UserError, match="needs at least 2 photos"):
+        DreamBenchRule(config(tiny_model_dir("sd15"), one, tmp_path / "o"), dino=dino, clip=clip)
+    with pytest.raises(UserError, match="DINO"):
+        DreamBenchRule(config(tiny_model_dir("sd15"), photo_dir, tmp_path / "o"), dino=str(tmp_path / "nope"),
+                       clip=clip)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-BUILTIN = ("steerguide.toyworld.stopping",)
+BUILTIN = ("steerguide.toyworld.stopping", "steerguide.evaluate.stopping")
 _loaded = False
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from steerguide.errors import UserError
-from steerguide.train.calibration import CRITERION, GUIDANCE_SCALE, SAMPLING_STEPS, assess
-from steerguide.train.stopping import Check, register_rule
+from steerguide.train.calibration import GUIDANCE_SCALE, SAMPLING_STEPS, assess
+from steerguide.train.stopping import Check, more_steps_can_help, register_rule
 
 VALIDATION_PROMPTS = 8
 VALIDATION_SEEDS = 2
@@ -44,18 +44,12 @@ def validation_prompts(subject) -> list[str]:
     return prompts[:VALIDATION_PROMPTS]
 
 
-def more_steps_can_help(result) -> bool:
-    """A miss on fidelity alone, with the prompt kept: training longer takes more of the subject."""
-    return (not result.passed and result.text_ratio >= CRITERION.text_ratio_min
-            and result.normalized_fidelity < CRITERION.fidelity_min)
-
-
 class Calibrated:
     """The toy calibration criterion on validation renders (module docstring)."""
 
     name = "calibrated"
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, **_judges) -> None:
         from steerguide.toyworld.subjects import subject_from_dict
 
         definition = (config.extra or {}).get("toy_subject_definition")

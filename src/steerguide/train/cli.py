@@ -144,10 +144,16 @@ def train_command(
     stop_when: Annotated[
         str | None,
         typer.Option("--stop-when", help="Train until this rule holds on validation renders, checked at --steps "
-                     "and every --check-every steps after: 'calibrated' (toy subjects: the calibration "
-                     "criterion). Default: train --steps steps."),
+                     "and every --check-every steps after: 'calibrated' (toy subjects) or 'dreambench' (real "
+                     "photos: DINO and CLIP-T), the calibration criterion. Default: train --steps steps."),
     ] = None,
     check_every: Annotated[int, typer.Option("--check-every", help="With --stop-when: steps between checks.")] = 100,
+    judge_dino: Annotated[
+        str | None, typer.Option("--judge-dino", help="With --stop-when dreambench: the DINO model (hub id or folder).")
+    ] = None,
+    judge_clip: Annotated[
+        str | None, typer.Option("--judge-clip", help="With --stop-when dreambench: the CLIP model (hub id or folder).")
+    ] = None,
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="With --stop-when: the most steps (default: 3 x --steps).")
     ] = None,
@@ -220,9 +226,9 @@ def train_command(
 
         max_steps = 3 * config.steps if max_steps is None else max_steps
         check_schedule(config, check_every, max_steps)  # before any work
-        rule = rule_for(stop_when, config)
-    elif _given(ctx, "check_every") or _given(ctx, "max_steps"):
-        raise UserError("--check-every and --max-steps go with --stop-when RULE")
+        rule = rule_for(stop_when, config, dino=judge_dino, clip=judge_clip)
+    elif any(_given(ctx, name) for name in ("check_every", "max_steps", "judge_dino", "judge_clip")):
+        raise UserError("--check-every, --max-steps, --judge-dino and --judge-clip go with --stop-when RULE")
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         if issubclass(category, TrainWarning):

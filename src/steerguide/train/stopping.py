@@ -7,7 +7,7 @@ checkpoint of the step reached: the same run as one uninterrupted training of th
 already lost), or at `max_steps`; `OUT/stopping.json` records every check and which ended it.
 
 A rule is named on the command line (`steerguide train --stop-when NAME`); rules are registered by name
-(`register_rule`), the toy world's `calibrated` among them.
+(`register_rule`): the toy world's `calibrated`, and `dreambench` for real photos (`evaluate.stopping`).
 """
 
 from __future__ import annotations
@@ -41,22 +41,33 @@ class StoppingRule(Protocol):
     def check(self, folder: Path) -> Check: ...
 
 
-_RULES: dict[str, Callable[[TrainConfig], StoppingRule]] = {}
+_RULES: dict[str, Callable[..., StoppingRule]] = {}
 
 
-def register_rule(name: str, factory: Callable[[TrainConfig], StoppingRule]) -> None:
-    """Make `--stop-when NAME` build its rule with `factory(config)` (which may refuse the config)."""
+def more_steps_can_help(result) -> bool:
+    """For a rule on the calibration criterion: a miss on fidelity alone, with the prompt kept, is what
+    training longer can mend (it takes more of the subject); a lost prompt or too much of the subject it
+    only makes worse."""
+    from steerguide.train.calibration import CRITERION
+
+    return (not result.passed and result.text_ratio >= CRITERION.text_ratio_min
+            and result.normalized_fidelity < CRITERION.fidelity_min)
+
+
+def register_rule(name: str, factory: Callable[..., StoppingRule]) -> None:
+    """Make `--stop-when NAME` build its rule with `factory(config, dino=..., clip=...)` (the judges the
+    user named, or None; the factory may refuse the config)."""
     _RULES[name] = factory
 
 
-def rule_for(name: str, config: TrainConfig) -> StoppingRule:
+def rule_for(name: str, config: TrainConfig, dino: str | None = None, clip: str | None = None) -> StoppingRule:
     from steerguide.plugins import load_plugins
 
     load_plugins()
     if name not in _RULES:
         known = ", ".join(sorted(_RULES)) or "none"
         raise UserError(f"--stop-when {name!r}: unknown stopping rule (known: {known})")
-    return _RULES[name](config)
+    return _RULES[name](config, dino=dino, clip=clip)
 
 
 def check_schedule(config: TrainConfig, every: int, max_steps: int) -> None:
