@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from steerguide.errors import UserError
-from steerguide.files import FolderLock, check_writable, save_image_atomic, versions, write_json_atomic
+from steerguide.files import versions
 from steerguide.guidance import GuidanceConfig
+from steerguide.run_folder import Refusals, RunFolder
 from steerguide.sampling import _progress, sample
 
 RUN_JSON = "run.json"
@@ -60,49 +61,42 @@ def _batches(todo: list[tuple[int, int]], batch_size: int) -> list[list[tuple[in
     return calls
 
 
+GENERATE_REFUSALS = Refusals(
+    file="output folder {out} is not writable: it is a file",
+    foreign=f"output folder {{out}} is not empty and holds no {RUN_JSON} of steerguide generate; "
+    "give a new or empty folder",
+    other="output folder {out} holds another run (different {different}); give a new "
+    "folder, or --overwrite to replace it",
+)
+
+
+def run_folder(out: Path) -> RunFolder:
+    """`out` as generate's run folder: run.json names the run; hidden files (the lock) do not count."""
+    return RunFolder(out, RUN_JSON, ignore_hidden=True)
+
+
+def _image_files(record: dict) -> list[str]:
+    """The images (and a video's frame PNGs) an earlier run.json lists, by name in the folder."""
+    names = []
+    for entry in record.get("images", []):
+        name = Path(str(entry.get("file", ""))).name if isinstance(entry, dict) else ""
+        if name.endswith((".png", ".gif")):
+            names.append(name)
+        for frame in entry.get("frames", []) if isinstance(entry, dict) else []:
+            if str(frame).endswith(".png"):
+                names.append(Path(str(frame)).name)
+    return names
+
+
 def check_generate_out(out: Path, identity: dict, overwrite: bool) -> tuple[dict | None, list[Path]]:
     """Check `out` before any work. Returns the earlier record to continue (if the folder holds this run)
     and the files of another run to remove once the model has loaded (with `overwrite`).
 
     Refused: a file; a folder of another run (unless `overwrite`); a non-empty folder without run.json
     (not ours to add to)."""
-    import json
-
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output folder {out} is not writable: it is a file")
-    record_path = out / RUN_JSON
-    visible = [p for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
-    if not visible:
-        check_writable(out)
-        return None, []
-    if not record_path.is_file():
-        raise UserError(
-            f"output folder {out} is not empty and holds no {RUN_JSON} of steerguide generate; "
-            "give a new or empty folder"
-        )
-    try:
-        earlier = json.loads(record_path.read_text())
-        different = [k for k in IDENTITY if earlier.get(k) != identity[k]]
-    except (ValueError, AttributeError):
-        earlier, different = {}, ["(unreadable run.json)"]
-    if not different:
-        check_writable(out)
-        return earlier, []
-    if not overwrite:
-        raise UserError(
-            f"output folder {out} holds another run (different {', '.join(different)}); give a new "
-            "folder, or --overwrite to replace it"
-        )
-    replaced = [record_path]
-    for entry in earlier.get("images", []) if isinstance(earlier, dict) else []:
-        name = Path(str(entry.get("file", ""))).name if isinstance(entry, dict) else ""
-        if name.endswith((".png", ".gif")):
-            replaced.append(out / name)
-        for frame in entry.get("frames", []) if isinstance(entry, dict) else []:  # a video's PNGs
-            if str(frame).endswith(".png"):
-                replaced.append(out / Path(str(frame)).name)
-    check_writable(out)
-    return None, replaced
+    decision = run_folder(out).decide(GENERATE_REFUSALS, identity, keys=IDENTITY, overwrite=overwrite,
+                                      files_of=_image_files)
+    return decision.earlier, decision.replaced
 
 
 def _remove_dead_temporaries(out: Path) -> None:
@@ -211,7 +205,7 @@ def generate(
     check_generate_out(out, identity, overwrite)  # refused here, nothing is made
     # One run at a time writes into a folder: two started together would mix their images under one
     # run.json. Under the lock the folder is looked at again (the other run may have just written it).
-    lock = FolderLock(out, "output folder")
+    lock = run_folder(out).lock()
     try:
         lock.acquire()
         earlier, replaced = check_generate_out(out, identity, overwrite)
@@ -293,8 +287,9 @@ def _generate(base, personalization, config, prompts, out, identity, earlier, re
     def save() -> None:
         record["images"] = [files[k] for k in sorted(files)]
         record.update(totals)
-        write_json_atomic(out / RUN_JSON, record)
+        folder.write_record(record)
 
+    folder = run_folder(out)
     save()
     todo = [(p, i) for p in range(len(prompts)) for i in range(num_images) if (p, i) not in files]
     calls = _batches(todo, batch_size)
@@ -326,7 +321,7 @@ def _generate(base, personalization, config, prompts, out, identity, earlier, re
 
                         entry = save_video(image, out, name.removesuffix(".png"))
                     else:
-                        save_image_atomic(image, out / name)
+                        folder.save_image(image, name)
                         entry = {"file": name}
                     files[(p, i)] = {**entry, "prompt": prompts[p], "prompt_index": p, "image_index": i,
                                      "seed": seed + i}
