@@ -73,7 +73,8 @@ def test_another_run_a_foreign_folder_and_a_file_are_refused_in_one_line(tmp_pat
 
 
 def test_overwrite_names_the_other_runs_files_and_removes_none_yet(tmp_path):
-    out = made(tmp_path, {**IDENTITY, "seed": 4, "images": ["a.png", "b.png"]}, ("a.png", "b.png", "mine.txt"))
+    record = {**IDENTITY, "seed": 4, "images": ["a.png", "b.png"]}
+    out = made(tmp_path, record, ("a.png", "b.png", "mine.txt"))
     decision = RunFolder(out).decide(
         REFUSALS, IDENTITY, keys=KEYS, overwrite=True, files_of=lambda record: record["images"]
     )
@@ -127,3 +128,9 @@ def test_one_process_at_a_time_holds_the_lock(tmp_path):
     finally:
         first.release()
     RunFolder(tmp_path / "out").lock().acquire().release()
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(UserError, match=r"^--out .*sub is not writable: .*a-file is a file$"):
+        RunFolder(tmp_path / "a-file" / "sub", what="--out").decide(REFUSALS, IDENTITY, keys=KEYS)

@@ -110,22 +110,25 @@ class RunFolder:
     ) -> Decision:
         """Resume, refuse (one line, `UserError`) or overwrite, before any work; creates nothing.
 
-        Without `identity` any run of ours is continued (its record is not read). With it, the record must hold the same values
-        (`keys`, or all but `ignore`); another run is refused, or with `overwrite` replaced: its record and
-        the files `files_of(record)` names go (see `Decision`)."""
+        Without `identity` any run of ours is continued (its record is not read). With it, the record must
+        hold the same values (`keys`, or all but `ignore`); another run is refused, or with `overwrite`
+        replaced: its record and the files `files_of(record)` names go (see `Decision`). A folder that
+        passes is then checked to be writable (`files.check_writable`)."""
+        decision = self._decide(refusals, identity, keys, ignore, overwrite, files_of)
+        check_writable(self.path, self.what)
+        return decision
+
+    def _decide(self, refusals, identity, keys, ignore, overwrite, files_of) -> Decision:
         out, record = str(self.path), str(self.record_path)
         if refusals.file is not None and self.path.exists() and not self.path.is_dir():
             raise UserError(refusals.file.format(out=out))
         if not self.entries():
-            check_writable(self.path, self.what)
             return Decision()
         if not self.is_ours():
             if refusals.foreign is not None:
                 raise UserError(refusals.foreign.format(out=out, record=record))
-            check_writable(self.path, self.what)
             return Decision()
         if identity is None:
-            check_writable(self.path, self.what)
             return Decision()
         try:
             earlier = self.read_record()
@@ -135,16 +138,13 @@ class RunFolder:
             earlier, different = {}, [f"(unreadable {self.record_path.name})"]
         else:
             if earlier is None:  # ours by a mark only: stopped before the record was written
-                check_writable(self.path, self.what)
                 return Decision()
             different = self.differences(earlier, identity, keys, ignore)
         if not different or refusals.other is None:
-            check_writable(self.path, self.what)
             return Decision(earlier)
         if not overwrite:
             raise UserError(refusals.other.format(out=out, record=record, different=", ".join(different)))
         replaced = [self.record_path] + [self.path / name for name in (files_of(earlier) if files_of else [])]
-        check_writable(self.path, self.what)
         return Decision(None, replaced)
 
     # -- writing into it

@@ -1,5 +1,6 @@
-"""LoRA in the diffusers, PEFT or kohya format, and PEFT's other adapter types (LyCORIS: LoHa, LoKr, ...):
-loaded as an adapter beside the ones the user has on, and realized by per-row scales (`weak.RowScaledLora`)."""
+"""LoRA in the diffusers, PEFT or kohya format, and PEFT's other adapter types (LyCORIS: LoHa, LoKr,
+...): loaded as an adapter beside the ones the user has on, and realized by per-row scales
+(`weak.RowScaledLora`)."""
 
 from __future__ import annotations
 

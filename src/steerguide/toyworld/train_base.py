@@ -333,7 +333,9 @@ def check_outputs(out: Path, work: Path) -> None:
     check_writable(out, "--out")
     check_writable(work, "--work")
     pipeline = RunFolder(out, None, what="--out", marks=("model_index.json",))  # an earlier one is replaced
-    pipeline.decide(Refusals(foreign="--out {out} is not empty and holds no pipeline; give a new or empty folder"))
+    pipeline.decide(
+        Refusals(foreign="--out {out} is not empty and holds no pipeline; give a new or empty folder")
+    )
 
 
 def train_base(out: Path, work: Path, cfg: TrainConfig, progress: Progress | None = None) -> dict:

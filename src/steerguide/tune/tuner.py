@@ -104,11 +104,13 @@ def check_tune_out(out: str | Path) -> Path:
     out = Path(out)
     # an earlier tuning's, perhaps stopped while training; probes.jsonl's keys tell its problems apart
     folder = RunFolder(out, None, what="--out", marks=("probes.jsonl", "personalizations"))
-    folder.decide(Refusals(
-        file="--out {out} is an existing file, not a folder",
-        foreign="--out {out} is a non-empty folder without probes.jsonl: steerguide does not add to folders it "
-        "did not make; give a new or empty folder, or an earlier tuning's",
-    ))
+    folder.decide(
+        Refusals(
+            file="--out {out} is an existing file, not a folder",
+            foreign="--out {out} is a non-empty folder without probes.jsonl: steerguide does not add to "
+            "folders it did not make; give a new or empty folder, or an earlier tuning's",
+        )
+    )
     return out
 
 
