@@ -40,35 +40,35 @@ def bad(capsys, argv: list[str], code: int = 2) -> str:
     ],
 )
 def test_unexpected_error_inside_a_command_is_one_line(capsys, monkeypatch, tmp_path, raised, code, needle):
-    import steerguide.sampling
+    import steerguide.generation
 
     def explode(*args, **kwargs):
         raise raised
 
     monkeypatch.delenv("STEERGUIDE_DEBUG", raising=False)
-    monkeypatch.setattr(steerguide.sampling, "generate", explode)
+    monkeypatch.setattr(steerguide.generation, "generate", explode)
     line = bad(capsys, ["generate", "--method", "cfg", "-p", "x", "--out", tmp_path / "o"], code)
     assert needle in line, line
 
 
 def test_exit_raised_inside_a_command_keeps_its_status(capsys, monkeypatch, tmp_path):
-    import steerguide.sampling
+    import steerguide.generation
 
     def leave(*args, **kwargs):
         raise typer.Exit(3)
 
-    monkeypatch.setattr(steerguide.sampling, "generate", leave)
+    monkeypatch.setattr(steerguide.generation, "generate", leave)
     assert run(["generate", "--method", "cfg", "-p", "x", "--out", str(tmp_path / "o")]) == 3
 
 
 def test_debug_shows_the_traceback(monkeypatch, tmp_path):
-    import steerguide.sampling
+    import steerguide.generation
 
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
     monkeypatch.setenv("STEERGUIDE_DEBUG", "1")
-    monkeypatch.setattr(steerguide.sampling, "generate", explode)
+    monkeypatch.setattr(steerguide.generation, "generate", explode)
     with pytest.raises(RuntimeError, match="boom"):
         run(["generate", "--method", "cfg", "-p", "x", "--out", str(tmp_path / "o")])
 
@@ -128,8 +128,8 @@ def test_generate_bad_numbers(capsys, tmp_path, args, needle):
 
 def test_generate_python_api_says_the_same(tmp_path):
     from steerguide.errors import UserError
+    from steerguide.generation import generate
     from steerguide.guidance import GuidanceConfig
-    from steerguide.sampling import generate
 
     with pytest.raises(UserError, match="--height must be a multiple of 8 from 8 to 4096, got 7"):
         generate("toy", None, GuidanceConfig("cfg"), ["x"], tmp_path / "o", height=7)

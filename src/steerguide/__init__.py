@@ -21,7 +21,7 @@ _WHERE = {
     "load_pipeline": "steerguide.loading",
     "Personalization": "steerguide.personalization",
     "SampleResult": "steerguide.sampling",
-    "generate": "steerguide.sampling",
+    "generate": "steerguide.generation",
     "sample": "steerguide.sampling",
 }
 
@@ -41,7 +41,8 @@ __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
 
 if TYPE_CHECKING:  # what type checkers and editors see
     from steerguide.denoiser import Counters, guided
+    from steerguide.generation import generate
     from steerguide.guidance import GuidanceConfig, guide
     from steerguide.loading import load_personalization, load_pipeline
     from steerguide.personalization import Personalization
-    from steerguide.sampling import SampleResult, generate, sample
+    from steerguide.sampling import SampleResult, sample

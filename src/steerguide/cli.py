@@ -137,9 +137,9 @@ def generate_command(
     """Generate images with CFG, autoguidance or personalization guidance."""
     from steerguide import limits
     from steerguide.files import read_prompts
+    from steerguide.generation import generate
     from steerguide.guidance import GuidanceConfig
     from steerguide.progress import console
-    from steerguide.sampling import generate
 
     if guidance_start == guidance_stop:  # start > stop: GuidanceConfig's message
         limits.guidance_interval("guidance interval", guidance_start, guidance_stop)

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from steerguide.errors import UserError
+from steerguide.run_folder import Refusals, RunFolder
 
 FIDELITY_METRIC, TEXT_METRIC = "toy_fidelity", "toy_text"
 
@@ -106,23 +107,18 @@ def _check_out(out: Path) -> None:
         raise UserError(f"cannot write to --out {str(out)!r}: {e.strerror or e}") from None
 
 
+DEMO_REFUSALS = Refusals(
+    foreign="{out!r} holds results of something else; give the demo another --out",
+    unreadable="{record!r} is not valid JSON; give the demo another --out",
+    other="{out!r} holds another demo or sweep (other subject or settings); give the demo another --out",
+)
+
+
 def _check_same_demo(out: Path, config) -> None:
     """A rerun resumes only the same demo: rows of another subject or size would mix into the report."""
-    previous = out / "sweep.json"
-    if not previous.is_file():
-        if (out / "results.jsonl").exists():
-            raise UserError(f"{str(out)!r} holds results of something else; give the demo another --out")
-        return
-    try:
-        recorded = json.loads(previous.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"{str(previous)!r} is not valid JSON; give the demo another --out") from None
-    recorded.pop("metric_axes", None)
-    if recorded != json.loads(json.dumps(config.to_json())):
-        raise UserError(
-            f"{str(out)!r} holds another demo or sweep (other subject or settings); "
-            "give the demo another --out"
-        )
+    # the sweep's record: the whole config (less the metrics' axes, written beside it)
+    folder = RunFolder(out, "sweep.json", contents=("results.jsonl", "sweep.json"))
+    folder.decide(DEMO_REFUSALS, json.loads(json.dumps(config.to_json())), ignore=("metric_axes",))
 
 
 def run_demo(

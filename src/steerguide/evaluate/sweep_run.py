@@ -29,6 +29,7 @@ from steerguide.evaluate.sweep_grid import Row, batches, expand, shard
 from steerguide.evaluate.sweep_sampler import check_inputs, make_sampler
 from steerguide.files import check_writable, save_image_atomic, write_json_atomic
 from steerguide.progress import start_bar
+from steerguide.run_folder import Refusals, RunFolder
 
 POLL_SECONDS = 0.5  # how often a sweep looks whether rows another sweep holds are done
 
@@ -92,9 +93,8 @@ def check_out(out: str | Path, create: bool = True) -> Path:
     """The output folder, checked before any work: not an existing file, and writable. `create=False` (a
     dry run) checks the same but leaves nothing behind (`check_writable` creates nothing)."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output folder {out} is an existing file, not a folder")
-    check_writable(out)
+    # any folder: results.jsonl's row keys tell what is done, so a sweep adds to what is there
+    RunFolder(out, None).decide(Refusals(file="output folder {out} is an existing file, not a folder"))
     if create:
         out.mkdir(parents=True, exist_ok=True)
     return out

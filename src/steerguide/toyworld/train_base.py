@@ -327,13 +327,15 @@ def drop_local_paths(folder: Path) -> None:
 
 def check_outputs(out: Path, work: Path) -> None:
     """Both folders writable, `out` new, empty or a pipeline folder (replaced): before minutes of work."""
-    from steerguide.errors import UserError
     from steerguide.files import check_writable
+    from steerguide.run_folder import Refusals, RunFolder
 
     check_writable(out, "--out")
     check_writable(work, "--work")
-    if out.is_dir() and any(out.iterdir()) and not (out / "model_index.json").exists():
-        raise UserError(f"--out {out} is not empty and holds no pipeline; give a new or empty folder")
+    pipeline = RunFolder(out, None, what="--out", marks=("model_index.json",))  # an earlier one is replaced
+    pipeline.decide(
+        Refusals(foreign="--out {out} is not empty and holds no pipeline; give a new or empty folder")
+    )
 
 
 def train_base(out: Path, work: Path, cfg: TrainConfig, progress: Progress | None = None) -> dict:

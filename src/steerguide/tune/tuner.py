@@ -99,18 +99,18 @@ def check_budget(budget: int, images_per_probe: int) -> int:
 
 def check_tune_out(out: str | Path) -> Path:
     """--out: absent, empty, or an earlier tuning's folder (it holds probes.jsonl): checked before any work."""
-    from steerguide.files import check_writable
+    from steerguide.run_folder import Refusals, RunFolder
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is an existing file, not a folder")
-    ours = ("probes.jsonl", "personalizations")  # an earlier tuning's, perhaps stopped while training
-    if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in ours):
-        raise UserError(
-            f"--out {out} is a non-empty folder without probes.jsonl: steerguide does not add to folders it "
-            "did not make; give a new or empty folder, or an earlier tuning's"
+    # an earlier tuning's, perhaps stopped while training; probes.jsonl's keys tell its problems apart
+    folder = RunFolder(out, None, what="--out", marks=("probes.jsonl", "personalizations"))
+    folder.decide(
+        Refusals(
+            file="--out {out} is an existing file, not a folder",
+            foreign="--out {out} is a non-empty folder without probes.jsonl: steerguide does not add to "
+            "folders it did not make; give a new or empty folder, or an earlier tuning's",
         )
-    check_writable(out, "--out")
+    )
     return out
 
 
