@@ -22,6 +22,7 @@ from steerguide.errors import UserError
 from steerguide.files import FolderLock, check_writable, save_image_atomic, versions, write_json_atomic
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
+from steerguide.progress import bar as progress_bar
 
 
 @dataclass
@@ -35,28 +36,6 @@ class SampleResult:
     seconds: float
     omegas: list[float | None] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
-
-
-def _progress(total: int, enabled: bool, description: str):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )
 
 
 def sample(
@@ -127,7 +106,7 @@ def sample(
 
     start = time.perf_counter()
     with (
-        _progress(len(batches) * steps, progress, f"{config.method} w={config.scale:g}") as bar,
+        progress_bar(progress) as bar,
         guided(pipe, personalization, config) as wrapper,
     ):
         task = bar.add_task(
@@ -454,7 +433,7 @@ def _generate(base, personalization, config, prompts, out, identity, earlier, re
     save()
     todo = [(p, i) for p in range(len(prompts)) for i in range(num_images) if (p, i) not in files]
     calls = _batches(todo, batch_size)
-    with _progress(len(calls) * steps, progress and bool(calls), "") as bar:
+    with progress_bar(progress and bool(calls)) as bar:
         task = bar.add_task(
             f"{len(todo)} images ({config.method}, w={config.scale:g})"
             + (f", {len(files)} already there" if files else ""),
