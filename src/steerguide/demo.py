@@ -11,7 +11,6 @@ The demo is a thin workflow over `steerguide.evaluate.sweep` (resumable rows, ca
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from steerguide.errors import UserError
+from steerguide.typeset import font, mean_ci_text, png_data_uri, wrap
 
 FIDELITY_METRIC, TEXT_METRIC = "toy_fidelity", "toy_text"
 
@@ -279,28 +279,6 @@ def _showcase_rows(out: Path, subject, num_prompts: int | None) -> tuple[dict, l
     return chosen, found
 
 
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        import matplotlib
-
-        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"), size)
-    except (ImportError, OSError):
-        return ImageFont.load_default()
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return [*lines, line] if line else lines
-
-
 def showcase(out: str | Path, subject, num_prompts: int | None = None):
     """The demo's first picture: the subject's photos, then for a few of its prompts the CFG, AG and PG
     images (first seed) at each method's setting chosen by `choose_showcase_settings`, upscaled
@@ -318,7 +296,7 @@ def showcase(out: str | Path, subject, num_prompts: int | None = None):
     height = top + photo_block + 26 + len(entries) * (cell + label_h + pad)
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
-    big, small = _font(15), _font(12)
+    big, small = font(15), font(12)
     draw.text((pad, 6), f"{subject.name}: the photos it learns from, and what each method draws", fill="black",
               font=big)
     y = top
@@ -331,7 +309,7 @@ def showcase(out: str | Path, subject, num_prompts: int | None = None):
         draw.text((left + j * (cell + pad), y + 4), chosen[method]["label"], fill="black", font=small)
     y += 26
     for prompt, by_method in entries:
-        for k, line in enumerate(_wrap(prompt, 28)[:5]):
+        for k, line in enumerate(wrap(prompt, 28)[:5]):
             draw.text((pad, y + 4 + 16 * k), line, fill="black", font=small)
         for j, method in enumerate(methods):
             x = left + j * (cell + pad)
@@ -352,7 +330,6 @@ def showcase_html(out: str | Path, subject, picture, num_prompts: int | None = N
     """The report's first section: the showcase picture and the per-image scores in it."""
     import html
 
-    from steerguide.evaluate.report import _b64_png
 
     esc = html.escape
     lines = []
@@ -369,16 +346,10 @@ def showcase_html(out: str | Path, subject, picture, num_prompts: int | None = N
         "<p>Each method's setting is the one the tuner's balanced objective (min-max normalized fidelity + "
         f"text, over all the demo's settings) ranks first on {where}: the same rule for every method, "
         "fixed before any image.</p>"
-        f'<img class="grid" src="{_b64_png(picture)}" alt="showcase">'
+        f'<img class="grid" src="{png_data_uri(picture)}" alt="showcase">'
         "<table><tr><th>prompt</th><th>setting</th><th>fidelity</th><th>text</th></tr>"
         + "".join(lines) + "</table>"
     )
-
-
-def _fmt(mean: float, ci: float) -> str:
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:.3f}" if math.isnan(ci) else f"{mean:.3f} ± {ci:.3f}"
 
 
 def result_table(result: DemoResult):
@@ -405,8 +376,8 @@ def result_table(result: DemoResult):
             s.method.upper(),
             f"{s.scale:g}",
             omega,
-            _fmt(*s.stats[FIDELITY_METRIC]),
-            _fmt(*s.stats[TEXT_METRIC]),
+            mean_ci_text(*s.stats[FIDELITY_METRIC], digits=3),
+            mean_ci_text(*s.stats[TEXT_METRIC], digits=3),
             str(s.n),
         )
     return table
