@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from steerguide.errors import UserError
+from steerguide.quiet import libraries_quieted
 from steerguide.typeset import font, mean_ci_text, png_data_uri, wrap
 
 FIDELITY_METRIC, TEXT_METRIC = "toy_fidelity", "toy_text"
@@ -383,26 +383,6 @@ def result_table(result: DemoResult):
     return table
 
 
-@contextmanager
-def _quiet_libraries():
-    """No "Loading pipeline components" bars or library chatter inside the demo's own progress bars."""
-    from diffusers.utils import logging as dlogging
-    from transformers.utils import logging as tlogging
-
-    verbosity = (dlogging.get_verbosity(), tlogging.get_verbosity())
-    bars = (dlogging.is_progress_bar_enabled(), tlogging.is_progress_bar_enabled())
-    for lib in (dlogging, tlogging):
-        lib.disable_progress_bar()
-        lib.set_verbosity_error()
-    try:
-        yield
-    finally:
-        for lib, bar, level in zip((dlogging, tlogging), bars, verbosity, strict=True):
-            lib.set_verbosity(level)
-            if bar:
-                lib.enable_progress_bar()
-
-
 def demo(
     out: Annotated[
         Path,
@@ -459,7 +439,7 @@ def demo(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with _quiet_libraries():
+        with libraries_quieted():
             result = run_demo(
                 out,
                 subject,
