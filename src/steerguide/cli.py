@@ -16,7 +16,7 @@ from pathlib import Path
 
 import typer
 
-from steerguide.errors import Interrupted, SteerguideWarning, UserError
+from steerguide.errors import Interrupted, SteerguideWarning, UserError, first_line
 from steerguide.quiet import quiet_libraries
 
 # The parser's exceptions live in click (typer < 0.25) or in typer's vendored copy of it (typer._click):
@@ -268,7 +268,7 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 (last resort: a bug, still one line)
         if os.environ.get("STEERGUIDE_DEBUG"):
             raise
-        detail = f": {str(e).strip().splitlines()[0]}" if str(e).strip() else ""
+        detail = f": {first_line(e)}" if first_line(e) else ""
         _say(
             f"error: internal error: {type(e).__name__}{detail} "
             "(a bug in steerguide; STEERGUIDE_DEBUG=1 shows the traceback)"

@@ -12,7 +12,7 @@ import typer
 from PIL import Image
 
 from steerguide import limits
-from steerguide.errors import Interrupted, UserError
+from steerguide.errors import Interrupted, UserError, first_line
 from steerguide.files import check_writable, check_writable_file, save_image_atomic
 from steerguide.images import open_rgb
 from steerguide.progress import bar as progress_bar
@@ -294,7 +294,7 @@ def _load_pipeline(load, model: Path | None):
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 (e.g. a truncated safetensors file: SafetensorError)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first_line(e)
         raise UserError(f"cannot load the pipeline at {model}: {type(e).__name__}: {first}") from None
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from steerguide.errors import UserError
+from steerguide.errors import UserError, first_line
 
 
 @dataclass
@@ -87,7 +87,7 @@ def load_base(path: str | Path) -> Base:
             warnings.simplefilter("ignore")
             pipe = DiffusionPipeline.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 (a broken or partial folder: one line, no traceback)
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e) or type(e).__name__
         raise UserError(f"cannot load base model {path}: {first}") from None
     finally:  # as the caller had them (the demo keeps them off)
         if bars[0]:
