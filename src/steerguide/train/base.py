@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from steerguide.errors import UserError, first_line
+from steerguide.families import text_encoders
 
 
 @dataclass
@@ -33,8 +34,7 @@ class Base:
 
     @property
     def text_encoders(self) -> list[torch.nn.Module]:
-        names = ("text_encoder", "text_encoder_2")
-        return [getattr(self.pipe, n) for n in names if getattr(self.pipe, n, None) is not None]
+        return list(text_encoders(self.pipe).values())
 
     @property
     def native_resolution(self) -> int:
