@@ -171,7 +171,7 @@ def test_sweep_seeds_outside_the_range(capsys, tmp_path, seeds, needle):
 
 @needs_sample
 def test_sweep_of_too_many_rows_is_refused_before_they_are_made(capsys, tmp_path):
-    from steerguide.evaluate.sweep_grid import MAX_ROWS
+    from steerguide.sweep.grid import MAX_ROWS
 
     scales = [1.0 + k / 100 for k in range(MAX_ROWS // (10_000 * 6) + 1)]
     config = write_yaml(tmp_path / "s.yaml", fake_sweep(seeds=10_000, guidance={"cfg": {"scale": scales}}))

@@ -66,7 +66,7 @@ def test_toy_fidelity_metric_prefers_the_subject_itself():
 
 @pytest.mark.skipif(not _fidelity_weights_present(), reason="toy fidelity judge weights not shipped yet")
 def test_toy_sweep_rows_carry_the_toy_metrics(tmp_path: Path):
-    from steerguide.evaluate.sweep import parse_config, run_sweep
+    from steerguide.sweep import parse_config, run_sweep
     from steerguide.testing.sweep import NoiseSampler
 
     cfg = parse_config(

@@ -68,7 +68,7 @@ def test_summarize_groups_by_setting_over_subjects_prompts_and_seeds():
 
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason="DreamBench sample not present")
 def test_report_is_one_self_contained_html(tmp_path, capsys):
-    from steerguide.evaluate.sweep import parse_config, run_sweep
+    from steerguide.sweep import parse_config, run_sweep
     from steerguide.testing.sweep import NoiseSampler
 
     cfg = parse_config(

@@ -17,7 +17,7 @@ from steerguide.cli import run
 from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import load_benchmark
 from steerguide.evaluate.results import ResultsStore
-from steerguide.evaluate.sweep import expand, load_config, parse_config, run_sweep, shard
+from steerguide.sweep import expand, load_config, parse_config, run_sweep, shard
 from steerguide.testing.sweep import BrightnessText, MeanColorFidelity, NoiseSampler
 
 SAMPLE = Path("/work/shared/dreambench-sample")
@@ -72,7 +72,7 @@ def test_grid_size_order_and_stable_keys():
 
 
 def test_a_base_retrained_in_place_rekeys_rows_and_cached_personalizations(tmp_path):
-    from steerguide.evaluate.sweep import train_cache_key
+    from steerguide.sweep import train_cache_key
 
     base = tmp_path / "base"
     (base / "unet").mkdir(parents=True)

@@ -11,7 +11,7 @@ import yaml
 from steerguide.cli import run
 from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import load_benchmark
-from steerguide.evaluate.sweep import expand, parse_config, run_sweep, train_cache_key
+from steerguide.sweep import expand, parse_config, run_sweep, train_cache_key
 from steerguide.testing.sweep import NoiseSampler
 from steerguide.toyworld import get_subject
 from steerguide.toyworld.subjects import builtin_subjects_path
@@ -157,7 +157,7 @@ def test_sweep_offers_its_trainings_to_continue_from_the_given_folders(tmp_path,
     the way, or the warm start tried before the steps factor is applied."""
     import json
 
-    import steerguide.evaluate.sweep_cache as sweep_cache
+    import steerguide.sweep.cache as sweep_cache
     import steerguide.train
     from steerguide.train.toy import TOY_DEFAULTS
 

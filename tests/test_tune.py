@@ -425,7 +425,7 @@ def test_real_models_end_to_end_and_resume(tiny_model_dir, tmp_path, capsys):
 def test_a_toy_preset_names_the_toy_base_portably(tmp_path):
     """A preset tuned on the toy world says `base: toy`, not the folder of the install that wrote it
     (another install of steerguide could not read that path); any other base keeps its name."""
-    from steerguide.evaluate.sweep_cache import resolve_base
+    from steerguide.sweep.cache import resolve_base
     from steerguide.tune.tuner import _portable_base
 
     assert _portable_base(resolve_base("toy")) == "toy"

@@ -4,7 +4,7 @@ One toy subject is personalized with LoRA (the toy world's tuned defaults), its 
 sampled with CFG, autoguidance and personalization guidance at a few settings each, every image is judged
 for subject fidelity and text alignment, and the report (trade-off plot, grids, table, HTML) is written.
 
-The demo is a thin workflow over `steerguide.evaluate.sweep` (resumable rows, cached personalization) and
+The demo is a thin workflow over `steerguide.sweep` (resumable rows, cached personalization) and
 `steerguide.evaluate.report`: a rerun into the same folder reuses the trained LoRA and the rows done.
 """
 
@@ -60,7 +60,7 @@ class DemoResult:
     out: Path
     subject: str
     report: Any  # steerguide.evaluate.report.Report
-    stats: Any  # steerguide.evaluate.sweep.SweepStats
+    stats: Any  # steerguide.sweep.SweepStats
     seconds: float
 
 
@@ -73,7 +73,7 @@ def default_subject() -> str:
 
 def demo_config(subject: str, size: DemoSize = DemoSize(), base: str = "toy",
                 subjects_file: str | Path | None = None) -> dict:
-    """The demo's sweep config (a mapping `steerguide.evaluate.sweep.parse_config` reads)."""
+    """The demo's sweep config (a mapping `steerguide.sweep.parse_config` reads)."""
     # No validation grid: the report shows the samples, and the grid would cost a tenth of the budget.
     train: dict[str, Any] = {"method": "lora", "validation_images": 0}
     if size.train_steps is not None:
@@ -143,8 +143,8 @@ def run_demo(
     from steerguide import toyworld
     from steerguide.evaluate.benchmarks import load_benchmark
     from steerguide.evaluate.report import write_report
-    from steerguide.evaluate.sweep import parse_config, resolve_base, run_sweep
-    from steerguide.evaluate.sweep_cache import shipped_personalization
+    from steerguide.sweep import parse_config, resolve_base, run_sweep
+    from steerguide.sweep.cache import shipped_personalization
 
     start = time.perf_counter()
     # UserError when the file is bad or the subject unknown

@@ -37,11 +37,11 @@ def sweep(
     --out share them too (each claims the rows it computes)."""
     from steerguide.evaluate.benchmarks import load_benchmark
     from steerguide.evaluate.results import ResultsStore
-    from steerguide.evaluate.sweep import describe_grid, expand, load_config, resolve_base, run_sweep
-    from steerguide.evaluate.sweep_config import check_sample_size
-    from steerguide.evaluate.sweep_run import SweepInterrupted, check_out
-    from steerguide.evaluate.sweep_sampler import check_inputs
     from steerguide.progress import console as progress_console
+    from steerguide.sweep import describe_grid, expand, load_config, resolve_base, run_sweep
+    from steerguide.sweep.config import check_sample_size
+    from steerguide.sweep.run import SweepInterrupted, check_out
+    from steerguide.sweep.sampler import check_inputs
 
     cfg = load_config(config)
     check_out(out, create=False)  # before any work: an existing file or an unwritable place

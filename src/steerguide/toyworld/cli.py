@@ -430,7 +430,7 @@ def ship_personalization(
     import tempfile
 
     from steerguide.demo import default_subject, demo_config
-    from steerguide.evaluate.sweep import parse_config, run_sweep
+    from steerguide.sweep import parse_config, run_sweep
     from steerguide.toyworld.assets import shipped_personalizations_path
     from steerguide.toyworld.subjects import get_subject
 
