@@ -148,6 +148,13 @@ def reference_latents(
     return out.reshape(len(prompts), num_images, *out.shape[1:])
 
 
+def lora_layers(module) -> list:
+    """The peft LoRA layers inside `module` (empty when it carries no LoRA)."""
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in module.modules() if isinstance(m, LoraLayer) and len(m.lora_A) > 0]
+
+
 def lerp_into(module, pre: dict[str, torch.Tensor], ft: dict[str, torch.Tensor]) -> Callable[[float], None]:
     """`set(ω)`: write θ_pre + ω·(θ_ft − θ_pre) into `module`'s parameters (a full fine-tune's weak model)."""
     params = dict(module.named_parameters())

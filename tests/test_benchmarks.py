@@ -55,7 +55,7 @@ def test_toy_dreambench_configs_expand_to_the_documented_grids():
     from collections import Counter
 
     from steerguide.evaluate.benchmarks import load_benchmark
-    from steerguide.evaluate.sweep import describe_grid, expand, load_config
+    from steerguide.sweep import describe_grid, expand, load_config
 
     folder = ROOT / "benchmarks" / "toy_dreambench"
     grids = {}

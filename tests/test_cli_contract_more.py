@@ -19,7 +19,7 @@ from steerguide.cli import run
 
 SAMPLE = Path("/work/shared/dreambench-sample")
 SRC = Path(__file__).resolve().parents[1] / "src" / "steerguide"
-FAKE_METRICS = ["steerguide.evaluate.fakes:MeanColorFidelity", "steerguide.evaluate.fakes:BrightnessText"]
+FAKE_METRICS = ["steerguide.testing.sweep:MeanColorFidelity", "steerguide.testing.sweep:BrightnessText"]
 needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason="DreamBench sample not present")
 
 
@@ -44,7 +44,7 @@ def fake_sweep(**changes) -> dict:
         "guidance": {"cfg": {"scale": [1.0, 3.0]}, "pg": {"scale": 3.0, "omega": [0.0, 0.5]}},
         "seeds": 2,
         "metrics": FAKE_METRICS,
-        "sampler": "steerguide.evaluate.fakes:NoiseSampler",
+        "sampler": "steerguide.testing.sweep:NoiseSampler",
     }
     data.update(changes)
     return data
@@ -171,7 +171,7 @@ def test_sweep_seeds_outside_the_range(capsys, tmp_path, seeds, needle):
 
 @needs_sample
 def test_sweep_of_too_many_rows_is_refused_before_they_are_made(capsys, tmp_path):
-    from steerguide.evaluate.sweep_grid import MAX_ROWS
+    from steerguide.sweep.grid import MAX_ROWS
 
     scales = [1.0 + k / 100 for k in range(MAX_ROWS // (10_000 * 6) + 1)]
     config = write_yaml(tmp_path / "s.yaml", fake_sweep(seeds=10_000, guidance={"cfg": {"scale": scales}}))
@@ -346,7 +346,7 @@ SWEEP_CASES = [
     ("sdxl-lora", "does not fit this base model"),  # a run finds out on loading (the test after this one)
     ("device", "device 'cuda' asked for, but this machine has no CUDA GPU"),
     ("dtype", "unknown dtype 'float64'"),
-    ("sampler", "config key sampler: cannot import 'steerguide.evaluate.fakes:NoSuchSampler'"),
+    ("sampler", "config key sampler: cannot import 'steerguide.testing.sweep:NoSuchSampler'"),
     ("scheduler", "unknown scheduler 'Bogus'"),
     ("train-keys", "config key personalization.train.stepz: unknown key"),
 ]
@@ -367,7 +367,7 @@ def test_sweep_checks_everything_before_any_folder(capsys, tmp_path, sdxl_lora, 
         "sdxl-lora": {"personalization": {"paths": {"*": str(sdxl_lora)}}},
         "device": {"device": "cuda"},
         "dtype": {"dtype": "float64"},
-        "sampler": {"sampler": "steerguide.evaluate.fakes:NoSuchSampler"},
+        "sampler": {"sampler": "steerguide.testing.sweep:NoSuchSampler"},
         "scheduler": {"sampling": {"steps": 2, "scheduler": "Bogus"}},
         "train-keys": {"personalization": {"train": {"stepz": 5}}},
     }[case]

@@ -31,7 +31,7 @@ SMALL = [
 
 
 def _base_present() -> bool:
-    from steerguide.evaluate.sweep import resolve_base
+    from steerguide.sweep import resolve_base
 
     return (Path(resolve_base(BASE)) / "model_index.json").is_file()
 
@@ -44,7 +44,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path, capsys):
     import torch
 
     from steerguide.demo import default_subject, demo_config
-    from steerguide.evaluate.sweep import parse_config
+    from steerguide.sweep import parse_config
 
     threads = torch.get_num_threads()
     out = tmp_path / "demo"
@@ -149,7 +149,7 @@ def test_shrinking_options_are_checked(tmp_path: Path, capsys):
 def _demo_config_and_subject(name: str | None = None):
     from steerguide.demo import default_subject, demo_config
     from steerguide.evaluate.benchmarks import load_benchmark
-    from steerguide.evaluate.sweep import parse_config
+    from steerguide.sweep import parse_config
 
     config = parse_config(demo_config(name or default_subject()), source="test")
     (subject,) = load_benchmark(config.benchmark).subjects
@@ -161,7 +161,7 @@ def test_the_shipped_lora_is_the_one_the_demo_would_train():
     """The toy world ships the default subject's LoRA under the demo's cache key: same base, photos,
     recipe and version. A change to any of them fails here until `steerguide toyworld
     ship-personalization` is rerun (else the demo silently trains for two minutes again)."""
-    from steerguide.evaluate.sweep_cache import shipped_personalization
+    from steerguide.sweep.cache import shipped_personalization
 
     config, subject = _demo_config_and_subject()
     folder = shipped_personalization(config, subject)
@@ -177,7 +177,7 @@ def test_the_shipped_lora_is_the_one_the_demo_would_train():
 @needs_base
 def test_the_cache_key_follows_the_trained_methods_defaults_only(monkeypatch):
     """Recalibrating Custom Diffusion must not make the shipped LoRA stale; a new LoRA recipe must."""
-    from steerguide.evaluate.sweep_cache import train_cache_key
+    from steerguide.sweep.cache import train_cache_key
     from steerguide.train.toy import TOY_DEFAULTS
 
     config, subject = _demo_config_and_subject()
@@ -191,7 +191,7 @@ def test_the_cache_key_follows_the_trained_methods_defaults_only(monkeypatch):
 
 @needs_base
 def test_shipped_lora_is_copied_not_trained_unless_retrain(tmp_path: Path, monkeypatch):
-    from steerguide.evaluate import sweep_cache
+    from steerguide.sweep import cache as sweep_cache
 
     config, subject = _demo_config_and_subject()
     trained = []
@@ -209,7 +209,7 @@ def test_shipped_lora_is_copied_not_trained_unless_retrain(tmp_path: Path, monke
 @needs_base
 def test_demo_uses_the_shipped_lora(tmp_path: Path, capsys, monkeypatch):
     from steerguide.errors import UserError
-    from steerguide.evaluate import sweep_cache
+    from steerguide.sweep import cache as sweep_cache
 
     trained = []
 

@@ -13,7 +13,7 @@ from steerguide.evaluate.metrics import build_metrics, mean_cosine, normalize_me
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    from steerguide.evaluate.testing import save_tiny_clip, save_tiny_vit
+    from steerguide.testing.metric_models import save_tiny_clip, save_tiny_vit
 
     root = tmp_path_factory.mktemp("metric-models")
     return save_tiny_vit(root / "vit"), save_tiny_clip(root / "clip")

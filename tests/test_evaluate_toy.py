@@ -66,8 +66,8 @@ def test_toy_fidelity_metric_prefers_the_subject_itself():
 
 @pytest.mark.skipif(not _fidelity_weights_present(), reason="toy fidelity judge weights not shipped yet")
 def test_toy_sweep_rows_carry_the_toy_metrics(tmp_path: Path):
-    from steerguide.evaluate.fakes import NoiseSampler
-    from steerguide.evaluate.sweep import parse_config, run_sweep
+    from steerguide.sweep import parse_config, run_sweep
+    from steerguide.testing.sweep import NoiseSampler
 
     cfg = parse_config(
         {
@@ -75,7 +75,7 @@ def test_toy_sweep_rows_carry_the_toy_metrics(tmp_path: Path):
             "benchmark": {"name": "toy", "num_prompts": 2},
             "guidance": {"pg": {"scale": 3.0, "omega": [0.0]}},
             "metrics": ["toy_text", "toy_fidelity"],
-            "sampler": "steerguide.evaluate.fakes:NoiseSampler",
+            "sampler": "steerguide.testing.sweep:NoiseSampler",
         }
     )
     stats = run_sweep(cfg, tmp_path, sampler=NoiseSampler(size=32))

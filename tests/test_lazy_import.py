@@ -102,7 +102,7 @@ def test_toyworld_render_stays_the_function_once_its_module_is_imported():
 
 QUIET_PROBE = """
 import logging, sys
-from steerguide.cli import _quiet_libraries
+from steerguide.quiet import quiet_libraries as _quiet_libraries
 {before}
 _quiet_libraries()
 from diffusers.utils import logging as diffusers_logging

@@ -68,8 +68,8 @@ def test_summarize_groups_by_setting_over_subjects_prompts_and_seeds():
 
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason="DreamBench sample not present")
 def test_report_is_one_self_contained_html(tmp_path, capsys):
-    from steerguide.evaluate.fakes import NoiseSampler
-    from steerguide.evaluate.sweep import parse_config, run_sweep
+    from steerguide.sweep import parse_config, run_sweep
+    from steerguide.testing.sweep import NoiseSampler
 
     cfg = parse_config(
         {
@@ -83,8 +83,8 @@ def test_report_is_one_self_contained_html(tmp_path, capsys):
             "guidance": {"cfg": {"scale": [1.0, 3.0]}, "pg": {"scale": [1.0, 3.0], "omega": [0.0, 0.5]}},
             "seeds": 2,
             "metrics": [
-                "steerguide.evaluate.fakes:MeanColorFidelity",
-                "steerguide.evaluate.fakes:BrightnessText",
+                "steerguide.testing.sweep:MeanColorFidelity",
+                "steerguide.testing.sweep:BrightnessText",
             ],
         }
     )
@@ -122,7 +122,7 @@ def test_report_of_a_folder_without_results_exits_2(tmp_path, capsys):
 
 def test_evaluate_scores_a_folder(tmp_path, capsys):
     from steerguide.evaluate.metrics import build_metrics
-    from steerguide.evaluate.testing import save_tiny_clip, save_tiny_vit
+    from steerguide.testing.metric_models import save_tiny_clip, save_tiny_vit
 
     clip, vit = save_tiny_clip(tmp_path / "clip"), save_tiny_vit(tmp_path / "vit")
     rng = np.random.default_rng(0)

@@ -16,13 +16,13 @@ from results_writer import append_many
 from steerguide.cli import run
 from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import load_benchmark
-from steerguide.evaluate.fakes import BrightnessText, MeanColorFidelity, NoiseSampler
 from steerguide.evaluate.results import ResultsStore
-from steerguide.evaluate.sweep import expand, load_config, parse_config, run_sweep, shard
+from steerguide.sweep import expand, load_config, parse_config, run_sweep, shard
+from steerguide.testing.sweep import BrightnessText, MeanColorFidelity, NoiseSampler
 
 SAMPLE = Path("/work/shared/dreambench-sample")
 pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason="DreamBench sample not present")
-FAKE_METRICS = ["steerguide.evaluate.fakes:MeanColorFidelity", "steerguide.evaluate.fakes:BrightnessText"]
+FAKE_METRICS = ["steerguide.testing.sweep:MeanColorFidelity", "steerguide.testing.sweep:BrightnessText"]
 
 
 def fake_config(**changes) -> dict:
@@ -41,7 +41,7 @@ def fake_config(**changes) -> dict:
         "seeds": 2,
         "sampling": {"batch_size": 2},
         "metrics": FAKE_METRICS,
-        "sampler": "steerguide.evaluate.fakes:NoiseSampler",
+        "sampler": "steerguide.testing.sweep:NoiseSampler",
     }
     data.update(changes)
     return data
@@ -72,7 +72,7 @@ def test_grid_size_order_and_stable_keys():
 
 
 def test_a_base_retrained_in_place_rekeys_rows_and_cached_personalizations(tmp_path):
-    from steerguide.evaluate.sweep import train_cache_key
+    from steerguide.sweep import train_cache_key
 
     base = tmp_path / "base"
     (base / "unet").mkdir(parents=True)
@@ -138,7 +138,7 @@ def test_toml_config_equals_yaml(tmp_path):
     toml = tmp_path / "s.toml"
     toml.write_text(
         f'base = "unused-base"\nseeds = 2\nmetrics = {json.dumps(FAKE_METRICS)}\n'
-        'sampler = "steerguide.evaluate.fakes:NoiseSampler"\n'
+        'sampler = "steerguide.testing.sweep:NoiseSampler"\n'
         f'[benchmark]\nname = "dreambench"\nroot = "{SAMPLE}"\n'
         'subjects = ["dog", "teapot"]\nnum_prompts = 3\n'
         "[sampling]\nbatch_size = 2\n[guidance.cfg]\nscale = [1.0, 3.0]\n"
@@ -274,7 +274,6 @@ def test_personalizations_are_trained_once_per_subject_and_cached(tmp_path, monk
 
 def _cli_env() -> dict:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
-    env.pop("STEERGUIDE_FAKE_DELAY", None)
     return env
 
 

@@ -19,13 +19,13 @@ import pytest
 from steerguide.cli import run
 from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import Benchmark, BenchSubject, load_benchmark
-from steerguide.evaluate.fakes import NoiseSampler
-from steerguide.evaluate.sweep import describe_grid, expand, parse_config, run_sweep
-from steerguide.evaluate.sweep_claims import RowClaims
+from steerguide.sweep import describe_grid, expand, parse_config, run_sweep
+from steerguide.sweep.claims import RowClaims
+from steerguide.testing.sweep import NoiseSampler
 
 SAMPLE = Path("/work/shared/dreambench-sample")
 pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason="DreamBench sample not present")
-FAKE_METRICS = ["steerguide.evaluate.fakes:MeanColorFidelity", "steerguide.evaluate.fakes:BrightnessText"]
+FAKE_METRICS = ["steerguide.testing.sweep:MeanColorFidelity", "steerguide.testing.sweep:BrightnessText"]
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
@@ -45,7 +45,7 @@ def fake_config(**changes) -> dict:
         "seeds": 2,
         "sampling": {"batch_size": 2},
         "metrics": FAKE_METRICS,
-        "sampler": "steerguide.evaluate.fakes:NoiseSampler",
+        "sampler": "steerguide.testing.sweep:NoiseSampler",
     }
     data.update(changes)
     return data
@@ -278,7 +278,7 @@ def test_two_sweeps_train_a_personalization_once(tmp_path, monkeypatch):
     import dataclasses
     import types
 
-    from steerguide.evaluate.sweep_cache import ensure_personalization
+    from steerguide.sweep.cache import ensure_personalization
 
     calls = []
 
@@ -325,15 +325,15 @@ def test_two_sweeps_train_a_personalization_once(tmp_path, monkeypatch):
 
 
 def test_sigint_says_what_was_kept_and_a_rerun_continues(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("STEERGUIDE_FAKE_DELAY", raising=False)
     config = _write_config(tmp_path / "s.yaml")
     out = tmp_path / "out"
     results = out / "results.jsonl"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SRC, STEERGUIDE_FAKE_DELAY="0.15")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SRC)
+    slowed = "from steerguide.testing.sweep import NoiseSampler; NoiseSampler.delay = 0.15; "
     cmd = [
         sys.executable,
         "-c",
-        "from steerguide.cli import main; main()",
+        slowed + "from steerguide.cli import main; main()",
         "sweep",
         str(config),
         "--out",
@@ -389,8 +389,8 @@ def test_an_interrupted_training_says_it_resumes(tmp_path, monkeypatch):
 def test_a_row_finished_just_before_our_claim_is_not_redone(tmp_path, monkeypatch):
     """The window between reading the done keys and taking a claim: another sweep appends the row and
     drops its claim right then. The claim succeeds, but the row is done: it must not be computed again."""
-    from steerguide.evaluate import sweep_run
     from steerguide.evaluate.results import ResultsStore
+    from steerguide.sweep import run as sweep_run
 
     out = tmp_path / "out"
     cfg = parse_config(fake_config())
@@ -409,8 +409,8 @@ def test_a_row_finished_just_before_our_claim_is_not_redone(tmp_path, monkeypatc
 
 
 def test_an_interrupt_mid_write_leaves_no_temporary_and_no_claim_held(tmp_path, monkeypatch):
-    from steerguide.evaluate import sweep_run
-    from steerguide.evaluate.sweep_claims import try_lock
+    from steerguide.sweep import run as sweep_run
+    from steerguide.sweep.claims import try_lock
 
     calls = []
 

@@ -22,9 +22,9 @@ SAMPLE = Path("/work/shared/dreambench-sample")
 def test_sigkill_mid_sweep_then_resume(tmp_path, tiny_model_dir):
     import yaml
 
-    from steerguide.evaluate.testing import save_tiny_clip, save_tiny_vit
     from steerguide.loading import load_pipeline
     from steerguide.testing import save_random_lora
+    from steerguide.testing.metric_models import save_tiny_clip, save_tiny_vit
 
     base = tiny_model_dir("sd15")
     lora = save_random_lora(load_pipeline(str(base)), tmp_path / "lora")

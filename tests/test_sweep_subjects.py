@@ -11,12 +11,12 @@ import yaml
 from steerguide.cli import run
 from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import load_benchmark
-from steerguide.evaluate.fakes import NoiseSampler
-from steerguide.evaluate.sweep import expand, parse_config, run_sweep, train_cache_key
+from steerguide.sweep import expand, parse_config, run_sweep, train_cache_key
+from steerguide.testing.sweep import NoiseSampler
 from steerguide.toyworld import get_subject
 from steerguide.toyworld.subjects import builtin_subjects_path
 
-FAKE_METRICS = ["steerguide.evaluate.fakes:MeanColorFidelity", "steerguide.evaluate.fakes:BrightnessText"]
+FAKE_METRICS = ["steerguide.testing.sweep:MeanColorFidelity", "steerguide.testing.sweep:BrightnessText"]
 STAR = {"token": "sks", "class": "star", "look": "split_v", "colors": ["cyan", "magenta"]}
 HEART = {"token": "hto", "class": "heart", "look": "ring", "colors": ["navy", [200, 120, 10]]}
 
@@ -38,7 +38,7 @@ def toy_config(subjects_file: Path | None, **bench) -> dict:
         "seeds": 1,
         "sampling": {"batch_size": 4},
         "metrics": FAKE_METRICS,
-        "sampler": "steerguide.evaluate.fakes:NoiseSampler",
+        "sampler": "steerguide.testing.sweep:NoiseSampler",
     }
 
 
@@ -157,7 +157,7 @@ def test_sweep_offers_its_trainings_to_continue_from_the_given_folders(tmp_path,
     the way, or the warm start tried before the steps factor is applied."""
     import json
 
-    import steerguide.evaluate.sweep_cache as sweep_cache
+    import steerguide.sweep.cache as sweep_cache
     import steerguide.train
     from steerguide.train.toy import TOY_DEFAULTS
 

@@ -128,10 +128,10 @@ def test_train_save_load_generate(tiny_model_dir, tmp_path, method, arch, extra)
 
 
 def test_lora_file_is_the_diffusers_format(tiny_model_dir, tmp_path):
+    from reference_impl import lora_layers
     from safetensors import safe_open
 
     from steerguide.loading import load_personalization, load_pipeline
-    from steerguide.weak.lora import lora_layers
 
     # Wider targets than attention (proj_in/proj_out): every one of them must survive save → load.
     targets = ("to_k", "to_q", "to_v", "to_out.0", "proj_in", "proj_out")

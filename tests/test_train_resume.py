@@ -81,7 +81,7 @@ def test_a_longer_training_continues_a_shorter_one_exactly(tiny_model_dir, photo
     the same recipe equals a fresh 4-step training. It is refused where it would not be exact or not the
     same recipe. Wrong: seeding whatever has fewer steps (another learning rate, a cosine schedule that
     depends on the total steps), or a shorter run that is not the longest available."""
-    from steerguide.evaluate.sweep_cache import seed_from_shorter
+    from steerguide.sweep.cache import seed_from_shorter
 
     base = tiny_model_dir("sd15")
     fresh = train(config(base, photo_dir, tmp_path / "fresh"), progress=False)

@@ -189,7 +189,7 @@ def test_calibrated_needs_a_toy_subject(tiny_model_dir, photo_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def judges(tmp_path_factory):
-    from steerguide.evaluate.testing import save_tiny_clip, save_tiny_vit
+    from steerguide.testing.metric_models import save_tiny_clip, save_tiny_vit
 
     root = tmp_path_factory.mktemp("judges")
     return str(save_tiny_vit(root / "vit")), str(save_tiny_clip(root / "clip"))

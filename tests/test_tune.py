@@ -18,7 +18,7 @@ import pytest
 from steerguide.cli import run
 from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import BenchSubject
-from steerguide.tune.fakes import FrontParams, FrontSampler, PixelFidelity, PixelText
+from steerguide.testing.tuning import FrontParams, FrontSampler, PixelFidelity, PixelText
 from steerguide.tune.objective import Target
 from steerguide.tune.preset import Preset, read_preset, write_preset
 from steerguide.tune.search import COARSE, LINEAR, Judged, Knob, neighbours, pareto_front, propose
@@ -263,11 +263,11 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_tune import fake_problem
-from steerguide.tune.fakes import FrontParams, FrontSampler
+from steerguide.testing.tuning import FrontParams, FrontSampler
 from steerguide.tune.objective import Target
 from steerguide.tune.tuner import tune
 tune(fake_problem(), Path(sys.argv[1]), Target.parse("balanced"), 24 * 4,
-     sampler=FrontSampler(FrontParams(noise=0.03, prompt_noise=0.03)))
+     sampler=FrontSampler(FrontParams(noise=0.03, prompt_noise=0.03), delay=0.15))
 """
 
 
@@ -275,7 +275,7 @@ def test_resume_after_kill_continues_without_duplicates(tmp_path):
     script = tmp_path / "run_tune.py"
     script.write_text(_KILL_SCRIPT.format(tests=str(Path(__file__).parent)))
     out = tmp_path / "killed"
-    env = {**os.environ, "STEERGUIDE_FAKE_DELAY": "0.15", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env, start_new_session=True)
     probes = out / "probes.jsonl"
     deadline = time.time() + 600  # generous: on a loaded machine the child's imports alone take a minute
@@ -386,9 +386,9 @@ def test_real_models_end_to_end_and_resume(tiny_model_dir, tmp_path, capsys):
     a tiny SD 1.5 pipeline with a random LoRA, a tiny ViT as DINO and a tiny CLIP as CLIP-T, by their folders."""
     from PIL import Image
 
-    from steerguide.evaluate.testing import save_tiny_clip, save_tiny_vit
     from steerguide.loading import load_pipeline
     from steerguide.testing import save_random_lora
+    from steerguide.testing.metric_models import save_tiny_clip, save_tiny_vit
     from steerguide.tune.search import COARSE
 
     base = tiny_model_dir("sd15")
@@ -425,7 +425,7 @@ def test_real_models_end_to_end_and_resume(tiny_model_dir, tmp_path, capsys):
 def test_a_toy_preset_names_the_toy_base_portably(tmp_path):
     """A preset tuned on the toy world says `base: toy`, not the folder of the install that wrote it
     (another install of steerguide could not read that path); any other base keeps its name."""
-    from steerguide.evaluate.sweep_cache import resolve_base
+    from steerguide.sweep.cache import resolve_base
     from steerguide.tune.tuner import _portable_base
 
     assert _portable_base(resolve_base("toy")) == "toy"

@@ -228,7 +228,7 @@ def test_train_bad_photo_folder_is_one_line(studio, tmp_path):
 
 def test_real_model_judges_dino_and_clip_t(tmp_path):
     """On a real base model the scores come from DINO and CLIP-T weights given by path (tiny random ones here)."""
-    from steerguide.evaluate.testing import save_tiny_clip, save_tiny_vit
+    from steerguide.testing.metric_models import save_tiny_clip, save_tiny_vit
     from steerguide.ui.studio import Judges
 
     judges = Judges(

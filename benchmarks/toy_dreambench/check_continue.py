@@ -44,8 +44,8 @@ def main() -> None:
     from safetensors.torch import load_file
 
     from steerguide.evaluate.benchmarks import load_benchmark
-    from steerguide.evaluate.sweep import load_config
-    from steerguide.evaluate.sweep_cache import seed_from_shorter, train_config_for
+    from steerguide.sweep import load_config
+    from steerguide.sweep.cache import seed_from_shorter, train_config_for
     from steerguide.train import train
 
     torch.set_num_threads(1)

@@ -48,7 +48,7 @@ def cost_class(row) -> str:
 def measure(out: Path, subject: str, train_steps: int, seeds: int) -> dict:
     import torch
 
-    from steerguide.evaluate.sweep import parse_config, run_sweep
+    from steerguide.sweep import parse_config, run_sweep
     from steerguide.train import train
     from steerguide.train.toy import toy_config
 
@@ -103,7 +103,7 @@ def measure(out: Path, subject: str, train_steps: int, seeds: int) -> dict:
 
 def estimate(config_path: str, cost: dict, workers: int) -> dict:
     from steerguide.evaluate.benchmarks import load_benchmark
-    from steerguide.evaluate.sweep import expand, load_config
+    from steerguide.sweep import expand, load_config
     from steerguide.train.toy import TOY_DEFAULTS
 
     config = load_config(config_path)

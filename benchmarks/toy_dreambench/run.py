@@ -9,7 +9,7 @@ and personalizations are keyed and cached; every worker appends to the one DIR/r
 `--subjects-file F` runs the config's grid on the subjects of F instead (e.g. more subjects drawn by
 draw_subjects.py, to narrow the verdicts' intervals). `--continue-from DIR` (a sweep folder of a shorter
 strength) continues its trainings instead of starting at step 0: the same LoRA, bit for bit, under the toy
-recipe's constant learning rate (`steerguide.evaluate.sweep_cache.seed_from_shorter`). One thread per
+recipe's constant learning rate (`steerguide.sweep.cache.seed_from_shorter`). One thread per
 process: on 2 busy cores two 1-thread processes sample a small model faster than one 2-thread process
 (docs/evaluate.md, "Throughput on a CPU").
 """
@@ -38,7 +38,7 @@ def run_subjects(
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    from steerguide.evaluate.sweep import load_config, run_sweep
+    from steerguide.sweep import load_config, run_sweep
 
     torch.set_num_threads(1)
     for lib in (diffusers_logging, transformers_logging):  # our own log lines, not the libraries' bars
@@ -97,7 +97,7 @@ def main() -> None:
         return
 
     from steerguide.evaluate.benchmarks import load_benchmark
-    from steerguide.evaluate.sweep import load_config
+    from steerguide.sweep import load_config
 
     config = load_config(args.config)
     spec = dict(config.benchmark)

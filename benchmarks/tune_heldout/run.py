@@ -39,7 +39,7 @@ def main() -> None:
 
     from steerguide.cli import _quiet_libraries
     from steerguide.evaluate.benchmarks import load_benchmark
-    from steerguide.evaluate.sweep import load_config, train_cache_key
+    from steerguide.sweep import load_config, train_cache_key
     from steerguide.tune.objective import Target
     from steerguide.tune.problems import toy_problem
     from steerguide.tune.search import COARSE

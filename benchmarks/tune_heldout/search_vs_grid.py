@@ -1,5 +1,5 @@
 """The tuning search against a plain grid of the same budget, on the fake tuning problem whose front is
-known (`steerguide.tune.fakes`): many random problems, each scored by the TRUE objective of the setting
+known (`steerguide.testing.tuning`): many random problems, each scored by the TRUE objective of the setting
 each method chooses (its regret: the true optimum's objective minus the chosen one's).
 
     python benchmarks/tune_heldout/search_vs_grid.py [--problems 200] [--probes 32] [--images 8] [--noise 0.05]
@@ -15,7 +15,7 @@ import itertools
 
 import numpy as np
 
-from steerguide.tune.fakes import FrontParams
+from steerguide.testing.tuning import FrontParams
 from steerguide.tune.objective import Target
 from steerguide.tune.search import COARSE, LINEAR, Judged, Knob, grid_knobs, smooth
 from steerguide.tune.tuner import next_knobs

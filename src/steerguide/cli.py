@@ -16,7 +16,8 @@ from pathlib import Path
 
 import typer
 
-from steerguide.errors import Interrupted, SteerguideWarning, UserError
+from steerguide.errors import Interrupted, SteerguideWarning, UserError, first_line
+from steerguide.quiet import quiet_libraries
 
 # The parser's exceptions live in click (typer < 0.25) or in typer's vendored copy of it (typer._click):
 # take them from the module that defines the class typer itself exports, so both layouts work.
@@ -209,24 +210,6 @@ def _register_commands() -> None:
 _registered = False
 
 
-def _quiet_libraries() -> None:
-    """Our own progress bars and one-line errors are the interface: silence the libraries' bars and chatter.
-
-    Through the settings the libraries read as they load (tqdm's TQDM_DISABLE covers diffusers' and
-    transformers' loading bars), so that the CLI's start does not import them: seconds that `--help`,
-    bad input and the web UI's first page should not wait for. A library already loaded is told directly."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
-        if name in sys.modules:
-            sys.modules[name].set_verbosity_error()
-            sys.modules[name].disable_progress_bar()
-
-
 def _say(message: str) -> None:
     print(f"steerguide: {message}", file=sys.stderr, flush=True)
 
@@ -242,7 +225,7 @@ def run(argv: list[str] | None = None) -> int:
     The command is parsed and invoked here rather than through typer's `main`, which would turn Ctrl-C
     into a silent exit 130 before a command could say what it kept."""
     global _registered
-    _quiet_libraries()
+    quiet_libraries()
     if not _registered:
         _register_commands()
         _registered = True
@@ -285,7 +268,7 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 (last resort: a bug, still one line)
         if os.environ.get("STEERGUIDE_DEBUG"):
             raise
-        detail = f": {str(e).strip().splitlines()[0]}" if str(e).strip() else ""
+        detail = f": {first_line(e)}" if first_line(e) else ""
         _say(
             f"error: internal error: {type(e).__name__}{detail} "
             "(a bug in steerguide; STEERGUIDE_DEBUG=1 shows the traceback)"

@@ -4,17 +4,15 @@ One toy subject is personalized with LoRA (the toy world's tuned defaults), its 
 sampled with CFG, autoguidance and personalization guidance at a few settings each, every image is judged
 for subject fidelity and text alignment, and the report (trade-off plot, grids, table, HTML) is written.
 
-The demo is a thin workflow over `steerguide.evaluate.sweep` (resumable rows, cached personalization) and
+The demo is a thin workflow over `steerguide.sweep` (resumable rows, cached personalization) and
 `steerguide.evaluate.report`: a rerun into the same folder reuses the trained LoRA and the rows done.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,7 +20,9 @@ from typing import Annotated, Any
 import typer
 
 from steerguide.errors import UserError
+from steerguide.quiet import libraries_quieted
 from steerguide.run_folder import Refusals, RunFolder
+from steerguide.typeset import font, mean_ci_text, png_data_uri, wrap
 
 FIDELITY_METRIC, TEXT_METRIC = "toy_fidelity", "toy_text"
 
@@ -61,7 +61,7 @@ class DemoResult:
     out: Path
     subject: str
     report: Any  # steerguide.evaluate.report.Report
-    stats: Any  # steerguide.evaluate.sweep.SweepStats
+    stats: Any  # steerguide.sweep.SweepStats
     seconds: float
 
 
@@ -74,7 +74,7 @@ def default_subject() -> str:
 
 def demo_config(subject: str, size: DemoSize = DemoSize(), base: str = "toy",
                 subjects_file: str | Path | None = None) -> dict:
-    """The demo's sweep config (a mapping `steerguide.evaluate.sweep.parse_config` reads)."""
+    """The demo's sweep config (a mapping `steerguide.sweep.parse_config` reads)."""
     # No validation grid: the report shows the samples, and the grid would cost a tenth of the budget.
     train: dict[str, Any] = {"method": "lora", "validation_images": 0}
     if size.train_steps is not None:
@@ -139,8 +139,8 @@ def run_demo(
     from steerguide import toyworld
     from steerguide.evaluate.benchmarks import load_benchmark
     from steerguide.evaluate.report import write_report
-    from steerguide.evaluate.sweep import parse_config, resolve_base, run_sweep
-    from steerguide.evaluate.sweep_cache import shipped_personalization
+    from steerguide.sweep import parse_config, resolve_base, run_sweep
+    from steerguide.sweep.cache import shipped_personalization
 
     start = time.perf_counter()
     # UserError when the file is bad or the subject unknown
@@ -275,28 +275,6 @@ def _showcase_rows(out: Path, subject, num_prompts: int | None) -> tuple[dict, l
     return chosen, found
 
 
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        import matplotlib
-
-        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"), size)
-    except (ImportError, OSError):
-        return ImageFont.load_default()
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return [*lines, line] if line else lines
-
-
 def showcase(out: str | Path, subject, num_prompts: int | None = None):
     """The demo's first picture: the subject's photos, then for a few of its prompts the CFG, AG and PG
     images (first seed) at each method's setting chosen by `choose_showcase_settings`, upscaled
@@ -314,7 +292,7 @@ def showcase(out: str | Path, subject, num_prompts: int | None = None):
     height = top + photo_block + 26 + len(entries) * (cell + label_h + pad)
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
-    big, small = _font(15), _font(12)
+    big, small = font(15), font(12)
     draw.text((pad, 6), f"{subject.name}: the photos it learns from, and what each method draws", fill="black",
               font=big)
     y = top
@@ -327,7 +305,7 @@ def showcase(out: str | Path, subject, num_prompts: int | None = None):
         draw.text((left + j * (cell + pad), y + 4), chosen[method]["label"], fill="black", font=small)
     y += 26
     for prompt, by_method in entries:
-        for k, line in enumerate(_wrap(prompt, 28)[:5]):
+        for k, line in enumerate(wrap(prompt, 28)[:5]):
             draw.text((pad, y + 4 + 16 * k), line, fill="black", font=small)
         for j, method in enumerate(methods):
             x = left + j * (cell + pad)
@@ -348,7 +326,6 @@ def showcase_html(out: str | Path, subject, picture, num_prompts: int | None = N
     """The report's first section: the showcase picture and the per-image scores in it."""
     import html
 
-    from steerguide.evaluate.report import _b64_png
 
     esc = html.escape
     lines = []
@@ -365,16 +342,10 @@ def showcase_html(out: str | Path, subject, picture, num_prompts: int | None = N
         "<p>Each method's setting is the one the tuner's balanced objective (min-max normalized fidelity + "
         f"text, over all the demo's settings) ranks first on {where}: the same rule for every method, "
         "fixed before any image.</p>"
-        f'<img class="grid" src="{_b64_png(picture)}" alt="showcase">'
+        f'<img class="grid" src="{png_data_uri(picture)}" alt="showcase">'
         "<table><tr><th>prompt</th><th>setting</th><th>fidelity</th><th>text</th></tr>"
         + "".join(lines) + "</table>"
     )
-
-
-def _fmt(mean: float, ci: float) -> str:
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:.3f}" if math.isnan(ci) else f"{mean:.3f} ± {ci:.3f}"
 
 
 def result_table(result: DemoResult):
@@ -401,31 +372,11 @@ def result_table(result: DemoResult):
             s.method.upper(),
             f"{s.scale:g}",
             omega,
-            _fmt(*s.stats[FIDELITY_METRIC]),
-            _fmt(*s.stats[TEXT_METRIC]),
+            mean_ci_text(*s.stats[FIDELITY_METRIC], digits=3),
+            mean_ci_text(*s.stats[TEXT_METRIC], digits=3),
             str(s.n),
         )
     return table
-
-
-@contextmanager
-def _quiet_libraries():
-    """No "Loading pipeline components" bars or library chatter inside the demo's own progress bars."""
-    from diffusers.utils import logging as dlogging
-    from transformers.utils import logging as tlogging
-
-    verbosity = (dlogging.get_verbosity(), tlogging.get_verbosity())
-    bars = (dlogging.is_progress_bar_enabled(), tlogging.is_progress_bar_enabled())
-    for lib in (dlogging, tlogging):
-        lib.disable_progress_bar()
-        lib.set_verbosity_error()
-    try:
-        yield
-    finally:
-        for lib, bar, level in zip((dlogging, tlogging), bars, verbosity, strict=True):
-            lib.set_verbosity(level)
-            if bar:
-                lib.enable_progress_bar()
 
 
 def demo(
@@ -484,7 +435,7 @@ def demo(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with _quiet_libraries():
+        with libraries_quieted():
             result = run_demo(
                 out,
                 subject,

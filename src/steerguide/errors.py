@@ -11,3 +11,10 @@ class Interrupted(Exception):
 
 class SteerguideWarning(UserWarning):
     """Something the user should know (the work goes on): the CLI prints `warning: <message>` once."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message ("" for none): a library's error, quoted in one line of ours
+    (a traceback-long message from torch or safetensors stays readable)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""

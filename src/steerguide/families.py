@@ -219,6 +219,13 @@ def family_of(pipe) -> Family:
     return _BY_PIPELINE.get(cls.__name__, GENERIC)
 
 
+def text_encoders(pipe) -> dict[str, Any]:
+    """The text encoders a pipeline holds, by attribute, in its family's order (a pipeline of no family,
+    a modular pipeline's components: every name that any family uses)."""
+    names = family_of(pipe).text_encoders
+    return {name: getattr(pipe, name) for name in names if getattr(pipe, name, None) is not None}
+
+
 def family_named(name: str) -> Family:
     for family in (*FAMILIES, GENERIC):
         if family.name == name:

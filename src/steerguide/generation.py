@@ -17,8 +17,9 @@ import torch
 from steerguide.errors import UserError
 from steerguide.files import versions
 from steerguide.guidance import GuidanceConfig
+from steerguide.progress import bar as progress_bar
 from steerguide.run_folder import Refusals, RunFolder
-from steerguide.sampling import _progress, sample
+from steerguide.sampling import sample
 
 RUN_JSON = "run.json"
 # What must match for a rerun to continue a folder: everything that decides the images' pixels.
@@ -293,7 +294,7 @@ def _generate(base, personalization, config, prompts, out, identity, earlier, re
     save()
     todo = [(p, i) for p in range(len(prompts)) for i in range(num_images) if (p, i) not in files]
     calls = _batches(todo, batch_size)
-    with _progress(len(calls) * steps, progress and bool(calls), "") as bar:
+    with progress_bar(progress and bool(calls)) as bar:
         task = bar.add_task(
             f"{len(todo)} images ({config.method}, w={config.scale:g})"
             + (f", {len(files)} already there" if files else ""),

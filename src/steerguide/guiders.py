@@ -37,6 +37,7 @@ from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_n
 
 from steerguide.denoiser import step_of
 from steerguide.errors import UserError
+from steerguide.families import text_encoders
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
 from steerguide.pipeline_call import calling_components
@@ -227,8 +228,7 @@ class _WeakModelGuidance(BaseGuidance):
         components = calling_components(
             lambda c: getattr(c, "unet", None) is denoiser or getattr(c, "transformer", None) is denoiser
         )
-        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
-            encoder = getattr(components, name, None)
+        for name, encoder in text_encoders(components).items():
             if isinstance(encoder, torch.nn.Module) and tuner_layers(encoder, adapter):
                 raise UserError(
                     f"{type(self).__name__}: the LoRA {adapter!r} is also in the {name}, whose θ_ω the weak "

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from steerguide.errors import UserError
-from steerguide.families import GENERIC, family_of
+from steerguide.families import family_of, text_encoders
 from steerguide.weak import ParameterDelta, RowScaledLora
 from steerguide.weak.lora import (
     AdapterOutputDelta,
@@ -18,7 +18,6 @@ from steerguide.weak.lora import (
 from steerguide.weak.merged import merge_state, merged_adapter_delta, unmerge_adapter
 
 KINDS = ("none", "lora", "full", "partial")
-TEXT_ENCODERS = GENERIC.text_encoders  # every family's text encoder names; a pipeline's: its family's
 
 
 def _denoiser(pipe):
@@ -74,11 +73,7 @@ class Personalization:
     def adapter_components(self, pipe) -> list[str]:
         """Names of the pipeline components carrying the personalization adapter ("denoiser" first)."""
         names = ["denoiser"] if tuner_layers(_denoiser(pipe), self.adapter) else []
-        return names + [
-            n
-            for n in family_of(pipe).text_encoders
-            if getattr(pipe, n, None) is not None and tuner_layers(getattr(pipe, n), self.adapter)
-        ]
+        return names + [n for n, encoder in text_encoders(pipe).items() if tuner_layers(encoder, self.adapter)]
 
     def prepare(self, pipe) -> None:
         """Choose θ_ω's realization for the adapter's current state (called when guidance starts).
@@ -142,9 +137,7 @@ class Personalization:
 
     @staticmethod
     def _modules(pipe) -> list:
-        return [_denoiser(pipe)] + [
-            getattr(pipe, n) for n in family_of(pipe).text_encoders if getattr(pipe, n, None) is not None
-        ]
+        return [_denoiser(pipe), *text_encoders(pipe).values()]
 
     def release(self) -> None:
         """Drop every cached θ_ω and re-encoded condition (sampling is over); adapters merged by `prepare`

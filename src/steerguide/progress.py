@@ -18,10 +18,10 @@ def console(stderr: bool = False):
     return terminal if terminal.is_terminal else Console(stderr=stderr, width=UNWRAPPED_WIDTH)
 
 
-def start_bar(enabled: bool, total: int, description: str, unit: str = ""):
-    """A started rich bar and its task id, or None when disabled (rich is imported only when shown)."""
-    if not enabled:
-        return None
+def bar(enabled: bool = True, *, extra: tuple[str, ...] = (), transient: bool = False, stderr: bool = False):
+    """A rich Progress with the house's columns: description, bar, done/total, the `extra` text columns (a
+    unit, `"loss {task.fields[loss]}"`), elapsed, eta, remaining; drawing nothing unless `enabled`.
+    `stderr`: on the commands' stderr console (see `console`), else rich's default one."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -31,10 +31,17 @@ def start_bar(enabled: bool, total: int, description: str, unit: str = ""):
         TimeRemainingColumn,
     )
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
-    if unit:
-        columns.append(TextColumn(unit))
-    bar = Progress(*columns, TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    task = bar.add_task(description, total=total)
-    bar.start()
-    return bar, task
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *map(TextColumn, extra)]
+    columns += [TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    where = {"console": console(stderr=True)} if stderr else {}
+    return Progress(*columns, disable=not enabled, transient=transient, **where)
+
+
+def start_bar(enabled: bool, total: int, description: str, unit: str = ""):
+    """A started rich bar and its task id, or None when disabled (rich is imported only when shown)."""
+    if not enabled:
+        return None
+    started = bar(extra=(unit,) if unit else ())
+    task = started.add_task(description, total=total)
+    started.start()
+    return started, task

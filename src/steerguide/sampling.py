@@ -19,6 +19,7 @@ from steerguide.denoiser import Counters, guided
 from steerguide.errors import UserError
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
+from steerguide.progress import bar as progress_bar
 
 
 @dataclass
@@ -32,28 +33,6 @@ class SampleResult:
     seconds: float
     omegas: list[float | None] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
-
-
-def _progress(total: int, enabled: bool, description: str):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )
 
 
 def sample(
@@ -124,7 +103,7 @@ def sample(
 
     start = time.perf_counter()
     with (
-        _progress(len(batches) * steps, progress, f"{config.method} w={config.scale:g}") as bar,
+        progress_bar(progress) as bar,
         guided(pipe, personalization, config) as wrapper,
     ):
         task = bar.add_task(

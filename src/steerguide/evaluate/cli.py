@@ -37,11 +37,11 @@ def sweep(
     --out share them too (each claims the rows it computes)."""
     from steerguide.evaluate.benchmarks import load_benchmark
     from steerguide.evaluate.results import ResultsStore
-    from steerguide.evaluate.sweep import describe_grid, expand, load_config, resolve_base, run_sweep
-    from steerguide.evaluate.sweep_config import check_sample_size
-    from steerguide.evaluate.sweep_run import SweepInterrupted, check_out
-    from steerguide.evaluate.sweep_sampler import check_inputs
     from steerguide.progress import console as progress_console
+    from steerguide.sweep import describe_grid, expand, load_config, resolve_base, run_sweep
+    from steerguide.sweep.config import check_sample_size
+    from steerguide.sweep.run import SweepInterrupted, check_out
+    from steerguide.sweep.sampler import check_inputs
 
     cfg = load_config(config)
     check_out(out, create=False)  # before any work: an existing file or an unwritable place
@@ -95,8 +95,9 @@ def report(
     """Trade-off plots, image grids, a summary table and one self-contained HTML file."""
     from rich.table import Table
 
-    from steerguide.evaluate.report import _fmt, write_report
+    from steerguide.evaluate.report import write_report
     from steerguide.progress import console as progress_console
+    from steerguide.typeset import mean_ci_text
 
     rep = write_report(folder, out, max_prompts=max_prompts, max_columns=max_columns)
     table = Table(title=f"{folder.name}: mean ± 95% CI per setting")
@@ -105,7 +106,7 @@ def report(
     for m in rep.metrics:
         table.add_column(m, justify="right")
     for s in rep.summary:
-        table.add_row(s.label, str(s.n), *(_fmt(*s.stats[m]) for m in rep.metrics))
+        table.add_row(s.label, str(s.n), *(mean_ci_text(*s.stats[m]) for m in rep.metrics))
     console = progress_console()
     console.print(table)
     for note in rep.notes:
@@ -147,9 +148,9 @@ def evaluate(
         canonical_metric_name,
         normalize_metric_spec,
     )
-    from steerguide.evaluate.report import _fmt
     from steerguide.loading import resolve_device
     from steerguide.progress import console as progress_console
+    from steerguide.typeset import mean_ci_text
 
     resolve_device(device)  # e.g. cuda on a machine without one: say so, do not fall back
     if out is not None:
@@ -171,7 +172,7 @@ def evaluate(
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, (mean, ci) in summary.items():
-        table.add_row(name, _fmt(mean, ci))
+        table.add_row(name, mean_ci_text(mean, ci))
     progress_console().print(table)
     if out is not None:
         from steerguide.files import write_json_atomic

@@ -18,6 +18,7 @@ from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import IMAGE_SUFFIXES
 from steerguide.evaluate.metrics import Metric, check_available
 from steerguide.evaluate.report import mean_ci
+from steerguide.progress import bar as progress_bar
 
 
 @dataclass
@@ -92,15 +93,6 @@ def score_folder(
 ) -> FolderScores:
     """Score every image in `images` with `metrics`. `token` (e.g. "sks") is removed from the prompts that
     CLIP-T reads, as the sweep does."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     folder = Path(images)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"images folder {str(folder)!r} is not a folder (give the folder that holds the images)")
@@ -132,9 +124,7 @@ def score_folder(
             check_available("DINO" if m.name == "dino" else "CLIP", m.model_id, m.name)
     prepared = [m.prepare(refs) for m in metrics]
     scores: dict[str, list[float]] = {m.name: [] for m in metrics}
-    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
-               TimeRemainingColumn())
-    with Progress(*columns, disable=not progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("scoring", total=len(files))
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from steerguide.errors import UserError
+from steerguide.errors import UserError, first_line
 
 DEFAULT_MODELS = {
     "dino": "facebook/dino-vits16",
@@ -84,7 +84,7 @@ def _load(kind: str, model: str, cls, metric: str):
     try:
         return cls.from_pretrained(model, **({"local_files_only": True} if local else {}))
     except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e) or type(e).__name__
         raise UserError(f"cannot load the {kind} model {model!r}: {first}") from None
 
 

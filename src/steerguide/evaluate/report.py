@@ -8,9 +8,7 @@ independent draws, so read the bars as a lower bound on the uncertainty of a set
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -21,6 +19,7 @@ from steerguide.errors import UserError
 from steerguide.evaluate.metrics import AXES, FIDELITY, TEXT
 from steerguide.evaluate.results import ResultsStore
 from steerguide.files import check_writable
+from steerguide.typeset import font, mean_ci_text, png_data_uri, wrap
 
 # Two-sided 95% quantiles of Student's t, df = 1..30.
 _T975 = (
@@ -246,45 +245,22 @@ def tradeoff_plot(summary: list[SummaryRow], x_metric: str, y_metric: str, path:
     return path
 
 
-def _font(size: int = 11):
-    """DejaVu Sans from matplotlib (PIL's default font has no ω), else PIL's default."""
-    from PIL import ImageFont
-
-    try:
-        import matplotlib
-
-        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"), size)
-    except (ImportError, OSError):
-        return ImageFont.load_default()
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    words, lines, line = text.split(), [], ""
-    for w in words:
-        if line and len(line) + 1 + len(w) > width:
-            lines.append(line)
-            line = w
-        else:
-            line = f"{line} {w}".strip()
-    return [*lines, line] if line else lines
-
-
 def image_grid(cells: list[list], row_labels: list[str], col_labels: list[str], cell: int = 128):
     """A labelled grid: cells[r][c] is a PIL image or None (missing); small images are upscaled (nearest)."""
     from PIL import Image, ImageDraw
 
-    font = _font(11)
+    text_font = font(11)
     left, top, pad = 170, 36, 4
     w = left + len(col_labels) * (cell + pad)
     h = top + len(row_labels) * (cell + pad)
     grid = Image.new("RGB", (w, h), "white")
     draw = ImageDraw.Draw(grid)
     for c, label in enumerate(col_labels):
-        for k, line in enumerate(_wrap(label, cell // 6)[:2]):
-            draw.text((left + c * (cell + pad) + 2, 2 + 14 * k), line, fill="black", font=font)
+        for k, line in enumerate(wrap(label, cell // 6)[:2]):
+            draw.text((left + c * (cell + pad) + 2, 2 + 14 * k), line, fill="black", font=text_font)
     for r, label in enumerate(row_labels):
-        for k, line in enumerate(_wrap(label, 27)[:8]):
-            draw.text((4, top + r * (cell + pad) + 2 + 14 * k), line, fill="black", font=font)
+        for k, line in enumerate(wrap(label, 27)[:8]):
+            draw.text((4, top + r * (cell + pad) + 2 + 14 * k), line, fill="black", font=text_font)
         for c, image in enumerate(cells[r]):
             x, y = left + c * (cell + pad), top + r * (cell + pad)
             if image is None:
@@ -351,22 +327,6 @@ def _setting_order(row: dict):
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def _b64_png(path_or_image) -> str:
-    if isinstance(path_or_image, (str, Path)):
-        data = Path(path_or_image).read_bytes()
-    else:
-        buf = io.BytesIO()
-        path_or_image.save(buf, format="PNG")
-        data = buf.getvalue()
-    return "data:image/png;base64," + base64.b64encode(data).decode()
-
-
-def _fmt(mean: float, ci: float) -> str:
-    if math.isnan(mean):
-        return "–"
-    return f"{mean:.4f}" if math.isnan(ci) else f"{mean:.4f} ± {ci:.4f}"
 
 
 @dataclass
@@ -459,20 +419,20 @@ def _html(folder: Path, rows, summary, metrics, axes, plots, grids, notes=(), pr
         "<tr><td>"
         + esc(s.label)
         + f"</td><td>{s.n}</td>"
-        + "".join(f"<td>{esc(_fmt(*s.stats[m]))}</td>" for m in metrics)
+        + "".join(f"<td>{esc(mean_ci_text(*s.stats[m]))}</td>" for m in metrics)
         + "</tr>"
         for s in summary
     )
     plot_html = (
         "".join(
-            f'<figure><img src="{_b64_png(p)}" alt="{esc(p.name)}"><figcaption>{esc(p.name)}'
+            f'<figure><img src="{png_data_uri(p)}" alt="{esc(p.name)}"><figcaption>{esc(p.name)}'
             "</figcaption></figure>"
             for p in plots
         )
         or "<p>No fidelity/text metric pair to plot.</p>"
     )
     grid_html = "".join(
-        f'<h3>{esc(p.stem[5:])}</h3><img class="grid" src="{_b64_png(p)}" alt="{esc(p.name)}">' for p in grids
+        f'<h3>{esc(p.stem[5:])}</h3><img class="grid" src="{png_data_uri(p)}" alt="{esc(p.name)}">' for p in grids
     )
     notes_html = "".join(f"<p><em>{esc(n)}</em></p>" for n in notes)
     return f"""<!doctype html>

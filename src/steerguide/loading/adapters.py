@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from steerguide.errors import UserError
+from steerguide.errors import UserError, first_line
 from steerguide.families import GENERIC, family_of
 from steerguide.loading.logs import captured_warnings
 from steerguide.loading.pipelines import denoiser_of_pipe, text_encoders
@@ -92,7 +92,7 @@ def _install_peft_adapter(pipe, path: Path, state: dict, config: dict, name: str
     except UserError:
         raise
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e) or type(e).__name__
         raise UserError(
             f"adapter {path} does not fit this base model ({type(pipe).__name__}): {first[:300]}"
         ) from None
@@ -156,7 +156,7 @@ def install_lora(pipe, path: Path, name: str = ADAPTER) -> Personalization:
         except UserError:
             raise
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e) or type(e).__name__
             raise UserError(
                 f"LoRA {path} does not fit this base model ({type(pipe).__name__}): {first[:300]}"
             ) from None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from steerguide.errors import UserError
+from steerguide.errors import UserError, first_line
 from steerguide.loading.weight_files import read_state_dict
 from steerguide.weak import ParameterDelta
 
@@ -66,7 +66,7 @@ def load_learned_embeds(pipe, folder: Path) -> tuple[list[str], dict[str, Parame
                 str(path), text_encoder=getattr(pipe, encoder), tokenizer=getattr(pipe, tokenizer)
             )
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e) or type(e).__name__
             raise UserError(f"cannot load the learned token embedding {path}: {first[:300]}") from None
         tokens += [n for n in names if n not in tokens]
         embeddings = text_encoder.get_input_embeddings().weight

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from steerguide.errors import UserError
+from steerguide.errors import UserError, first_line
 from steerguide.loading.pipelines import text_encoders
 from steerguide.loading.weight_files import LazyTensors, safetensors_files
 from steerguide.personalization import Personalization
@@ -134,7 +134,7 @@ def load_finetuned_folder(pipe, folder: Path) -> Personalization:
                     ft_encoder = type(encoder).from_pretrained(folder, subfolder=name, dtype=encoder.dtype)
                     text_states[name] = ft_encoder.state_dict()
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e) or type(e).__name__
         raise UserError(f"cannot load the fine-tuned model in {folder}: {first[:300]}") from None
     return install_tensors(
         pipe,
@@ -164,12 +164,12 @@ def load_original_checkpoint(pipe, path: Path) -> Personalization:
 
     denoiser = denoiser_of(pipe)
     sub = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
-    base_dir = getattr(pipe, "_steerguide_base", None) or pipe.config.get("_name_or_path")
+    base_dir = pipe.config.get("_name_or_path")
     try:
         ft = type(denoiser).from_single_file(
             str(path), config=str(base_dir), subfolder=sub, dtype=denoiser.dtype
         )
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e) or type(e).__name__
         raise UserError(f"cannot convert the single-file checkpoint {path}: {first[:300]}") from None
     return install_tensors(pipe, ft.state_dict(), kind="full", source=path, info={"format": "single-file"})

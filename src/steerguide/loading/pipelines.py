@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from steerguide.errors import UserError
+from steerguide.errors import UserError, first_line
 from steerguide.families import family_of
 from steerguide.loading.devices import resolve_device, resolve_dtype
 from steerguide.loading.weight_files import read_state_dict
@@ -88,7 +88,7 @@ def load_pipeline(
     except UserError:
         raise
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e) or type(e).__name__
         if not path.exists():
             raise UserError(
                 f"base model {base!r} not found: not a local folder or file, and the hub is "

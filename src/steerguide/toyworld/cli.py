@@ -10,20 +10,12 @@ from typing import Annotated
 
 import typer
 from PIL import Image
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from steerguide import limits
-from steerguide.errors import Interrupted, UserError
+from steerguide.errors import Interrupted, UserError, first_line
 from steerguide.files import check_writable, check_writable_file, save_image_atomic
 from steerguide.images import open_rgb
-from steerguide.progress import console
+from steerguide.progress import bar as progress_bar
 
 toyworld = typer.Typer(help="The embedded toy world: base model, subjects, judges.", no_args_is_help=True,
                        rich_markup_mode=None)
@@ -41,9 +33,7 @@ def register(app: typer.Typer) -> None:
 
 @contextmanager
 def _progress(description: str, total: int | None):
-    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*cols, transient=True, console=console(stderr=True)) as bar:
+    with progress_bar(transient=True, stderr=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
 
@@ -304,7 +294,7 @@ def _load_pipeline(load, model: Path | None):
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 (e.g. a truncated safetensors file: SafetensorError)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first_line(e)
         raise UserError(f"cannot load the pipeline at {model}: {type(e).__name__}: {first}") from None
 
 
@@ -365,9 +355,7 @@ def train_judge(
 def _stages():
     """One bar per stage of a training run (elapsed, remaining, latest metrics); yields the
     `progress(stage, done, total, metrics)` callback that the training functions take."""
-    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"))
-    with Progress(*cols, console=console(stderr=True)) as bar:
+    with progress_bar(extra=("{task.fields[metrics]}",), stderr=True) as bar:
         tasks: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int, metrics: dict) -> None:
@@ -442,7 +430,7 @@ def ship_personalization(
     import tempfile
 
     from steerguide.demo import default_subject, demo_config
-    from steerguide.evaluate.sweep import parse_config, run_sweep
+    from steerguide.sweep import parse_config, run_sweep
     from steerguide.toyworld.assets import shipped_personalizations_path
     from steerguide.toyworld.subjects import get_subject
 

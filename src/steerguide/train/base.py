@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from steerguide.errors import UserError
+from steerguide.errors import UserError, first_line
+from steerguide.families import text_encoders
 
 
 @dataclass
@@ -33,8 +34,7 @@ class Base:
 
     @property
     def text_encoders(self) -> list[torch.nn.Module]:
-        names = ("text_encoder", "text_encoder_2")
-        return [getattr(self.pipe, n) for n in names if getattr(self.pipe, n, None) is not None]
+        return list(text_encoders(self.pipe).values())
 
     @property
     def native_resolution(self) -> int:
@@ -87,7 +87,7 @@ def load_base(path: str | Path) -> Base:
             warnings.simplefilter("ignore")
             pipe = DiffusionPipeline.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 (a broken or partial folder: one line, no traceback)
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e) or type(e).__name__
         raise UserError(f"cannot load base model {path}: {first}") from None
     finally:  # as the caller had them (the demo keeps them off)
         if bars[0]:

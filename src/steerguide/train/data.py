@@ -13,6 +13,7 @@ from PIL import Image, ImageOps
 
 from steerguide.errors import UserError
 from steerguide.images import open_rgb
+from steerguide.progress import bar as progress_bar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -182,11 +183,9 @@ def ensure_class_images(
     existing = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     missing = count - len(existing)
     if missing > 0:
-        from rich.progress import Progress
-
         pipe.set_progress_bar_config(disable=True)
         index = 0
-        with Progress(disable=not progress, transient=True) as bar:
+        with progress_bar(progress, transient=True) as bar:
             task = bar.add_task(f"class images ({prompt!r})", total=missing)
             made = 0
             while made < missing:

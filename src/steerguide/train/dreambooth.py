@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from steerguide.families import text_encoders
 from steerguide.train.base import Base
 from steerguide.train.config import TrainConfig
 from steerguide.train.methods import Trainable, freeze
@@ -31,9 +32,7 @@ def save(base: Base, config: TrainConfig, trainable: Trainable, out: Path) -> li
 
     components = {"unet": base.unet}
     if config.train_text_encoder:
-        for name in ("text_encoder", "text_encoder_2"):
-            if getattr(base.pipe, name, None) is not None:
-                components[name] = getattr(base.pipe, name)
+        components.update(text_encoders(base.pipe))
     bars = dlogging.is_progress_bar_enabled()
     dlogging.disable_progress_bar()
     try:

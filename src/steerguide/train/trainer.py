@@ -19,18 +19,11 @@ from types import ModuleType
 
 import torch
 import torch.nn.functional as F
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from steerguide import limits
 from steerguide.errors import SteerguideWarning, UserError
 from steerguide.files import check_writable, versions
+from steerguide.progress import bar as progress_bar
 from steerguide.train import custom_diffusion, dreambooth, lora
 from steerguide.train.base import (
     TOY_BASE_NOTE,
@@ -475,15 +468,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         module.train()
     start_step, started = state.step, time.perf_counter()
     seconds_before = state.seconds
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, disable=not (progress and accelerator.is_local_main_process)) as bar:
+    shown = progress and accelerator.is_local_main_process
+    with progress_bar(shown, extra=("loss {task.fields[loss]}",)) as bar:
         task = bar.add_task(f"{config.method}", total=config.max_steps, completed=state.step, loss="-")
         if state.step < config.max_steps:
             batches = accelerator.skip_first_batches(loader, state.step * config.gradient_accumulation)

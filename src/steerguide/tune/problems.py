@@ -53,7 +53,7 @@ def toy_problem(
     when `personalization` is None (call `train_toy` once the other checks have passed)."""
     from steerguide.evaluate.benchmarks import toy_benchmark
     from steerguide.evaluate.metrics import ToyFidelityMetric, ToyTextMetric
-    from steerguide.evaluate.sweep_cache import resolve_base
+    from steerguide.sweep.cache import resolve_base
 
     bench = toy_benchmark([subject], subjects_file=subjects_file)  # UserError naming the known subjects
     bench_subject = bench.subjects[0]
@@ -79,8 +79,8 @@ def train_toy(problem: Problem, benchmark: dict, out: Path, progress: bool = Fal
     """Train (or find cached under OUT/personalizations/) the toy default personalization."""
     if problem.personalization is not None:
         return problem
-    from steerguide.evaluate.sweep_cache import ensure_personalization
-    from steerguide.evaluate.sweep_config import SweepConfig
+    from steerguide.sweep.cache import ensure_personalization
+    from steerguide.sweep.config import SweepConfig
 
     config = SweepConfig(
         base="toy", benchmark=benchmark, settings=[], seeds=problem.seeds, metrics={},

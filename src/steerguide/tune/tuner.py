@@ -49,7 +49,7 @@ class Problem:
 
     def identity(self) -> dict:
         """Everything that defines a probe's images and scores, for the probe keys."""
-        from steerguide.evaluate.sweep_cache import base_identity
+        from steerguide.sweep.cache import base_identity
 
         return {
             "base": base_identity(self.base),
@@ -116,7 +116,7 @@ def check_tune_out(out: str | Path) -> Path:
 
 def setting_of(knob: Knob):
     """The sweep's `Setting` for a knob: CFG for ω = 1, else PG."""
-    from steerguide.evaluate.sweep_config import Setting
+    from steerguide.sweep.config import Setting
 
     if knob.is_cfg:
         return Setting("cfg", knob.scale)
@@ -124,8 +124,8 @@ def setting_of(knob: Knob):
 
 
 def default_sampler(problem: Problem):
-    from steerguide.evaluate.sweep_config import SweepConfig
-    from steerguide.evaluate.sweep_sampler import DiffusersSampler
+    from steerguide.sweep.config import SweepConfig
+    from steerguide.sweep.sampler import DiffusersSampler
 
     config = SweepConfig(
         base=problem.base,
@@ -350,6 +350,6 @@ def _preset(problem: Problem, target: Target, chosen: Probe, scores: dict, probe
 def _portable_base(base) -> str:
     """The base as a preset names it: 'toy' for the toy world's, whose folder lies inside the installed
     package (an absolute path would tie the preset to the install that wrote it)."""
-    from steerguide.evaluate.sweep_cache import resolve_base
+    from steerguide.sweep.cache import resolve_base
 
     return "toy" if Path(str(base)).resolve() == Path(resolve_base("toy")).resolve() else str(base)

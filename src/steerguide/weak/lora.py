@@ -49,13 +49,6 @@ def tuner_kind(layer: nn.Module) -> str:
     return {"loha": "LoHa", "lokr": "LoKr", "lora": "LoRA"}.get(name, name.upper())
 
 
-def lora_layers(module: nn.Module) -> list[nn.Module]:
-    """The peft LoRA layers inside `module` (empty when it carries no LoRA)."""
-    from peft.tuners.lora import LoraLayer
-
-    return [m for m in module.modules() if isinstance(m, LoraLayer) and len(m.lora_A) > 0]
-
-
 def row_scalable(module: nn.Module, adapter: str) -> str | None:
     """None when `adapter` is a plain, active, unmerged LoRA wherever it sits in `module`; else why not."""
     from peft.tuners.lora import LoraLayer
@@ -157,8 +150,6 @@ class RowScaledLora:
             yield
         finally:
             self._row_scale = None
-
-    uniform = at
 
     def release(self) -> None:
         """Nothing is cached for LoRA scales."""

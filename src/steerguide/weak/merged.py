@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from steerguide.errors import UserError
+from steerguide.errors import UserError, first_line
 from steerguide.weak.delta import ParameterDelta
 from steerguide.weak.lora import tuner_layers
 
@@ -35,7 +35,7 @@ def _merge(layer: nn.Module, names: list[str], what: str) -> None:
     try:
         layer.merge(adapter_names=names)
     except (RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e) or type(e).__name__
         raise UserError(f"cannot merge adapter {what} into its base weights: {first[:200]}") from None
 
 

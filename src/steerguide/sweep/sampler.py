@@ -7,7 +7,7 @@ import importlib
 
 from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import BenchSubject
-from steerguide.evaluate.sweep_config import Setting, SweepConfig
+from steerguide.sweep.config import Setting, SweepConfig
 
 
 class DiffusersSampler:
@@ -84,8 +84,8 @@ def check_inputs(
     `sampler_given`: the caller passed its own sampler object (only the device and dtype are checked)."""
     from pathlib import Path
 
-    from steerguide.evaluate.sweep_cache import personalization_path
     from steerguide.loading import resolve_device, resolve_dtype, scheduler_class
+    from steerguide.sweep.cache import personalization_path
 
     resolve_device(config.device)
     resolve_dtype(config.dtype)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from dataclasses import dataclass
 
@@ -64,12 +63,12 @@ def _rng(*parts) -> np.random.Generator:
 
 class FrontSampler:
     """`open(...)` → a session whose `generate(setting, prompts, seed)` returns 2×1 "F" images holding
-    (fidelity, text). `STEERGUIDE_FAKE_DELAY` (seconds per call) slows it down, for kill tests."""
+    (fidelity, text). `delay` (seconds per call) slows it down, so that a test can kill a run mid-way."""
 
-    def __init__(self, params: FrontParams | None = None):
+    def __init__(self, params: FrontParams | None = None, delay: float = 0.0):
         self.params = params or FrontParams()
         self.calls = 0
-        self.delay = float(os.environ.get("STEERGUIDE_FAKE_DELAY", "0"))
+        self.delay = delay
 
     def open(self, base, personalization, subject):
         return self

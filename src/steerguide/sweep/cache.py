@@ -17,9 +17,9 @@ from typing import Any
 
 from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import BenchSubject
-from steerguide.evaluate.sweep_claims import exclusive
-from steerguide.evaluate.sweep_config import SweepConfig
 from steerguide.files import write_json_atomic
+from steerguide.sweep.claims import exclusive
+from steerguide.sweep.config import SweepConfig
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

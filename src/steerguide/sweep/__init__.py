@@ -1,20 +1,20 @@
 """Sweeps: a grid over guidance settings × subjects × prompts × seeds, one result row per image.
 
 The parts, each one job, imports pointing down this list:
-- `sweep_config`: the config file (YAML/TOML) validated into a `SweepConfig` of `Setting`s;
-- `sweep_cache`: what identifies the inputs in keys (base fingerprint, personalization) and the
+- `config`: the config file (YAML/TOML) validated into a `SweepConfig` of `Setting`s;
+- `cache`: what identifies the inputs in keys (base fingerprint, personalization) and the
   personalizations trained once and cached under OUT/personalizations/;
-- `sweep_grid`: the rows of the grid in a stable order, each keyed by every setting that defines its
+- `grid`: the rows of the grid in a stable order, each keyed by every setting that defines its
   image (a rerun skips what is done; a changed setting makes new rows); sharding and batching;
-- `sweep_sampler`: what turns a batch of rows into images;
-- `sweep_claims`: row claims, so that two sweeps into one folder share the work;
-- `sweep_run`: the loop: pending rows sampled, scored and appended to OUT/results.jsonl (see `results.py`),
+- `sampler`: what turns a batch of rows into images;
+- `claims`: row claims, so that two sweeps into one folder share the work;
+- `run`: the loop: pending rows sampled, scored and appended to OUT/results.jsonl (see `evaluate/results.py`),
   images to OUT/images/<subject>/<key>.png.
 
-This module gathers their public names, so `from steerguide.evaluate.sweep import run_sweep` keeps working.
+The package gathers their public names: `from steerguide.sweep import run_sweep`.
 """
 
-from steerguide.evaluate.sweep_cache import (
+from steerguide.sweep.cache import (
     base_identity,
     ensure_personalization,
     personalization_id,
@@ -23,7 +23,7 @@ from steerguide.evaluate.sweep_cache import (
     stable_hash,
     train_cache_key,
 )
-from steerguide.evaluate.sweep_config import (
+from steerguide.sweep.config import (
     BENCHMARK_KEYS,
     METHOD_AXES,
     PERSONALIZATION_KEYS,
@@ -35,9 +35,9 @@ from steerguide.evaluate.sweep_config import (
     parse_config,
     read_config_file,
 )
-from steerguide.evaluate.sweep_grid import Row, batches, describe_grid, expand, shard
-from steerguide.evaluate.sweep_run import SweepInterrupted, SweepStats, check_out, run_sweep
-from steerguide.evaluate.sweep_sampler import DiffusersSampler, make_sampler
+from steerguide.sweep.grid import Row, batches, describe_grid, expand, shard
+from steerguide.sweep.run import SweepInterrupted, SweepStats, check_out, run_sweep
+from steerguide.sweep.sampler import DiffusersSampler, make_sampler
 
 __all__ = [
     "BENCHMARK_KEYS",

@@ -4,6 +4,11 @@ Wan 2.1/2.2), saved to disk.
 Tests, benchmarks and examples load them through the same `from_pretrained` code as real checkpoints,
 so nothing here needs the network. The tokenizers are character-level CLIP BPE vocabularies written
 on the spot: every word is spelled out, which is all a random model needs.
+
+The package's modules hold the other test doubles: `metric_models` (tiny CLIP and ViT checkpoints),
+`sweep` (a model-free sampler and two cheap metrics for sweep configs) and `tuning` (a tuning problem
+whose front is known). They live in the package, not in tests/, because the tests' subprocesses (a
+`steerguide sweep` reading `sampler: steerguide.testing.sweep:NoiseSampler`) import them.
 """
 
 from __future__ import annotations

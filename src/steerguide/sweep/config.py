@@ -180,8 +180,6 @@ def _method_settings(method: str, where: str, axes: Any) -> list[Setting]:
             setting.guidance_config()
         except UserError as e:
             raise UserError(f"config key {where}: {e}") from None
-        except ImportError:
-            pass
         settings.append(setting)
     return settings
 

@@ -22,14 +22,14 @@ from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import Benchmark, BenchSubject, load_benchmark
 from steerguide.evaluate.metrics import Metric, build_metrics
 from steerguide.evaluate.results import ResultsStore, remove_stale_temporaries
-from steerguide.evaluate.sweep_cache import ensure_personalization, resolve_base
-from steerguide.evaluate.sweep_claims import RowClaims
-from steerguide.evaluate.sweep_config import SweepConfig, check_sample_size
-from steerguide.evaluate.sweep_grid import Row, batches, expand, shard
-from steerguide.evaluate.sweep_sampler import check_inputs, make_sampler
 from steerguide.files import check_writable, save_image_atomic, write_json_atomic
 from steerguide.progress import start_bar
 from steerguide.run_folder import Refusals, RunFolder
+from steerguide.sweep.cache import ensure_personalization, resolve_base
+from steerguide.sweep.claims import RowClaims
+from steerguide.sweep.config import SweepConfig, check_sample_size
+from steerguide.sweep.grid import Row, batches, expand, shard
+from steerguide.sweep.sampler import check_inputs, make_sampler
 
 POLL_SECONDS = 0.5  # how often a sweep looks whether rows another sweep holds are done
 
@@ -120,7 +120,7 @@ def run_sweep(
     sweep); `shipped=False` trains the personalizations the toy world ships instead of copying them;
     `continue_from` (other sweep folders) lets a personalization continue a shorter training of the same
     recipe found there (exact under a constant learning rate: `seed_from_shorter`). Rows
-    another sweep into the same folder is computing are left to it and waited for (see `sweep_claims`).
+    another sweep into the same folder is computing are left to it and waited for (see `claims`).
     Ctrl-C raises `SweepInterrupted` once the claims are released and this process's temporary files
     removed. A sweep refused (`UserError`) before it kept anything leaves no folder it created behind.
     """

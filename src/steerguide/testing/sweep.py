@@ -1,12 +1,11 @@
 """Stand-ins for tests and dry runs: a sampler that draws deterministic images without a model, and two
-cheap metrics. Select them in a sweep config with `sampler: steerguide.evaluate.fakes:NoiseSampler` and
-metrics `steerguide.evaluate.fakes:MeanColorFidelity` / `steerguide.evaluate.fakes:BrightnessText`.
+cheap metrics. Select them in a sweep config with `sampler: steerguide.testing.sweep:NoiseSampler` and
+metrics `steerguide.testing.sweep:MeanColorFidelity` / `steerguide.testing.sweep:BrightnessText`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 
 import numpy as np
@@ -15,12 +14,14 @@ from steerguide.evaluate.metrics import FIDELITY, TEXT, Metric
 
 
 class NoiseSampler:
-    """Images that depend only on (subject, setting, prompt, seed). `STEERGUIDE_FAKE_DELAY` (seconds per
-    call) slows it down, so that a test can kill a sweep mid-run."""
+    """Images that depend only on (subject, setting, prompt, seed). `delay` (seconds per call) slows it
+    down, so that a test can interrupt a sweep mid-run: a test's child process sets it on the class, since
+    the sweep builds its sampler from the config."""
+
+    delay: float = 0.0
 
     def __init__(self, config=None, size: int = 16):
         self.size = size
-        self.delay = float(os.environ.get("STEERGUIDE_FAKE_DELAY", "0"))
         self.calls = 0
 
     def open(self, base, personalization, subject):
