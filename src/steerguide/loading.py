@@ -278,7 +278,7 @@ def _active_adapters(pipe) -> dict[int, list[str]]:
 
 
 def denoiser_of_pipe(pipe):
-    from steerguide.denoiser import denoiser_of
+    from steerguide.block import denoiser_of
 
     return denoiser_of(pipe)
 
@@ -522,7 +522,7 @@ def _install_tensors(
     text_deltas: dict[str, ParameterDelta] | None = None,
     info: dict | None = None,
 ) -> Personalization:
-    from steerguide.denoiser import denoiser_of
+    from steerguide.block import denoiser_of
 
     denoiser = denoiser_of(pipe)
     pre = _swap_in(denoiser, denoiser_state, str(source))
@@ -624,7 +624,7 @@ def _load_finetuned_folder(pipe, folder: Path) -> Personalization:
     Safetensors files are compared with the base tensor by tensor (only the differing ones are kept);
     other formats are loaded with the model class's `from_pretrained`.
     """
-    from steerguide.denoiser import denoiser_of
+    from steerguide.block import denoiser_of
 
     denoiser = denoiser_of(pipe)
     denoiser_cls = type(denoiser)
@@ -687,7 +687,7 @@ def load_personalization(
 
 
 def _load_personalization(pipe, path, adapter_name: str | None) -> Personalization:
-    from steerguide.denoiser import denoiser_of
+    from steerguide.block import denoiser_of
 
     if path is None:
         if adapter_name is None:
@@ -778,7 +778,7 @@ def _check_denoiser_keys(denoiser, state: Mapping[str, torch.Tensor], path: Path
 
 def _load_original_checkpoint(pipe, path: Path) -> Personalization:
     """A fine-tune saved in the original (CompVis/SGM) single-file layout: convert its denoiser with diffusers."""
-    from steerguide.denoiser import denoiser_of
+    from steerguide.block import denoiser_of
 
     denoiser = denoiser_of(pipe)
     sub = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from steerguide.denoiser import Counters, guided
+from steerguide.block import Counters
+from steerguide.denoiser import guided
 from steerguide.errors import UserError
 from steerguide.files import FolderLock, check_writable, save_image_atomic, versions, write_json_atomic
 from steerguide.guidance import GuidanceConfig
