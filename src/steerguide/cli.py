@@ -138,6 +138,7 @@ def generate_command(
     from steerguide import limits
     from steerguide.files import read_prompts
     from steerguide.guidance import GuidanceConfig
+    from steerguide.methods.pg import PG
     from steerguide.progress import console
     from steerguide.sampling import generate
 
@@ -160,13 +161,13 @@ def generate_command(
         personalization = Path(chosen) if chosen is not None else None
     else:
         config = GuidanceConfig(
-            method=method or "pg",
+            method=method or PG.name,
             scale=7.5 if scale is None else scale,
             omega=omega,
             omega_schedule=omega_schedule or "constant",
             **common,
         )
-    if config.method == "cfg" and (omega is not None or omega_schedule is not None):
+    if not config.spec.takes_omega and (omega is not None or omega_schedule is not None):
         raise UserError(
             "--omega and --omega-schedule are for --method pg or ag: CFG's first term is the personalized "
             "model on the null prompt, which has no ω"

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
+from steerguide import methods
 from steerguide.errors import UserError
 
 FIDELITY_METRIC, TEXT_METRIC = "toy_fidelity", "toy_text"
@@ -197,7 +198,7 @@ def _column(row: dict) -> str:
 
 
 def _label(row: dict) -> str:
-    text = {"cfg": "CFG", "ag": "AG", "pg": "PG"}[row["method"]] + f" w={row['scale']:g}"
+    text = methods.get(row["method"]).title + f" w={row['scale']:g}"
     if row["method"] == "ag" and row.get("omega") == 0.0:
         return text + " (θ_pre)"
     if row["method"] == "pg":

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from steerguide import methods
 from steerguide.errors import UserError
 from steerguide.limits import finite
 from steerguide.methods import Method
 from steerguide.schedules import Schedule, parse_schedule, schedule_values
+
+if TYPE_CHECKING:  # the formulas take tensors; settings are read without torch (sweep configs, presets)
+    import torch
 
 
 def step_in_interval(step: int, num_steps: int, start: float, stop: float) -> bool:
@@ -33,6 +35,36 @@ def step_in_interval(step: int, num_steps: int, start: float, stop: float) -> bo
 def guide(first: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
     """`first + scale · (cond − first)`: the one formula behind CFG, AG and PG, as diffusers computes it."""
     return first + scale * (cond - first)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One guidance setting as the user spells it: a sweep grid's column, a tuner's probe, a preset's choice.
+
+    A plain, hashable value (a setting listed twice is one), None where the user left ω or its schedule to
+    the method; `guidance_config` makes the `GuidanceConfig` that checks and runs it.
+    """
+
+    method: str
+    scale: float
+    omega: float | None = None
+    omega_schedule: str | None = None
+    interval: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def label(self) -> str:
+        """Its name in sweeps, the report and the tuner ("pg w=4 ω=0.3 linear:1 [0,0.5]")."""
+        return methods.get(self.method).label(self.scale, self.omega, self.omega_schedule, self.interval)
+
+    def guidance_config(self, **overrides: Any) -> GuidanceConfig:
+        """The run's settings (the guidance code judges every value); `overrides` not None win."""
+        kwargs: dict[str, Any] = {"method": self.method, "scale": self.scale, "interval": tuple(self.interval)}
+        if self.omega is not None:
+            kwargs["omega"] = self.omega
+        if self.omega_schedule is not None:
+            kwargs["omega_schedule"] = self.omega_schedule
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return GuidanceConfig(**kwargs)
 
 
 @dataclass

@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass
 from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import Benchmark
 from steerguide.evaluate.sweep_cache import base_identity, personalization_id, stable_hash
-from steerguide.evaluate.sweep_config import Setting, SweepConfig
+from steerguide.evaluate.sweep_config import SweepConfig
+from steerguide.guidance import Setting
 
 MAX_ROWS = 10_000_000  # images in one sweep; its rows' keys alone take gigabytes beyond
 

@@ -7,7 +7,8 @@ import importlib
 
 from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import BenchSubject
-from steerguide.evaluate.sweep_config import Setting, SweepConfig
+from steerguide.evaluate.sweep_config import SweepConfig
+from steerguide.guidance import Setting
 
 
 class DiffusersSampler:

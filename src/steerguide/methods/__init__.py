@@ -9,6 +9,7 @@ from steerguide.methods.base import (
     NULL,
     PROMPT,
     Method,
+    described,
     find,
     get,
     names,
@@ -18,4 +19,4 @@ from steerguide.methods.base import (
     unregister,
 )
 
-__all__ = ["NULL", "PROMPT", "Method", "find", "get", "names", "order_of", "register", "registered", "unregister"]
+__all__ = ["NULL", "PROMPT", "Method", "described", "find", "get", "names", "order_of", "register", "registered", "unregister"]

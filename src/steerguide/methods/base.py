@@ -107,6 +107,12 @@ def find(name: str) -> Method | None:
     return _REGISTRY.get(name) if isinstance(name, str) else None
 
 
+def described(name: str) -> Method:
+    """The method named `name`, or for a results row of a method not registered here a stand-in titled by
+    its name, showing every value its row holds and sorting last."""
+    return find(name) or Method(name, name, 1.0, True, NULL, frozenset(), UNKNOWN_ORDER)
+
+
 def order_of(name: str) -> int:
     """Where rows of the method `name` sort in tables and plots."""
     method = find(name)
