@@ -16,6 +16,7 @@ from pathlib import Path
 
 import typer
 
+from steerguide import methods
 from steerguide.errors import Interrupted, SteerguideWarning, UserError
 
 # The parser's exceptions live in click (typer < 0.25) or in typer's vendored copy of it (typer._click):
@@ -84,7 +85,7 @@ def generate_command(
         help="A preset.yaml written by `steerguide tune` (or its folder): its method, w, ω and schedule, and "
         "its base and personalization when not given. Options given here win.",
     ),
-    method: str | None = typer.Option(None, help="cfg | ag | pg (default pg)."),
+    method: str | None = typer.Option(None, help=f"{' | '.join(methods.names())} (default pg)."),
     scale: float | None = typer.Option(
         None, help="Guidance scale w, the real CFG scale for every model (Flux: true_cfg_scale; 1 = no guidance; "
         "default 7.5)."
