@@ -9,8 +9,10 @@ first half sees, so `guided(pipe, personalization, config)` wraps that one call:
     PG   first half: θ_ω,   ∅           θ_ω = θ_pre + ω(τ)·Δ
     AG   first half: θ_ω,   c           (ω = 0: the pretrained model)
 
-and the stock pipeline then evaluates the method's own formula. Negative prompts, several images per
-prompt, generators, schedulers, callbacks and guidance_rescale keep working unchanged.
+and the stock pipeline then evaluates the method's own formula. The method object says which condition
+the first half sees (`Method.weak_sees`) and whether it runs a weak model at all (`uses_weak_model`);
+`steerguide.weak.choose.batched_plan` says how θ_ω and θ_ft share the call. Negative prompts, several
+images per prompt, generators, schedulers, callbacks and guidance_rescale keep working unchanged.
 
 Installation is shared and reference-counted: the first `guided` block on a denoiser replaces its
 `forward` by a gate; blocks push their wrapper on a per-thread stack (the innermost block of a thread
