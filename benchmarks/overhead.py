@@ -141,7 +141,7 @@ def make_runner(method: str, models: dict[str, Path], args, loaded: dict | None 
     `loaded` shares one pipeline per personalization kind between methods (the methods leave it as
     they found it); without it each method loads its own.
     """
-    from steerguide.denoiser import denoiser_of
+    from steerguide.block import denoiser_of
     from steerguide.guidance import GuidanceConfig
     from steerguide.loading import load_personalization, load_pipeline
     from steerguide.sampling import sample
@@ -354,7 +354,7 @@ def main() -> None:
             from steerguide.loading import load_pipeline
 
             pipe = load_pipeline(models["base"])
-        from steerguide.denoiser import denoiser_of
+        from steerguide.block import denoiser_of
 
         unet_params = sum(p.numel() for n, p in denoiser_of(pipe).named_parameters() if "lora_" not in n)
         latent = args.resolution // pipe.vae_scale_factor

@@ -131,7 +131,7 @@ def _custom_diffusion_state(sd15, seed=0):
 
 
 def test_custom_diffusion_layouts_and_partial_delta(sd15, tmp_path):
-    from steerguide.denoiser import denoiser_of
+    from steerguide.block import denoiser_of
 
     state = _custom_diffusion_state(sd15)
     ours = tmp_path / "ours"

@@ -212,7 +212,7 @@ def test_step_index_from_the_scheduler(name, kwargs, expected):
     timesteps repeat (Karras sigmas near the end, Heun's pairs, PNDM's first step)."""
     import diffusers
 
-    from steerguide.denoiser import step_of
+    from steerguide.block import step_of
 
     scheduler = getattr(diffusers, name)(**kwargs)
     steps = 8 if "Multistep" in name else 4

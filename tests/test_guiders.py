@@ -13,7 +13,8 @@ import json
 import pytest
 import torch
 
-from steerguide.denoiser import denoiser_of, guided
+from steerguide.block import denoiser_of
+from steerguide.denoiser import guided
 from steerguide.errors import UserError
 from steerguide.guidance import GuidanceConfig
 from steerguide.guiders import PersonalizationGuidance, PersonalizedAutoGuidance, modular_pipeline

@@ -17,7 +17,8 @@ import inspect
 import pytest
 import torch
 
-from steerguide.denoiser import denoiser_of, guided
+from steerguide.block import denoiser_of
+from steerguide.denoiser import guided
 from steerguide.errors import UserError
 from steerguide.guidance import GuidanceConfig
 from steerguide.loading import load_personalization, load_pipeline

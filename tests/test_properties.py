@@ -235,7 +235,7 @@ def test_p3_pg_at_omega_zero_uses_the_base_model_null_prediction(models, arch, k
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_p4_row_scaled_batch_equals_two_separate_passes(models, arch):
-    from steerguide.denoiser import denoiser_of
+    from steerguide.block import denoiser_of
 
     base, lora, _ = models(arch)
     pipe = load_pipeline(base)

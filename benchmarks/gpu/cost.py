@@ -151,7 +151,7 @@ class NaiveThreePass:
         self.original = pipe.unet.forward
 
     def __call__(self, sample, timestep, encoder_hidden_states, **kwargs):  # named: `guided` binds them
-        from steerguide.denoiser import _split
+        from steerguide.one_batch import _split
 
         inputs = dict(sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
         null, cond = _split(inputs, sample.shape[0])

@@ -43,7 +43,7 @@ def main() -> None:
     from steerguide.tune.objective import Target
     from steerguide.tune.problems import toy_problem
     from steerguide.tune.search import COARSE
-    from steerguide.tune.tuner import default_sampler, setting_of, tune
+    from steerguide.tune.tuner import default_sampler, tune
 
     torch.set_num_threads(1)
     _quiet_libraries()
@@ -78,7 +78,7 @@ def main() -> None:
         t0 = time.perf_counter()
         session = default_sampler(problem).open(problem.base, problem.personalization, subject)
         prompts = [subject.prompts[i] for i in HELD]
-        images = session.generate(setting_of(result.chosen), prompts, 0)
+        images = session.generate(result.chosen.setting, prompts, 0)
         refs = subject.fidelity_references()
         fid = problem.fidelity_metric.score(images, prompts, problem.fidelity_metric.prepare(refs))
         txt = problem.text_metric.score(images, prompts, None)

@@ -13,7 +13,7 @@ from steerguide._version import __version__ as __version__
 from steerguide.lazy import lazy_attributes
 
 _WHERE = {
-    "Counters": "steerguide.denoiser",
+    "Counters": "steerguide.block",
     "guided": "steerguide.denoiser",
     "GuidanceConfig": "steerguide.guidance",
     "guide": "steerguide.guidance",
@@ -40,7 +40,8 @@ __all__ = [
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
 
 if TYPE_CHECKING:  # what type checkers and editors see
-    from steerguide.denoiser import Counters, guided
+    from steerguide.block import Counters
+    from steerguide.denoiser import guided
     from steerguide.generation import generate
     from steerguide.guidance import GuidanceConfig, guide
     from steerguide.loading import load_personalization, load_pipeline

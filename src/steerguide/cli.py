@@ -16,6 +16,7 @@ from pathlib import Path
 
 import typer
 
+from steerguide import methods
 from steerguide.errors import Interrupted, SteerguideWarning, UserError, first_line
 from steerguide.quiet import quiet_libraries
 
@@ -85,7 +86,7 @@ def generate_command(
         help="A preset.yaml written by `steerguide tune` (or its folder): its method, w, ω and schedule, and "
         "its base and personalization when not given. Options given here win.",
     ),
-    method: str | None = typer.Option(None, help="cfg | ag | pg (default pg)."),
+    method: str | None = typer.Option(None, help=f"{' | '.join(methods.names())} (default pg)."),
     scale: float | None = typer.Option(
         None, help="Guidance scale w, the real CFG scale for every model (Flux: true_cfg_scale; 1 = no guidance; "
         "default 7.5)."
@@ -140,6 +141,7 @@ def generate_command(
     from steerguide.files import read_prompts
     from steerguide.generation import generate
     from steerguide.guidance import GuidanceConfig
+    from steerguide.methods.pg import PG
     from steerguide.progress import console
 
     if guidance_start == guidance_stop:  # start > stop: GuidanceConfig's message
@@ -161,13 +163,13 @@ def generate_command(
         personalization = Path(chosen) if chosen is not None else None
     else:
         config = GuidanceConfig(
-            method=method or "pg",
+            method=method or PG.name,
             scale=7.5 if scale is None else scale,
             omega=omega,
             omega_schedule=omega_schedule or "constant",
             **common,
         )
-    if config.method == "cfg" and (omega is not None or omega_schedule is not None):
+    if not config.spec.takes_omega and (omega is not None or omega_schedule is not None):
         raise UserError(
             "--omega and --omega-schedule are for --method pg or ag: CFG's first term is the personalized "
             "model on the null prompt, which has no ω"

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
+from steerguide import methods
 from steerguide.errors import UserError
 from steerguide.quiet import libraries_quieted
 from steerguide.run_folder import Refusals, RunFolder
@@ -193,7 +194,7 @@ def _column(row: dict) -> str:
 
 
 def _label(row: dict) -> str:
-    text = {"cfg": "CFG", "ag": "AG", "pg": "PG"}[row["method"]] + f" w={row['scale']:g}"
+    text = methods.get(row["method"]).title + f" w={row['scale']:g}"
     if row["method"] == "ag" and row.get("omega") == 0.0:
         return text + " (θ_pre)"
     if row["method"] == "pg":

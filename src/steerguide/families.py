@@ -4,7 +4,7 @@ diffusers pipelines run guidance in one of two ways:
 
 - batched: the denoiser runs once a step on [negative half; prompt half] (SD 1.x/2.x, SDXL, SD3, PixArt,
   Sana). Whether the pipeline guides is the `do_classifier_free_guidance` attribute, or (PixArt) the
-  argument of that name it hands to `encode_prompt`. The engine is `steerguide.denoiser.GuidedDenoiser`.
+  argument of that name it hands to `encode_prompt`. The engine is `steerguide.one_batch.GuidedDenoiser`.
 - separate: the prompt call and the negative call are two denoiser calls a step, the prompt call first
   (Flux's true CFG, Chroma, ...). The negative call is the one the pipeline makes inside
   `transformer.cache_context("uncond")` (it makes one only while it guides), or, for a pipeline without

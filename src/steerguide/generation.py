@@ -249,7 +249,7 @@ def _generate(base, personalization, config, prompts, out, identity, earlier, re
     if distilled is not None and family.distilled_argument is None:
         raise UserError(f"--distilled-guidance: {type(pipe).__name__} has no distilled guidance embedding")
     personal = load_personalization(pipe, personalization)
-    if personal.kind == "none" and config.method != "cfg":
+    if personal.kind == "none" and config.spec.uses_weak_model:
         raise UserError(f"--method {config.method} needs --personalization (without one, θ_pre = θ_ft)")
     native = _native_side(pipe)
     if native:

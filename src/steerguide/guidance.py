@@ -14,18 +14,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from steerguide import methods
 from steerguide.errors import UserError
 from steerguide.limits import finite
+from steerguide.methods import Method
 from steerguide.schedules import Schedule, parse_schedule, schedule_values
 
-METHODS = ("cfg", "ag", "pg")
+if TYPE_CHECKING:  # the formulas take tensors; settings are read without torch (sweep configs, presets)
+    import torch
 
-# ω used when none is given: PG keeps half of the personalization in its weak model; AG guides with the
-# pretrained model itself, as in the autoguidance paper's "weaker model" setting.
-DEFAULT_OMEGA = {"cfg": 1.0, "ag": 0.0, "pg": 0.5}
+
+def step_in_interval(step: int, num_steps: int, start: float, stop: float) -> bool:
+    """Whether step `step` of `num_steps` is guided: diffusers' `BaseGuidance` start/stop rule,
+    int(start·N) <= i < int(stop·N). The one place the rule is written (engines, guiders, ComfyUI)."""
+    return int(start * num_steps) <= step < int(stop * num_steps)
 
 
 def guide(first: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -33,16 +37,46 @@ def guide(first: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor
     return first + scale * (cond - first)
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One guidance setting as the user spells it: a sweep grid's column, a tuner's probe, a preset's choice.
+
+    A plain, hashable value (a setting listed twice is one), None where the user left ω or its schedule to
+    the method; `guidance_config` makes the `GuidanceConfig` that checks and runs it.
+    """
+
+    method: str
+    scale: float
+    omega: float | None = None
+    omega_schedule: str | None = None
+    interval: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def label(self) -> str:
+        """Its name in sweeps, the report and the tuner ("pg w=4 ω=0.3 linear:1 [0,0.5]")."""
+        return methods.get(self.method).label(self.scale, self.omega, self.omega_schedule, self.interval)
+
+    def guidance_config(self, **overrides: Any) -> GuidanceConfig:
+        """The run's settings (the guidance code judges every value); `overrides` not None win."""
+        kwargs: dict[str, Any] = {"method": self.method, "scale": self.scale, "interval": tuple(self.interval)}
+        if self.omega is not None:
+            kwargs["omega"] = self.omega
+        if self.omega_schedule is not None:
+            kwargs["omega_schedule"] = self.omega_schedule
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return GuidanceConfig(**kwargs)
+
+
 @dataclass
 class GuidanceConfig:
     """How to guide one sampling run.
 
     Args:
-        method: "cfg", "ag" or "pg".
+        method: a registered method's name (`steerguide.methods`): "cfg", "ag" or "pg".
         scale: the guidance scale w, with the diffusers meaning (1 = no guidance).
         omega: ω at the start of sampling: the share of the personalization the weak model keeps
             (PG: 1 is CFG, 0 the pretrained model's null prediction; AG: 0 is the pretrained model).
-            None takes the method's default (`DEFAULT_OMEGA`).
+            None takes the method's default (`Method.default_omega`).
         omega_schedule: how ω moves during sampling: "constant", "linear:END", "cosine:END",
             "piecewise:T1=V1,..." (see `steerguide.schedules`), or a callable τ → ω.
         interval: (start, stop) fractions of the steps where guidance is applied, with the rule of
@@ -62,8 +96,7 @@ class GuidanceConfig:
     _schedule: Schedule | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise UserError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
+        spec = methods.get(self.method)  # a one-line error naming the known methods
         # NaN passes every comparison below and ends as invalid JSON in run.json: refuse it first
         for name, value in (("--scale", self.scale), ("--guidance-rescale", self.guidance_rescale),
                             ("--omega", self.omega), ("--guidance-start", self.interval[0]),
@@ -83,15 +116,15 @@ class GuidanceConfig:
         if not 0.0 <= start <= stop <= 1.0:
             raise UserError(f"guidance interval must satisfy 0 <= start <= stop <= 1, got {self.interval}")
         if self.omega is None:
-            self.omega = DEFAULT_OMEGA[self.method]
+            self.omega = spec.default_omega
             spelled = self.omega_schedule if isinstance(self.omega_schedule, str) else ""
-            if self.method != "cfg" and spelled.startswith("constant:"):  # "constant:0.3" names ω itself
+            if spec.takes_omega and spelled.startswith("constant:"):  # "constant:0.3" names ω itself
                 try:
                     self.omega = float(spelled.partition(":")[2])
                 except ValueError:
                     pass  # parse_schedule says what is wrong with it
-        if self.method == "cfg":
-            self._schedule = parse_schedule("constant", 1.0)
+        if not spec.takes_omega:  # CFG: the weak model is the personalized model itself, ω = 1
+            self._schedule = parse_schedule("constant", spec.default_omega)
             return
         if callable(self.omega_schedule):
             self._schedule = self.omega_schedule
@@ -99,6 +132,11 @@ class GuidanceConfig:
             self._schedule = parse_schedule(self.omega_schedule, float(self.omega))
         for value in schedule_values(self._schedule, [i / 16 for i in range(16)]):
             self.check_omega(value)
+
+    @property
+    def spec(self) -> Method:
+        """The method object of `method` (its weak half's condition, whether it takes ω, its label)."""
+        return methods.get(self.method)
 
     def check_omega(self, value: float) -> float:
         finite("omega", value)
@@ -110,23 +148,23 @@ class GuidanceConfig:
         return value
 
     def omega_at(self, tau: float) -> float:
-        """ω(τ) for this run (1 for CFG, whose weak model is the personalized model itself)."""
+        """ω(τ) for this run (for a method without ω its fixed one: CFG's 1, the personalized model)."""
         assert self._schedule is not None
         return self.check_omega(float(self._schedule(tau)))
 
     def active_at_step(self, step: int, num_steps: int) -> bool:
         """Whether step `step` of `num_steps` is guided: diffusers' `BaseGuidance` start/stop rule."""
-        start, stop = self.interval
-        return int(start * num_steps) <= step < int(stop * num_steps)
+        return step_in_interval(step, num_steps, *self.interval)
 
     def describe(self) -> dict:
         """The settings as plain JSON values (for run.json and result rows)."""
         schedule = self.omega_schedule if isinstance(self.omega_schedule, str) else repr(self.omega_schedule)
+        takes_omega = self.spec.takes_omega
         return {
             "method": self.method,
             "scale": self.scale,
-            "omega": self.omega if self.method != "cfg" else None,
-            "omega_schedule": schedule if self.method != "cfg" else None,
+            "omega": self.omega if takes_omega else None,
+            "omega_schedule": schedule if takes_omega else None,
             "interval": list(self.interval),
             "guidance_rescale": self.guidance_rescale,
             "allow_extrapolation": self.allow_extrapolation,

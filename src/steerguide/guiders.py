@@ -15,11 +15,14 @@ around the second batch's denoiser call only, so the weights are θ_ft again aft
 call raises. ω, its schedule and the interval are the guider's config (`save_pretrained` /
 `from_pretrained`, `guider_config.json`); the personalization is runtime state, not config.
 
-`start`/`stop` mean what they mean for diffusers' guiders: guidance runs at steps
-int(start·N) <= i < int(stop·N), the rule of steerguide's `GuidanceConfig.interval`. ω(τ) is evaluated
-at τ = i/N, as in steerguide's sampler. On second-order schedulers (Heun, KDPM2: 2N−1 denoiser calls)
-i is the step, a step's predictor and corrector counted as one, as `steerguide.guided` counts them
-(diffusers' `ClassifierFreeGuidance` counts the 2N−1 calls against N instead).
+`start`/`stop` mean what they mean for diffusers' guiders and for `GuidanceConfig.interval`: guidance
+runs at steps int(start·N) <= i < int(stop·N), decided by the one function both use
+(`steerguide.guidance.step_in_interval`). ω(τ) is evaluated at τ = i/N, and i counts steps as
+`steerguide.guided` counts them: on second-order schedulers (Heun, KDPM2: 2N−1 denoiser calls) a step's
+predictor and corrector are one step (`steerguide.block.step_of`; diffusers' own `ClassifierFreeGuidance`
+counts the 2N−1 calls against N). The method (its default ω, which condition the weak batch gets) is
+the guider's `steerguide.methods` object; θ_ω's realization is chosen as for `guided`
+(`Personalization.weak_model`, `steerguide.weak.choose.weak_at`).
 """
 
 from __future__ import annotations
@@ -35,12 +38,15 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_noise_cfg
 
-from steerguide.denoiser import step_of
+from steerguide.block import step_of
 from steerguide.errors import UserError
 from steerguide.families import text_encoders
-from steerguide.guidance import GuidanceConfig
+from steerguide.guidance import GuidanceConfig, step_in_interval
+from steerguide.methods.ag import AG
+from steerguide.methods.pg import PG
 from steerguide.personalization import Personalization
 from steerguide.pipeline_call import calling_components
+from steerguide.weak.choose import weak_at
 from steerguide.weak.gate import Guard, module_lock
 from steerguide.weak.lora import tuner_layers
 
@@ -50,10 +56,12 @@ class _WeakModelGuidance(BaseGuidance):
 
     _input_predictions = ["pred_cond", "pred_uncond"]
     ignore_for_config = ["personalization"]
-    _method = "pg"  # the steerguide method this guider realizes
-    _weak_branch = (
-        1  # which tuple element of each input the weak batch gets: 1 the negative prompt's, 0 the prompt's
-    )
+    _method = PG  # the steerguide method this guider realizes
+
+    @property
+    def _weak_branch(self) -> int:
+        """Which tuple element of each input the weak batch gets: 0 the prompt's, 1 the negative prompt's."""
+        return 0 if self._method.weak_on_prompt else 1
 
     def _setup(
         self,
@@ -68,7 +76,7 @@ class _WeakModelGuidance(BaseGuidance):
             raise UserError("omega_schedule must be a string (e.g. 'linear:1.0') so that it can be saved")
         # Validates ω over the whole schedule, the scale and φ, with the CLI's one-line messages.
         self._guidance = GuidanceConfig(
-            method=self._method,
+            method=self._method.name,
             scale=guidance_scale,
             omega=omega,
             omega_schedule=omega_schedule,
@@ -151,9 +159,7 @@ class _WeakModelGuidance(BaseGuidance):
             return False
         in_range = True
         if self._num_inference_steps is not None:
-            first = int(self._start * self._num_inference_steps)
-            stop = int(self._stop * self._num_inference_steps)
-            in_range = first <= self._step < stop
+            in_range = step_in_interval(self._step, self._num_inference_steps, self._start, self._stop)
         return in_range and not math.isclose(self.guidance_scale, 1.0)
 
     @property
@@ -257,7 +263,7 @@ class _WeakModelGuidance(BaseGuidance):
         omega = self.omega_now()
         if omega == 1.0:
             return  # θ_1 = θ_ft: nothing to switch
-        realization = personal.lora if personal.lora is not None else personal.denoiser_delta
+        realization = personal.weak_model
         if realization is None:
             raise UserError(f"{type(self).__name__}: personalization {personal.source} has no weak model")
 
@@ -269,7 +275,7 @@ class _WeakModelGuidance(BaseGuidance):
             guard.enter()
             guard.lock.acquire()
             self._weak_guard = guard
-            self._weak_context = realization.at(omega)
+            self._weak_context = weak_at(realization, omega)
             self._weak_context.__enter__()
 
         def leave(module, args, kwargs, output):
@@ -336,14 +342,13 @@ class PersonalizationGuidance(_WeakModelGuidance):
             partial fine-tune); None takes the LoRA adapters loaded in the denoiser as Δ. Not config.
     """
 
-    _method = "pg"
-    _weak_branch = 1
+    _method = PG
 
     @register_to_config
     def __init__(
         self,
         guidance_scale: float = 7.5,
-        omega: float = 0.5,
+        omega: float = PG.default_omega,
         omega_schedule: str = "constant",
         guidance_rescale: float = 0.0,
         allow_extrapolation: bool = False,
@@ -365,14 +370,13 @@ class PersonalizedAutoGuidance(_WeakModelGuidance):
     Same arguments as `PersonalizationGuidance`. The pipeline still encodes a negative prompt, unused.
     """
 
-    _method = "ag"
-    _weak_branch = 0
+    _method = AG
 
     @register_to_config
     def __init__(
         self,
         guidance_scale: float = 7.5,
-        omega: float = 0.0,
+        omega: float = AG.default_omega,
         omega_schedule: str = "constant",
         guidance_rescale: float = 0.0,
         allow_extrapolation: bool = False,

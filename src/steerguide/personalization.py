@@ -62,6 +62,13 @@ class Personalization:
             return inputs
         return self.weak_condition_fn(inputs, omega, prompt_side)
 
+    @property
+    def weak_model(self):
+        """θ_ω's realization on the main denoiser, as `prepare` chose it (`steerguide.weak.choose`): per-row
+        LoRA scales, or θ_ω in weight space (tensor delta, merged adapter, adapter output term); None before
+        `prepare` for an adapter, or without a personalization."""
+        return self.lora if self.lora is not None else self.denoiser_delta
+
     def describe(self) -> dict:
         return {"kind": self.kind, "source": self.source, **self.info}
 

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from steerguide.denoiser import Counters, guided
+from steerguide.block import Counters
+from steerguide.denoiser import guided
 from steerguide.errors import UserError
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization

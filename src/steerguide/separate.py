@@ -31,17 +31,18 @@ import inspect
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from steerguide.denoiser import BlockWrapper, step_of
+from steerguide.block import BlockWrapper, step_of
 from steerguide.errors import UserError
 from steerguide.families import BY_CACHE_CONTEXT, BY_CALL_ORDER, family_of
 from steerguide.guidance import GuidanceConfig
 from steerguide.personalization import Personalization
 from steerguide.weak import RowScaledLora
+from steerguide.weak.choose import weak_at
 from steerguide.weak.gate import Gate
 from steerguide.weak.lora import row_scalable, tuner_layers
 from steerguide.weak.stand_in import StandIn
@@ -158,7 +159,7 @@ class SeparatePassDenoiser(BlockWrapper):
         self.encodings: EncodeRecorder | None = None  # set by `guided_separately` (text-encoder Δ)
         self._encoded: dict[tuple, tuple | None] = {}
         reaches_text = personalization.weak_condition_fn is not None or bool(personalization.text_realizations)
-        if config.method != "cfg" and reaches_text and not self.family.condition_outputs:
+        if config.spec.uses_weak_model and reaches_text and not self.family.condition_outputs:
             raise UserError(
                 f"{personalization.source}: this personalization changes the text encoder(s); steerguide does "
                 f"not yet re-encode the weak call's condition on {type(pipe).__name__} (a denoiser-only "
@@ -188,13 +189,6 @@ class SeparatePassDenoiser(BlockWrapper):
         self.counters.denoiser_calls += 1
         self.counters.denoiser_rows += rows
         return out
-
-    @staticmethod
-    def _weak_model(expert: Expert, omega: float):
-        """Within the block the expert computes with θ_ω (LoRA scale ω, or θ_ω swapped in)."""
-        if omega == 1.0 or expert.weak is None:
-            return nullcontext()  # θ_1 = θ_ft; an expert the personalization leaves alone has Δ = 0
-        return expert.weak.at(omega)
 
     def _weak_condition(self, inputs: dict, omega: float, prompt_side: bool) -> dict:
         """The weak call's inputs with its condition encoded by the text encoders at θ_ω (the prompt for
@@ -256,12 +250,15 @@ class SeparatePassDenoiser(BlockWrapper):
             return prompt[2]
         omega = self.config.omega_at(tau)
         self._record(step, tau, omega)
-        if self.config.method == "cfg":
-            return self._run(expert, inputs, rows)
-        if self.config.method == "ag":
+        spec = self.config.spec
+        if not spec.uses_weak_model:
+            return self._run(expert, inputs, rows)  # CFG: the negative call, untouched
+        if spec.weak_on_prompt:
             inputs = prompt[1]  # the weak model on the prompt's condition, same x and t
-        inputs = self._weak_condition(inputs, omega, prompt_side=self.config.method == "ag")
-        with self._weak_model(expert, omega):
+        inputs = self._weak_condition(inputs, omega, prompt_side=spec.weak_on_prompt)
+        # θ_ω on the expert called (LoRA scale ω, or θ_ω swapped in); an expert the personalization
+        # leaves alone has no realization (Δ = 0)
+        with weak_at(expert.weak, omega):
             return self._run(expert, inputs, rows)
 
     def release(self) -> None:
@@ -273,7 +270,7 @@ def _weak_realization(personalization: Personalization, module: torch.nn.Module,
     """θ_ω's realization on one expert: the personalization's own on the main denoiser; on another
     expert (Wan 2.2's low-noise `transformer_2`), per-row scales of the adapter where it carries it."""
     if main:
-        realization = personalization.lora or personalization.denoiser_delta
+        realization = personalization.weak_model
         if realization is None:
             raise UserError(f"personalization {personalization.source} has no weak model")
         return realization
@@ -310,9 +307,10 @@ def guided_separately(
             wrapper.experts.append(expert)
         text_gates = [Gate.enter(m) for m in personalization.text_modules(pipe)]
         gates += text_gates
-        if config.method != "cfg" and personalization.text_realizations:
+        uses_weak = config.spec.uses_weak_model
+        if uses_weak and personalization.text_realizations:
             encoder = wrapper.encodings = EncodeRecorder.enter(pipe)
-        if config.method != "cfg":
+        if uses_weak:
             with gates[0].lock:
                 personalization.prepare(pipe)
             for i, expert in enumerate(wrapper.experts):

@@ -48,7 +48,7 @@ def text_encoder_weak_condition(pipe, realizations: dict) -> WeakCondition:
     record: dict = {"call": None, "serial": 0}
     cache: dict[tuple[int, float], tuple] = {}
 
-    @functools.wraps(original)  # keeps the signature visible (denoiser.CfgRecorder reads it)
+    @functools.wraps(original)  # keeps the signature visible (one_batch.CfgRecorder reads it)
     def recording_encode_prompt(*args, **kwargs):
         record["call"] = dict(signature.bind(*args, **kwargs).arguments)
         record["serial"] += 1

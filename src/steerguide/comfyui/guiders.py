@@ -24,6 +24,7 @@ import torch
 from steerguide.comfyui.finetune import has_finetune_base, weak_conditioning
 from steerguide.comfyui.lora_rows import OMEGA_KEY
 from steerguide.errors import UserError
+from steerguide.guidance import step_in_interval
 from steerguide.schedules import Constant
 
 
@@ -63,7 +64,7 @@ class PersonalizationGuider(comfy.samplers.CFGGuider):
         if sigmas is None:  # not inside a sampler run: every step is guided
             return float(self.omega(0.0))
         i, n = step_of(sigmas, timestep)
-        if not int(self.start * n) <= i < int(self.stop * n):
+        if not step_in_interval(i, n, self.start, self.stop):
             return None
         return float(self.omega(i / n))
 

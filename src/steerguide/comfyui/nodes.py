@@ -33,6 +33,8 @@ from steerguide.comfyui.lora_rows import (
     text_encoder_at,
 )
 from steerguide.errors import UserError
+from steerguide.methods.ag import AG
+from steerguide.methods.pg import PG
 from steerguide.schedules import Constant, Cosine, Linear
 
 CATEGORY = "sampling/custom_sampling/guiders"
@@ -81,7 +83,7 @@ def _check_model(model) -> None:
 
 _GUIDE_INPUTS = {
     "cfg": _float(7.5, 0.0, 100.0, 0.1, "guidance scale w (1: no guidance)"),
-    "omega": _float(0.5, 0.0, 1.0, 0.01, "share of the personalization the weak model keeps at the start"),
+    "omega": _float(PG.default_omega, 0.0, 1.0, 0.01, "share of the personalization the weak model keeps at the start"),
     "omega_schedule": (list(SCHEDULES), {"default": "constant", "tooltip": "ω over the sampling steps"}),
     "omega_end": _float(1.0, 0.0, 1.0, 0.01, "ω at the end (linear and cosine schedules)"),
     "start": _float(0.0, 0.0, 1.0, 0.01, "fraction of the steps where guidance starts"),
@@ -176,7 +178,8 @@ class PersonalizationGuiderNode:
     def get_guider(self, model, positive, negative, cfg, omega, omega_schedule, omega_end, start, stop):
         _check_model(model)
         _check_interval(start, stop)
-        guider = PersonalizationGuider(model, _schedule(omega_schedule, omega, omega_end), start, stop)
+        guider = PersonalizationGuider(model, _schedule(omega_schedule, omega, omega_end), start, stop,
+                                       weak_on_prompt=PG.weak_on_prompt)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
         return (guider,)
@@ -193,7 +196,7 @@ class PersonalizationAGGuiderNode:
     @classmethod
     def INPUT_TYPES(cls):
         inputs = dict(_GUIDE_INPUTS)
-        inputs["omega"] = _float(0.0, 0.0, 1.0, 0.01, "share of the personalization the weak model keeps")
+        inputs["omega"] = _float(AG.default_omega, 0.0, 1.0, 0.01, "share of the personalization the weak model keeps")
         weak = ("CONDITIONING", {"tooltip": "the prompt encoded by Weak Text Encoder, when the LoRA reaches "
                                             "the text encoder (default: positive)"})
         return {"required": {"model": ("MODEL",), "positive": ("CONDITIONING",), **inputs},
@@ -205,7 +208,7 @@ class PersonalizationAGGuiderNode:
         _check_model(model)
         _check_interval(start, stop)
         schedule = _schedule(omega_schedule, omega, omega_end)
-        guider = PersonalizationGuider(model, schedule, start, stop, weak_on_prompt=True)
+        guider = PersonalizationGuider(model, schedule, start, stop, weak_on_prompt=AG.weak_on_prompt)
         guider.set_conds(positive, weak_positive)
         guider.set_cfg(cfg)
         return (guider,)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from steerguide import methods
 from steerguide.errors import UserError
 from steerguide.evaluate.metrics import AXES, FIDELITY, TEXT
 from steerguide.evaluate.results import ResultsStore
@@ -197,8 +198,7 @@ def summarize(rows: list[dict], metrics: Sequence[str] | None = None) -> list[Su
                 stats,
             )
         )
-    order = {"cfg": 0, "ag": 1, "pg": 2}
-    out.sort(key=lambda s: (order.get(s.method, 9), s.curve, s.scale))
+    out.sort(key=lambda s: (methods.order_of(s.method), s.curve, s.scale))
     return out
 
 
@@ -319,7 +319,7 @@ def subject_grid(
 
 def _setting_order(row: dict):
     return (
-        {"cfg": 0, "ag": 1, "pg": 2}.get(row["method"], 9),
+        methods.order_of(row["method"]),
         str(row.get("omega")),
         str(row.get("omega_schedule")),
         row["scale"],

@@ -100,7 +100,7 @@ def load_personalization(
 
 
 def _load_personalization(pipe, path, adapter_name: str | None) -> Personalization:
-    from steerguide.denoiser import denoiser_of
+    from steerguide.block import denoiser_of
 
     if path is None:
         if adapter_name is None:

@@ -63,7 +63,7 @@ def install_tensors(
     text_deltas: dict[str, ParameterDelta] | None = None,
     info: dict | None = None,
 ) -> Personalization:
-    from steerguide.denoiser import denoiser_of
+    from steerguide.block import denoiser_of
 
     denoiser = denoiser_of(pipe)
     pre = swap_in(denoiser, denoiser_state, str(source))
@@ -107,7 +107,7 @@ def load_finetuned_folder(pipe, folder: Path) -> Personalization:
     Safetensors files are compared with the base tensor by tensor (only the differing ones are kept);
     other formats are loaded with the model class's `from_pretrained`.
     """
-    from steerguide.denoiser import denoiser_of
+    from steerguide.block import denoiser_of
 
     denoiser = denoiser_of(pipe)
     denoiser_cls = type(denoiser)
@@ -160,7 +160,7 @@ def check_denoiser_keys(denoiser, state: Mapping[str, torch.Tensor], path: Path)
 
 def load_original_checkpoint(pipe, path: Path) -> Personalization:
     """A fine-tune saved in the original (CompVis/SGM) single-file layout: convert its denoiser with diffusers."""
-    from steerguide.denoiser import denoiser_of
+    from steerguide.block import denoiser_of
 
     denoiser = denoiser_of(pipe)
     sub = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"

@@ -114,6 +114,6 @@ def text_encoders(pipe) -> list[tuple[str, torch.nn.Module]]:
 
 
 def denoiser_of_pipe(pipe):
-    from steerguide.denoiser import denoiser_of
+    from steerguide.block import denoiser_of
 
     return denoiser_of(pipe)

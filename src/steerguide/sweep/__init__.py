@@ -25,7 +25,6 @@ from steerguide.sweep.cache import (
 )
 from steerguide.sweep.config import (
     BENCHMARK_KEYS,
-    METHOD_AXES,
     PERSONALIZATION_KEYS,
     SAMPLING_KEYS,
     TOP_KEYS,
@@ -41,7 +40,6 @@ from steerguide.sweep.sampler import DiffusersSampler, make_sampler
 
 __all__ = [
     "BENCHMARK_KEYS",
-    "METHOD_AXES",
     "PERSONALIZATION_KEYS",
     "SAMPLING_KEYS",
     "TOP_KEYS",

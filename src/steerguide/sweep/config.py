@@ -24,9 +24,10 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from steerguide import limits
+from steerguide import limits, methods
 from steerguide.errors import UserError
 from steerguide.evaluate.metrics import normalize_metric_spec
+from steerguide.guidance import Setting
 
 TOP_KEYS = {
     "base",
@@ -45,50 +46,9 @@ SAMPLING_KEYS = {"steps", "height", "width", "negative_prompt", "batch_size", "s
 PERSONALIZATION_KEYS = {"train", "paths"}
 MAX_SIDE = 4096  # pixels: no base of the Stable Diffusion family samples larger
 MAX_UPSCALE = 4  # height/width at most this many times the base's own sample size (attention memory)
-METHOD_AXES = {
-    "cfg": {"scale", "interval"},
-    "ag": {"scale", "omega", "interval"},
-    "pg": {"scale", "omega", "omega_schedule", "interval"},
-}
 
 
 # ----------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One guidance setting of the grid (CFG has no ω)."""
-
-    method: str
-    scale: float
-    omega: float | None = None
-    omega_schedule: str | None = None
-    interval: tuple[float, float] = (0.0, 1.0)
-
-    @property
-    def label(self) -> str:
-        parts = [self.method, f"w={self.scale:g}"]
-        if self.omega is not None:
-            parts.append(f"ω={self.omega:g}")
-        if self.omega_schedule not in (None, "constant"):
-            parts.append(str(self.omega_schedule))
-        if tuple(self.interval) != (0.0, 1.0):
-            parts.append(f"[{self.interval[0]:g},{self.interval[1]:g}]")
-        return " ".join(parts)
-
-    def guidance_config(self):
-        from steerguide.guidance import GuidanceConfig
-
-        kwargs: dict[str, Any] = {
-            "method": self.method,
-            "scale": self.scale,
-            "interval": tuple(self.interval),
-        }
-        if self.omega is not None:
-            kwargs["omega"] = self.omega
-        if self.omega_schedule is not None:
-            kwargs["omega_schedule"] = self.omega_schedule
-        return GuidanceConfig(**kwargs)
 
 
 @dataclass
@@ -151,20 +111,19 @@ def yaml_error() -> type[Exception]:
 
 def _method_settings(method: str, where: str, axes: Any) -> list[Setting]:
     """The settings of one grid of a method's axes (their product), each checked by the guidance code."""
+    spec = methods.get(method)
     axes = axes or {}
     if not isinstance(axes, dict):
-        raise UserError(
-            f"config key {where}: expected a mapping of axes ({', '.join(sorted(METHOD_AXES[method]))})"
-        )
-    _unknown(where, axes, METHOD_AXES[method])
+        raise UserError(f"config key {where}: expected a mapping of axes ({', '.join(sorted(spec.axes))})")
+    _unknown(where, axes, spec.axes)
     if "scale" not in axes:
         raise UserError(f"config key {where}.scale: missing (a number or a list of numbers)")
     scales = _numbers(f"{where}.scale", axes["scale"])
     omegas: list[float | None] = [None]
     schedules: list[str | None] = [None]
-    if method != "cfg":
+    if spec.takes_omega:
         omegas = _numbers(f"{where}.omega", axes["omega"]) if "omega" in axes else [None]
-    if method == "pg" and "omega_schedule" in axes:
+    if "omega_schedule" in spec.axes and "omega_schedule" in axes:
         schedules = _as_list(axes["omega_schedule"])
         if not schedules or not all(isinstance(s, str) and s for s in schedules):
             raise UserError(f"config key {where}.omega_schedule: expected a schedule name or a list of them")
@@ -258,12 +217,12 @@ def parse_config(data: dict, source: str = "") -> SweepConfig:
 
     guidance = data["guidance"]
     if not isinstance(guidance, dict) or not guidance:
-        raise UserError("config key guidance: expected a mapping method -> axes (cfg, ag, pg)")
+        raise UserError(f"config key guidance: expected a mapping method -> axes ({', '.join(methods.names())})")
     settings: list[Setting] = []
     for method, axes in guidance.items():
         where = f"guidance.{method}"
-        if method not in METHOD_AXES:
-            raise UserError(f"config key {where}: unknown method (expected one of cfg, ag, pg)")
+        if methods.find(method) is None:
+            raise UserError(f"config key {where}: unknown method (expected one of {', '.join(methods.names())})")
         # A list of grids is their union: "PG at four ω constant, plus one schedule at ω = 0".
         blocks = (
             [(f"{where}[{i}]", b) for i, b in enumerate(axes)] if isinstance(axes, list) else [(where, axes)]

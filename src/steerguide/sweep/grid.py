@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass
 
 from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import Benchmark
+from steerguide.guidance import Setting
 from steerguide.sweep.cache import base_identity, personalization_id, stable_hash
-from steerguide.sweep.config import Setting, SweepConfig
+from steerguide.sweep.config import SweepConfig
 
 MAX_ROWS = 10_000_000  # images in one sweep; its rows' keys alone take gigabytes beyond
 

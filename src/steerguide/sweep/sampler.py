@@ -7,7 +7,8 @@ import importlib
 
 from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import BenchSubject
-from steerguide.sweep.config import Setting, SweepConfig
+from steerguide.guidance import Setting
+from steerguide.sweep.config import SweepConfig
 
 
 class DiffusersSampler:

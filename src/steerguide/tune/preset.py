@@ -28,6 +28,10 @@ TOP_KEYS = {"kind", "version", "guidance", "base", "personalization", *REPORTED_
 
 @dataclass
 class Preset:
+    """A preset file's record: the guidance `Setting` a tuning chose (its fields inline, as the file
+    spells them under `guidance:`), what it was tuned for (base, personalization) and what it reported.
+    Not a second setting type: `setting` is the value, `guidance_config` its run."""
+
     method: str
     scale: float
     omega: float | None = None
@@ -36,14 +40,14 @@ class Preset:
     personalization: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # scores, target, probes: reported, not used
 
-    def guidance_config(self, **overrides: Any):
-        from steerguide.guidance import GuidanceConfig
+    @property
+    def setting(self):
+        from steerguide.guidance import Setting
 
-        kwargs = {"method": self.method, "scale": self.scale, "omega_schedule": self.omega_schedule}
-        if self.omega is not None:
-            kwargs["omega"] = self.omega
-        kwargs.update({k: v for k, v in overrides.items() if v is not None})
-        return GuidanceConfig(**kwargs)
+        return Setting(self.method, self.scale, self.omega, self.omega_schedule)
+
+    def guidance_config(self, **overrides: Any):
+        return self.setting.guidance_config(**overrides)
 
     def to_dict(self) -> dict[str, Any]:
         guidance: dict[str, Any] = {"method": self.method, "scale": self.scale}

@@ -37,7 +37,9 @@ DIAGONALS = True
 
 @dataclass(frozen=True, order=True)
 class Knob:
-    """One guidance setting of PG (ω = 1 with a constant schedule is CFG exactly: docs/method.md property 2)."""
+    """A point of the tuner's search plane (w, ω) with PG's schedule (ω = 1 with a constant schedule is CFG
+    exactly: docs/method.md property 2). A search axis, not a second setting type: rounded so that set
+    membership means "probed", ordered, with neighbours; `setting` is the guidance setting it stands for."""
 
     scale: float
     omega: float
@@ -53,14 +55,22 @@ class Knob:
 
     @property
     def method(self) -> str:
-        return "cfg" if self.is_cfg else "pg"
+        return self.setting.method
+
+    @property
+    def setting(self):
+        """The guidance setting: CFG at ω = 1, else PG at (w, ω, schedule)."""
+        from steerguide.guidance import Setting
+        from steerguide.methods.cfg import CFG
+        from steerguide.methods.pg import PG
+
+        if self.is_cfg:
+            return Setting(CFG.name, self.scale)
+        return Setting(PG.name, self.scale, self.omega, self.schedule)
 
     @property
     def label(self) -> str:
-        if self.is_cfg:
-            return f"cfg w={self.scale:g}"
-        sched = "" if self.schedule == CONSTANT else f" {self.schedule}"
-        return f"pg w={self.scale:g} ω={self.omega:g}{sched}"
+        return self.setting.label
 
     def to_json(self) -> dict:
         return {"scale": self.scale, "omega": self.omega, "schedule": self.schedule}

@@ -114,15 +114,6 @@ def check_tune_out(out: str | Path) -> Path:
     return out
 
 
-def setting_of(knob: Knob):
-    """The sweep's `Setting` for a knob: CFG for ω = 1, else PG."""
-    from steerguide.sweep.config import Setting
-
-    if knob.is_cfg:
-        return Setting("cfg", knob.scale)
-    return Setting("pg", knob.scale, knob.omega, knob.schedule)
-
-
 def default_sampler(problem: Problem):
     from steerguide.sweep.config import SweepConfig
     from steerguide.sweep.sampler import DiffusersSampler
@@ -160,7 +151,7 @@ class _Judge:
         p = self.problem
         t0 = time.perf_counter()
         self.open()
-        setting = setting_of(knob)
+        setting = knob.setting
         per_seed = []  # [seed][prompt] -> (fidelity, text)
         for seed in p.seeds:
             images = self.session.generate(setting, list(p.prompts), seed)

@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from steerguide.errors import UserError
+from steerguide.methods.pg import PG
 from steerguide.ui.studio import METHOD_NAMES, MethodImages, Studio, open_sweep, setting_images
 
 DISPLAY_SIZE = 128  # toy images are 32 px: shown enlarged (nearest neighbour), scored at their own size
@@ -31,8 +32,8 @@ def preset_controls(config) -> dict:
     """The Compare controls that show a `GuidanceConfig` (from `settings_from_preset`, as `generate --preset`
     reads it): its method alone ticked, its w, its ω on the method's slider, its schedule. Keys: elem ids."""
     controls = {"methods": [METHOD_NAMES[config.method]], "scale": float(config.scale)}
-    if config.method != "cfg":
-        controls["omega" if config.method == "pg" else "ag-omega"] = float(config.omega)
+    if config.spec.takes_omega:
+        controls["omega" if config.method == PG.name else "ag-omega"] = float(config.omega)
         controls["schedule"] = config.omega_schedule
     else:
         controls["schedule"] = "constant"
@@ -53,7 +54,7 @@ def read_page_preset(studio: Studio, path: str | None) -> tuple[str, dict]:
     if personalization is not None:
         controls["personalization"] = personalization
     status = f"Loaded preset {path}: {controls['methods'][0]} w={config.scale:g}" + (
-        f" ω={config.omega:g} {config.omega_schedule}" if config.method != "cfg" else ""
+        f" ω={config.omega:g} {config.omega_schedule}" if config.spec.takes_omega else ""
     )
     if personalization is not None and not Path(personalization).expanduser().exists():
         status += f". Note: its personalization `{personalization}` is not found here"

@@ -22,8 +22,12 @@ from PIL import Image
 
 from steerguide import limits
 from steerguide.errors import UserError
+from steerguide.methods import described, get, order_of, registered
+from steerguide.methods.ag import AG
+from steerguide.methods.cfg import CFG
+from steerguide.methods.pg import PG
 
-METHOD_NAMES = {"cfg": "CFG", "ag": "AG", "pg": "PG"}
+METHOD_NAMES = {m.name: m.title for m in registered()}  # the Compare tab's choices and galleries
 MAX_IMAGES = 16  # per prompt and method: the page shows them all
 MAX_STEPS = 500
 
@@ -139,15 +143,9 @@ class SweepView:
 
 
 def _setting_name(row: dict) -> str:
-    parts = [METHOD_NAMES.get(row["method"], row["method"]), f"w={row['scale']:g}"]
-    if row.get("omega") is not None and row["method"] != "cfg":
-        parts.append(f"ω={row['omega']:g}")
-    if row.get("omega_schedule") not in (None, "constant") and row["method"] != "cfg":
-        parts.append(str(row["omega_schedule"]))
-    interval = tuple(row.get("interval") or (0.0, 1.0))
-    if interval != (0.0, 1.0):
-        parts.append(f"[{interval[0]:g},{interval[1]:g}]")
-    return " ".join(parts)
+    return described(row["method"]).label(
+        row["scale"], row.get("omega"), row.get("omega_schedule"), row.get("interval"), title=True
+    )
 
 
 def open_sweep(folder: str | Path, plot_dir: Path) -> SweepView:
@@ -165,7 +163,7 @@ def open_sweep(folder: str | Path, plot_dir: Path) -> SweepView:
     plot_dir.mkdir(parents=True, exist_ok=True)
     plot = tradeoff_plot(summarize(rows), fidelity[0], text[0], plot_dir / f"tradeoff-{time.time_ns()}.png")
     settings: dict[str, tuple] = {}
-    for row in sorted(rows, key=lambda r: ({"cfg": 0, "ag": 1, "pg": 2}.get(r["method"], 9), r["scale"])):
+    for row in sorted(rows, key=lambda r: (order_of(r["method"]), r["scale"])):
         settings.setdefault(_setting_name(row), setting_key(row))
     return SweepView(folder, rows, settings, fidelity[0], text[0], plot)
 
@@ -188,7 +186,7 @@ def setting_images(view: SweepView, name: str, limit: int = 12):
         raise UserError(f"no setting {name!r} in {view.folder}")
     key = view.settings[name]
     chosen = [r for r in view.rows if setting_key(r) == key]
-    cfg_rows = [r for r in view.rows if r["method"] == "cfg"]
+    cfg_rows = [r for r in view.rows if r["method"] == CFG.name]
     scales = sorted({r["scale"] for r in cfg_rows})
     scale = min(scales, key=lambda s: abs(s - chosen[0]["scale"])) if scales else None
     cfg_by_case = {(r["subject"], r["prompt_index"], r["seed"]): r for r in cfg_rows if r["scale"] == scale}
@@ -331,19 +329,19 @@ class Studio:
         schedule = (omega_schedule or "constant").strip()
         configs = []
         for method in methods:  # all checked before any work starts
-            first = {"pg": omega, "ag": ag_omega}.get(method)
+            first = {PG.name: omega, AG.name: ag_omega}.get(method)  # the page's slider of each
             configs.append(
                 GuidanceConfig(
                     method=method,
                     scale=float(scale),
                     omega=None if first is None else float(first),
-                    omega_schedule=schedule if method != "cfg" else "constant",
+                    omega_schedule=schedule if get(method).takes_omega else "constant",
                 )
             )
         personalization = (personalization or "").strip() or None
         if personalization and not Path(personalization).expanduser().exists():
             raise UserError(f"personalization not found: {personalization}")
-        if personalization is None and any(m != "cfg" for m in methods):
+        if personalization is None and any(c.spec.uses_weak_model for c in configs):
             raise UserError(
                 "AG and PG need a personalization: give a LoRA or fine-tune path, or train one in Personalize"
             )
@@ -457,8 +455,8 @@ def _is_toy_base(base: str) -> bool:
 
 
 def _label(config) -> str:
-    name = METHOD_NAMES[config.method]
-    if config.method == "cfg":
+    name = config.spec.title
+    if not config.spec.takes_omega:
         return f"{name} w={config.scale:g}"
     schedule = config.omega_schedule if config.omega_schedule != "constant" else ""
     return f"{name} w={config.scale:g} ω={config.omega:g} {schedule}".strip()
