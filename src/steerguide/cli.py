@@ -64,9 +64,9 @@ def _root(
 
 def _default_base() -> str:
     """The embedded toy world's base model: what runs out of the box."""
-    from steerguide.toyworld import base_model_path
+    from steerguide.bases import resolve_base
 
-    return str(base_model_path())
+    return resolve_base("toy")
 
 
 @app.command("generate")
@@ -173,7 +173,7 @@ def generate_command(
         )
     prompts = read_prompts(prompt, prompts_file)
     record = generate(
-        _default_base() if base in (None, "toy") else base,
+        _default_base() if base is None else base,
         str(personalization) if personalization else None,
         config,
         prompts,

@@ -25,7 +25,7 @@ from steerguide.errors import UserError
 
 GUIDANCE_SCALE = 5.0
 SAMPLING_STEPS = 20
-FIDELITY_REFERENCES = 8  # as the toy benchmark (steerguide.evaluate.benchmarks.TOY_FIDELITY_REFERENCES)
+FIDELITY_REFERENCES = 8  # as the toy benchmark (steerguide.toyworld.benchmark.TOY_FIDELITY_REFERENCES)
 HELDOUT_SAMPLES = 32  # held-out renders (another draw of contexts) that F_heldout averages over
 
 
@@ -169,8 +169,8 @@ class Measurer:
 def subject_for(folder: str | Path, subjects_file: str | Path | None = None):
     """The toy subject a trained folder was trained on (looked up in `subjects_file` when given)."""
     from steerguide import toyworld
+    from steerguide.toyworld.recipes import trained_subject
     from steerguide.train.results import read_record
-    from steerguide.train.toy import trained_subject
 
     record = read_record(folder)
     name = ((record.get("config") or {}).get("extra") or {}).get("toy_subject")
