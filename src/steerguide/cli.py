@@ -16,6 +16,7 @@ from pathlib import Path
 
 import typer
 
+from steerguide.bases import resolve_base
 from steerguide.errors import Interrupted, SteerguideWarning, UserError
 
 # The parser's exceptions live in click (typer < 0.25) or in typer's vendored copy of it (typer._click):
@@ -60,13 +61,6 @@ def _root(
     ),
 ) -> None:
     """Personalization guidance (PG), CFG and autoguidance for personalized text-to-image diffusion models."""
-
-
-def _default_base() -> str:
-    """The embedded toy world's base model: what runs out of the box."""
-    from steerguide.bases import resolve_base
-
-    return resolve_base("toy")
 
 
 @app.command("generate")
@@ -173,7 +167,7 @@ def generate_command(
         )
     prompts = read_prompts(prompt, prompts_file)
     record = generate(
-        _default_base() if base is None else base,
+        resolve_base(base or "toy"),  # the record names the folder, as before
         str(personalization) if personalization else None,
         config,
         prompts,
