@@ -178,7 +178,7 @@ def test_the_shipped_lora_is_the_one_the_demo_would_train():
 def test_the_cache_key_follows_the_trained_methods_defaults_only(monkeypatch):
     """Recalibrating Custom Diffusion must not make the shipped LoRA stale; a new LoRA recipe must."""
     from steerguide.sweep.cache import train_cache_key
-    from steerguide.train.toy import TOY_DEFAULTS
+    from steerguide.toyworld.recipes import TOY_DEFAULTS
 
     config, subject = _demo_config_and_subject()
     key = train_cache_key(config, subject)

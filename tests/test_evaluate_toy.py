@@ -9,8 +9,9 @@ import pytest
 
 from steerguide import toyworld
 from steerguide.errors import UserError
-from steerguide.evaluate.benchmarks import load_benchmark, toy_benchmark
+from steerguide.evaluate.benchmarks import load_benchmark
 from steerguide.evaluate.metrics import build_metrics
+from steerguide.toyworld.benchmark import toy_benchmark
 
 
 def _fidelity_weights_present() -> bool:

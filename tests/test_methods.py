@@ -12,7 +12,6 @@ from __future__ import annotations
 import pytest
 import torch
 from reference_impl import load, reference_latents
-from steerguide.sweep.config import parse_config
 
 from steerguide import methods
 from steerguide.errors import UserError
@@ -21,6 +20,7 @@ from steerguide.guidance import GuidanceConfig
 from steerguide.loading import load_personalization, load_pipeline
 from steerguide.methods import NULL, Method
 from steerguide.sampling import sample
+from steerguide.sweep.config import parse_config
 from steerguide.testing import save_random_lora
 from steerguide.ui.studio import _setting_name
 

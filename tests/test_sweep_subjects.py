@@ -159,7 +159,7 @@ def test_sweep_offers_its_trainings_to_continue_from_the_given_folders(tmp_path,
 
     import steerguide.sweep.cache as sweep_cache
     import steerguide.train
-    from steerguide.train.toy import TOY_DEFAULTS
+    from steerguide.toyworld.recipes import TOY_DEFAULTS
 
     seen = []
 
@@ -183,7 +183,7 @@ def test_steps_factor_trains_a_multiple_of_the_recipes_steps(tmp_path, monkeypat
     import json
 
     import steerguide.train
-    from steerguide.train.toy import TOY_DEFAULTS
+    from steerguide.toyworld.recipes import TOY_DEFAULTS
 
     steps = []
 

@@ -9,7 +9,7 @@ import pytest
 
 from steerguide.cli import run
 from steerguide.toyworld import base_model_path
-from steerguide.train.calibration import FIDELITY_REFERENCES, Criterion, assess
+from steerguide.toyworld.calibration import FIDELITY_REFERENCES, Criterion, assess
 
 
 def test_criterion_on_a_hand_made_case():
@@ -36,7 +36,7 @@ def test_criterion_on_a_hand_made_case():
 
 
 def test_fidelity_references_match_the_toy_benchmark():
-    from steerguide.evaluate.benchmarks import TOY_FIDELITY_REFERENCES
+    from steerguide.toyworld.benchmark import TOY_FIDELITY_REFERENCES
 
     assert FIDELITY_REFERENCES == TOY_FIDELITY_REFERENCES
 
@@ -49,8 +49,8 @@ needs_assets = pytest.mark.skipif(not (base_model_path() / "model_index.json").e
 def test_check_personalization_of_an_untrained_lora_is_the_base_model(tmp_path, capsys):
     """A LoRA that has not moved (one step at lr 1e-30) samples what the base model samples with the same
     prompts and seeds: text ratio exactly 1 and normalized fidelity exactly 0."""
+    from steerguide.toyworld.recipes import toy_config
     from steerguide.train import train
-    from steerguide.train.toy import toy_config
 
     folder = train(toy_config("kfp_star", out=tmp_path / "lora", steps=1, learning_rate=1e-30,
                               validation_images=0, threads=1), progress=False)

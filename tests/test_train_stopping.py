@@ -120,8 +120,8 @@ def test_schedules_that_would_not_be_one_training_are_refused(tmp_path, extra, e
 
 def test_the_calibrated_rule_measures_what_the_check_does_not():
     from steerguide.toyworld import SUBJECTS
+    from steerguide.toyworld.calibration import FIDELITY_REFERENCES
     from steerguide.toyworld.stopping import HELDOUT_DRAW, REFERENCE_DRAW, validation_prompts
-    from steerguide.train.calibration import FIDELITY_REFERENCES
 
     for subject in SUBJECTS.values():
         prompts = validation_prompts(subject)
@@ -136,8 +136,7 @@ def test_the_calibrated_rule_measures_what_the_check_does_not():
 
 
 def test_only_a_miss_on_fidelity_alone_trains_on():
-    from steerguide.train.calibration import assess
-    from steerguide.train.stopping import more_steps_can_help
+    from steerguide.train.criterion import assess, more_steps_can_help
 
     # text, text_base, F, F_base, F_heldout: normalized F = (F - 0) / (1 - 0)
     assert more_steps_can_help(assess(0.9, 1.0, 0.2, 0.0, 1.0))  # too little of the subject, prompt kept

@@ -49,8 +49,8 @@ def measure(out: Path, subject: str, train_steps: int, seeds: int) -> dict:
     import torch
 
     from steerguide.sweep import parse_config, run_sweep
+    from steerguide.toyworld.recipes import toy_config
     from steerguide.train import train
-    from steerguide.train.toy import toy_config
 
     torch.set_num_threads(1)
 
@@ -104,7 +104,7 @@ def measure(out: Path, subject: str, train_steps: int, seeds: int) -> dict:
 def estimate(config_path: str, cost: dict, workers: int) -> dict:
     from steerguide.evaluate.benchmarks import load_benchmark
     from steerguide.sweep import expand, load_config
-    from steerguide.train.toy import TOY_DEFAULTS
+    from steerguide.toyworld.recipes import TOY_DEFAULTS
 
     config = load_config(config_path)
     rows = expand(config, load_benchmark(config.benchmark))

@@ -17,6 +17,7 @@ from pathlib import Path
 import typer
 
 from steerguide import methods
+from steerguide.bases import resolve_base
 from steerguide.errors import Interrupted, SteerguideWarning, UserError, first_line
 from steerguide.quiet import quiet_libraries
 
@@ -62,13 +63,6 @@ def _root(
     ),
 ) -> None:
     """Personalization guidance (PG), CFG and autoguidance for personalized text-to-image diffusion models."""
-
-
-def _default_base() -> str:
-    """The embedded toy world's base model: what runs out of the box."""
-    from steerguide.toyworld import base_model_path
-
-    return str(base_model_path())
 
 
 @app.command("generate")
@@ -176,7 +170,7 @@ def generate_command(
         )
     prompts = read_prompts(prompt, prompts_file)
     record = generate(
-        _default_base() if base in (None, "toy") else base,
+        resolve_base(base or "toy"),  # the record names the folder, as before
         str(personalization) if personalization else None,
         config,
         prompts,

@@ -12,8 +12,8 @@ prompt list ("wearing a red hat", ...), every other subject the object list. A f
 `subjects.json` (each subject's own token, class and prompts, as `steerguide toyworld export-subjects`
 writes) is read from that file instead.
 
-The toy world's subjects come through the same `Benchmark` interface (`toy_benchmark`); they train on
-their reference renders and are scored against held-out renders in other contexts.
+Other benchmarks (the toy world's) come from plugins, registered in `BENCHMARKS` by name: a function of
+the config mapping returning a `Benchmark`.
 """
 
 from __future__ import annotations
@@ -21,16 +21,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 from steerguide.errors import UserError
+from steerguide.plugins import Registry
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # DreamBooth's evaluation gives the live-subject prompts to its cat and dog subjects.
 LIVE_CLASSES = frozenset({"cat", "dog"})
-BENCHMARKS = ("dreambench", "toy")
-TOY_FIDELITY_REFERENCES = 8  # held-out renders per toy subject that fidelity is measured against
 
 
 @dataclass
@@ -224,53 +222,17 @@ def _load_subjects_json(root: Path, subjects: Sequence[str] | None, num_prompts:
     return Benchmark(name="dreambench", subjects=out, root=root)
 
 
-def toy_benchmark(
-    subjects: Sequence[str] | None = None,
-    num_prompts: int | None = None,
-    subjects_file: str | Path | None = None,
-) -> Benchmark:
-    """The toy world's subjects as a benchmark (its own tokens, class nouns and evaluation prompts): the
-    built-in ones, or those of a subjects file (YAML, see `steerguide.toyworld.subjects`); `subjects`
-    picks some by name ("sks_star") or token. Each carries its definition, which the sweep's keys hash,
-    so that editing a subject in the file makes its rows and personalizations stale."""
-    try:
-        from steerguide import toyworld
-    except ImportError as e:
-        raise UserError(f"the toy world is not available in this install ({e})") from None
-    known = toyworld.load_subjects(subjects_file)  # UserError naming the subject and key of a bad file
-    names = list(known) if subjects is None else list(subjects)
-    out = []
-    for n in names:
-        try:
-            s = known[n] if n in known else toyworld.get_subject(n, subjects_file)
-        except (KeyError, ValueError, UserError):
-            where = "the toy world" if subjects_file is None else f"subjects file {subjects_file}"
-            raise UserError(f"{where} has no subject {n!r}; it has: {', '.join(known)}") from None
-        prompts = list(s.eval_prompts())[:num_prompts]
-        out.append(
-            BenchSubject(
-                name=s.name,
-                class_noun=s.class_noun,
-                token=s.token,
-                prompts=prompts,
-                load_references=s.reference_images,
-                load_fidelity_references=partial(s.heldout_images, TOY_FIDELITY_REFERENCES),
-                definition=s.to_dict(),
-            )
-        )
-    return Benchmark(name="toy", subjects=out)
+def _dreambench(spec: dict) -> Benchmark:
+    if not spec.get("root"):
+        raise UserError("benchmark.root: required for the dreambench benchmark (the dataset folder)")
+    return load_dreambench(spec["root"], spec.get("subjects"), spec.get("token", "sks"), spec.get("num_prompts"))
+
+
+BENCHMARKS: Registry[Callable[[dict], Benchmark]] = Registry("benchmark")
+BENCHMARKS.register("dreambench", _dreambench)
 
 
 def load_benchmark(spec: dict) -> Benchmark:
-    """Build a benchmark from a config mapping: {name: dreambench, root: ..., subjects, token, num_prompts}
-    or {name: toy, subjects, num_prompts, subjects_file}."""
-    name = spec.get("name")
-    if name == "dreambench":
-        if not spec.get("root"):
-            raise UserError("benchmark.root: required for the dreambench benchmark (the dataset folder)")
-        return load_dreambench(
-            spec["root"], spec.get("subjects"), spec.get("token", "sks"), spec.get("num_prompts")
-        )
-    if name == "toy":
-        return toy_benchmark(spec.get("subjects"), spec.get("num_prompts"), spec.get("subjects_file"))
-    raise UserError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}")
+    """Build a benchmark from a config mapping: {name: dreambench, root: ..., subjects, token, num_prompts},
+    or a plugin's ({name: toy, subjects, num_prompts, subjects_file})."""
+    return BENCHMARKS.lookup(spec.get("name"))(spec)

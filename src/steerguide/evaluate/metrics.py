@@ -1,4 +1,4 @@
-"""Metrics of the DreamBench protocol, and the toy world's judges behind the same interface.
+"""Metrics of the DreamBench protocol, and the registry where plugins add theirs (the toy world's judges).
 
 - DINO (subject fidelity): mean cosine similarity between the ViT CLS embedding of a generated image and
   that of each real image of the subject (DreamBooth uses DINO ViT-S/16).
@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from steerguide.errors import UserError, first_line
+from steerguide.plugins import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MODELS = {
     "dino": "facebook/dino-vits16",
@@ -90,7 +92,23 @@ def _load(kind: str, model: str, cls, metric: str):
 
 def _features(out: Any) -> torch.Tensor:
     # transformers 5 returns a model output whose pooler_output is the projected feature; 4.x a tensor.
+    import torch
+
     return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _no_grad(method):
+    """`torch.no_grad()` as a decorator that imports torch on the first call, not with this module (which
+    plugins import to register their metrics)."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 def _batches(items: Sequence, size: int):
@@ -100,6 +118,8 @@ def _batches(items: Sequence, size: int):
 
 def mean_cosine(embeddings: torch.Tensor, references: torch.Tensor) -> list[float]:
     """Per row of `embeddings`: the mean cosine similarity to the rows of `references`."""
+    import torch
+
     a = torch.nn.functional.normalize(embeddings.float(), dim=-1)
     b = torch.nn.functional.normalize(references.float(), dim=-1)
     return (a @ b.T).mean(dim=1).tolist()
@@ -130,8 +150,10 @@ class _ImageEmbeddingMetric(Metric):
     def _embed_batch(self, pixel_values: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    @torch.no_grad()
+    @_no_grad
     def embed(self, images: list) -> torch.Tensor:
+        import torch
+
         self._ensure()
         out = []
         for chunk in _batches([im.convert("RGB") for im in images], self.batch_size):
@@ -203,10 +225,12 @@ class ClipTextMetric(Metric):
         self.model_id, self.device, self.batch_size = model, device, batch_size
         self._model = None
 
-    @torch.no_grad()
+    @_no_grad
     def score(self, images: list, prompts: list[str], prepared: Any = None) -> list[float]:
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        import torch
+
         if self._model is None:
             self._model, self._processor, self._tokenizer = _load_clip(self.model_id, self.device)
         scores: list[float] = []
@@ -227,49 +251,22 @@ class ClipTextMetric(Metric):
         return scores
 
 
-class ToyTextMetric(Metric):
-    """The toy world's text judge (its CLIP-T): the share of the prompt's stated attributes obeyed."""
-
-    name = "toy_text"
-    axis = TEXT
-    raw_prompts = True
-
-    def __init__(self, **_: Any):
-        from steerguide.toyworld import TextJudge
-
-        self._judge = TextJudge()
-
-    def score(self, images: list, prompts: list[str], prepared: Any = None) -> list[float]:
-        return [float(self._judge.score(im, p)) for im, p in zip(images, prompts, strict=True)]
+# Plugins add theirs (the toy world's judges): a Metric class, or "package.module:Class" to import on use.
+METRICS: Registry[type[Metric] | str] = Registry("metric")
+METRICS.register("dino", DinoMetric)
+METRICS.register("clip_i", ClipImageMetric)
+METRICS.register("clip_t", ClipTextMetric)
 
 
-class ToyFidelityMetric(Metric):
-    """The toy world's fidelity judge (its DINO/CLIP-I): mean similarity to the subject's references."""
-
-    name = "toy_fidelity"
-    axis = FIDELITY
-
-    def __init__(self, **_: Any):
-        from steerguide.toyworld import FidelityJudge
-
-        self._judge = FidelityJudge()
-
-    def prepare(self, references: list) -> list:
-        return references
-
-    def score(self, images: list, prompts: list[str], prepared: list) -> list[float]:
-        return [float(x) for x in self._judge.fidelity(images, prepared)]
+def metric_class(name: str) -> type[Metric]:
+    """The class of a registered metric or of a "package.module:Class" name."""
+    entry = METRICS.lookup(name) if name in METRICS else name
+    return entry if isinstance(entry, type) else _import_metric(entry)
 
 
-_REGISTRY = {
-    "dino": DinoMetric,
-    "clip_i": ClipImageMetric,
-    "clip_t": ClipTextMetric,
-    "toy_text": ToyTextMetric,
-    "toy_fidelity": ToyFidelityMetric,
-}
-METRIC_NAMES = tuple(_REGISTRY)
-AXES = {"dino": FIDELITY, "clip_i": FIDELITY, "toy_fidelity": FIDELITY, "clip_t": TEXT, "toy_text": TEXT}
+def axis_of(name: str, default: str = FIDELITY) -> str:
+    """The axis of a registered metric ("fidelity" or "text"); `default` for another name."""
+    return metric_class(name).axis if name in METRICS else default
 
 
 def canonical_metric_name(name: str) -> str:
@@ -277,8 +274,7 @@ def canonical_metric_name(name: str) -> str:
     if ":" in str(name):
         return str(name)
     key = str(name).strip().lower().replace("-", "_")
-    if key not in _REGISTRY:
-        raise UserError(f"unknown metric {name!r}; expected one of {', '.join(METRIC_NAMES)}")
+    METRICS.lookup(key)  # UserError naming the known metrics
     return key
 
 
@@ -301,7 +297,7 @@ def normalize_metric_spec(spec: Any, where: str = "metrics") -> dict[str, dict]:
         unknown = set(options) - {"model", "batch_size"}
         if unknown:
             raise UserError(f"{where}.{name}.{min(unknown)}: unknown option (expected model, batch_size)")
-        if key in _REGISTRY and key not in DEFAULT_MODELS and "model" in options:  # the toy judges
+        if key in METRICS and key not in DEFAULT_MODELS and "model" in options:  # the toy judges
             raise UserError(f"{where}.{name}.model: {key} takes no model (its judge ships with steerguide)")
         out[key] = dict(options)
     return out
@@ -321,7 +317,7 @@ def build_metrics(spec: Any, device: str = "cpu") -> list[Metric]:
     """Instantiate metrics from a spec (see `normalize_metric_spec`); models load on first use."""
     metrics = []
     for name, options in normalize_metric_spec(spec).items():
-        cls = _REGISTRY.get(name) or _import_metric(name)
+        cls = metric_class(name)
         if name in DEFAULT_MODELS:
             metrics.append(
                 cls(

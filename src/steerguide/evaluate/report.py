@@ -17,7 +17,7 @@ from pathlib import Path
 
 from steerguide import methods
 from steerguide.errors import UserError
-from steerguide.evaluate.metrics import AXES, FIDELITY, TEXT
+from steerguide.evaluate.metrics import FIDELITY, TEXT, axis_of
 from steerguide.evaluate.results import ResultsStore
 from steerguide.files import check_writable
 from steerguide.typeset import font, mean_ci_text, png_data_uri, wrap
@@ -133,7 +133,7 @@ def metric_axes(folder: str | Path, rows: list[dict]) -> dict[str, str]:
     sweep_json = Path(folder) / "sweep.json"
     if sweep_json.is_file():
         recorded = json.loads(sweep_json.read_text()).get("metric_axes", {}) or {}
-    return {n: recorded.get(n, AXES.get(n, FIDELITY)) for n in names}
+    return {n: recorded.get(n, axis_of(n, FIDELITY)) for n in names}
 
 
 def setting_key(row: dict) -> tuple:

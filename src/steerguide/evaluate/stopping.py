@@ -19,8 +19,8 @@ from pathlib import Path
 
 from steerguide.errors import UserError
 from steerguide.evaluate.metrics import DEFAULT_MODELS
-from steerguide.train.calibration import assess
-from steerguide.train.stopping import Check, more_steps_can_help, register_rule
+from steerguide.train.criterion import assess, more_steps_can_help
+from steerguide.train.stopping import Check, register_rule
 
 VALIDATION_CONTEXTS = ("on the beach", "in the snow", "on a wooden kitchen table", "in front of a red brick wall")
 VALIDATION_SEEDS = 2

@@ -66,6 +66,9 @@ def load_pipeline(
     """Load a text-to-image pipeline from a hub id, a local diffusers folder or a single-file checkpoint."""
     import diffusers
 
+    from steerguide.bases import resolve_base
+
+    base = resolve_base(base)  # a named base ("toy": the toy world's) is its folder
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
     path = Path(base)

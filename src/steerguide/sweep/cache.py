@@ -15,25 +15,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from steerguide.bases import resolve_base
 from steerguide.errors import UserError
 from steerguide.evaluate.benchmarks import BenchSubject
 from steerguide.files import write_json_atomic
 from steerguide.sweep.claims import exclusive
 from steerguide.sweep.config import SweepConfig
+from steerguide.train.recipes import RECIPES, Recipe
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
-
-
-def resolve_base(base: str) -> str:
-    if base == "toy":
-        try:
-            from steerguide.toyworld import base_model_path
-        except ImportError as e:
-            raise UserError(f"base 'toy': the toy world is not available in this install ({e})") from None
-        return str(base_model_path())
-    return base
 
 
 def base_identity(base: str) -> dict:
@@ -100,14 +92,18 @@ def _trainer_identity(config: SweepConfig) -> dict:
     from steerguide._version import __version__
 
     identity = {"steerguide": __version__, "lora_layout": "peft"}
-    if config.benchmark.get("name") == "toy":
-        from steerguide.train.toy import TOY_COMMON, TOY_DEFAULTS
-
-        # only the defaults of the method trained: recalibrating another method keeps these caches (and
-        # the toy world's shipped personalizations) valid
+    recipe = _recipe(config)
+    if recipe is not None:
         method = (config.personalization.get("train") or {}).get("method", "lora")
-        identity["toy"] = {"defaults": {method: TOY_DEFAULTS.get(method, {})}, "common": TOY_COMMON}
+        identity.update(recipe.identity(method))
     return identity
+
+
+def _recipe(config: SweepConfig) -> Recipe | None:
+    """The training recipe of the config's benchmark: a plugin's benchmark (the toy world's) trains its
+    subjects with the recipe of the same name; other benchmarks' photos train with the plain defaults."""
+    name = config.benchmark.get("name")
+    return RECIPES.lookup(name) if name in RECIPES else None
 
 
 def _cached(folder: Path, key: str) -> bool:
@@ -170,12 +166,12 @@ def ensure_personalization(
 
 
 def shipped_personalization(config: SweepConfig, subject: BenchSubject) -> Path | None:
-    """The personalization the toy world ships for `subject` under this config's cache key, if any."""
-    if config.benchmark.get("name") != "toy" or "train" not in config.personalization:
+    """The personalization the benchmark's plugin (the toy world) ships for `subject` under this config's
+    cache key, if any."""
+    recipe = _recipe(config)
+    if recipe is None or "train" not in config.personalization:
         return None
-    from steerguide.toyworld.assets import shipped_personalization as shipped
-
-    return shipped(subject.name, train_cache_key(config, subject))
+    return recipe.shipped(subject.name, train_cache_key(config, subject))
 
 
 def _copy_into_place(source: Path, folder: Path) -> None:
@@ -223,11 +219,10 @@ def train_config_for(config: SweepConfig, subject: BenchSubject, partial: Path):
     settings = {"method": "lora", "resume": True, **(config.personalization.get("train") or {})}
     steps_factor = settings.pop("steps_factor", None)
     try:
-        if config.benchmark.get("name") == "toy":  # the toy world's tuned defaults and instance prompts
-            from steerguide.train.toy import toy_config
-
+        recipe = _recipe(config)
+        if recipe is not None:  # the plugin's tuned defaults and instance prompts (the toy world's)
             method = settings.pop("method")
-            train_config = toy_config(
+            train_config = recipe.config(
                 subject.name,
                 method,
                 subjects_file=config.benchmark.get("subjects_file"),

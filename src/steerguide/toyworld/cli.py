@@ -391,7 +391,7 @@ def check_personalization(
     base model's, normalized fidelity (F - F_base) / (F_heldout - F_base) in [0.35, 0.85]."""
     from diffusers.utils import logging as dlogging
 
-    from steerguide.train.calibration import CRITERION, Measurer, subject_for
+    from steerguide.toyworld.calibration import CRITERION, Measurer, subject_for
 
     subjects = [subject_for(f, subjects_file) for f in folders]  # every folder checked before any work
     if json_out is not None:

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from steerguide.errors import UserError
-from steerguide.train.calibration import GUIDANCE_SCALE, SAMPLING_STEPS, assess
-from steerguide.train.stopping import Check, more_steps_can_help, register_rule
+from steerguide.toyworld.calibration import GUIDANCE_SCALE, SAMPLING_STEPS
+from steerguide.train.criterion import assess, more_steps_can_help
+from steerguide.train.stopping import Check
 
 VALIDATION_PROMPTS = 8
 VALIDATION_SEEDS = 2
@@ -114,5 +115,3 @@ class Calibrated:
                for k, v in result.__dict__.items() if k not in ("passed",)}
         return Check(result.passed, more_helps, summary, row)
 
-
-register_rule("calibrated", Calibrated)

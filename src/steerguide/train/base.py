@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from steerguide.bases import named_base, resolve_base
 from steerguide.errors import UserError, first_line
 from steerguide.families import text_encoders
 
@@ -41,34 +42,20 @@ class Base:
         return int(self.unet.config.sample_size) * self.pipe.vae_scale_factor
 
 
-TOY_BASE_NOTE = (
-    "the toy base model knows only the toy world (32×32 shapes on plain backgrounds): trained on other "
-    "photos it makes coloured blobs; for real photos give a real base, a hub id such as "
-    "stable-diffusion-v1-5/stable-diffusion-v1-5 or a local diffusers folder"
-)
-
-
 def resolve_base_path(base: str | Path) -> Path:
-    """`toy` names the embedded toy world's base model (as in `generate` and sweep configs)."""
-    if str(base) == "toy":
-        from steerguide.toyworld import base_model_path
-
-        return Path(base_model_path())
-    return Path(base)
+    """A named base ("toy": the toy world's) as its folder (as in `generate` and sweep configs)."""
+    return Path(resolve_base(base))
 
 
-def is_toy_base(base: str | Path) -> bool:
-    from steerguide.toyworld import base_model_path
-
-    try:
-        return resolve_base_path(base).resolve() == Path(base_model_path()).resolve()
-    except OSError:
-        return False
+def training_note(base: str | Path, extra: dict) -> str | None:
+    """The warning a named base (by name or folder) gives for a training on it, if any."""
+    found = named_base(base)
+    return found[1].training_note(extra) if found else None
 
 
 def load_base(path: str | Path) -> Base:
     """Load a diffusers pipeline folder for training (SD 1.x/2.x or SDXL; SD3 is not supported yet).
-    `toy` is the toy world's base model."""
+    A named base (`toy`, the toy world's) is resolved first."""
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as dlogging
 

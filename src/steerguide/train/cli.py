@@ -206,7 +206,9 @@ def train_command(
         threads=threads,
     )
     if toy:
-        from steerguide.train.toy import toy_config
+        from steerguide.train.recipes import RECIPES
+
+        toy_config = RECIPES.lookup("toy").config
 
         # Only what the user typed overrides the toy subject and its tuned defaults.
         given = {k: v for k, v in options.items() if _given(ctx, k)}

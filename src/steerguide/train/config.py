@@ -120,10 +120,10 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored in train.json
 
     def __post_init__(self) -> None:
-        if str(self.base) == "toy":  # the toy world's base model, as `generate` and sweep configs name it
-            from steerguide.train.base import resolve_base_path
+        from steerguide.bases import BASES, resolve_base
 
-            self.base = resolve_base_path("toy")
+        if str(self.base) in BASES:  # a named base ("toy"), as `generate` and sweep configs name it
+            self.base = Path(resolve_base(self.base))
         self.target_modules = tuple(self.target_modules)
         self.text_encoder_target_modules = tuple(self.text_encoder_target_modules)
 

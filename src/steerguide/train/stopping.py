@@ -44,16 +44,6 @@ class StoppingRule(Protocol):
 _RULES: dict[str, Callable[..., StoppingRule]] = {}
 
 
-def more_steps_can_help(result) -> bool:
-    """For a rule on the calibration criterion: a miss on fidelity alone, with the prompt kept, is what
-    training longer can mend (it takes more of the subject); a lost prompt or too much of the subject it
-    only makes worse."""
-    from steerguide.train.calibration import CRITERION
-
-    return (not result.passed and result.text_ratio >= CRITERION.text_ratio_min
-            and result.normalized_fidelity < CRITERION.fidelity_min)
-
-
 def register_rule(name: str, factory: Callable[..., StoppingRule]) -> None:
     """Make `--stop-when NAME` build its rule with `factory(config, dino=..., clip=...)` (the judges the
     user named, or None; the factory may refuse the config)."""
@@ -61,9 +51,9 @@ def register_rule(name: str, factory: Callable[..., StoppingRule]) -> None:
 
 
 def rule_for(name: str, config: TrainConfig, dino: str | None = None, clip: str | None = None) -> StoppingRule:
-    from steerguide.plugins import load_plugins
+    from steerguide.plugins import discover
 
-    load_plugins()
+    discover()
     if name not in _RULES:
         known = ", ".join(sorted(_RULES)) or "none"
         raise UserError(f"--stop-when {name!r}: unknown stopping rule (known: {known})")

@@ -26,14 +26,13 @@ from steerguide.files import check_writable, versions
 from steerguide.progress import bar as progress_bar
 from steerguide.train import custom_diffusion, dreambooth, lora
 from steerguide.train.base import (
-    TOY_BASE_NOTE,
     Base,
     encode,
-    is_toy_base,
     load_base,
     time_ids,
     token_pieces,
     tokenize,
+    training_note,
 )
 from steerguide.train.config import IDENTITY_FIELDS, TrainConfig
 from steerguide.train.data import PersonalizationDataset, ensure_class_images, load_images
@@ -243,8 +242,9 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     method = METHOD_MODULES[config.method]
     resolution = config.resolution or base.native_resolution
     limits.image_side_for_model("--resolution", resolution, base.native_resolution)
-    if is_toy_base(config.base) and not (config.extra or {}).get("toy_subject"):
-        notes.warn(TOY_BASE_NOTE)
+    note = training_note(config.base, config.extra or {})
+    if note:
+        notes.warn(note)
     if not config.class_noun and config.instance_prompt is None:
         notes.warn(
             f"no --class-noun: training on {config.prompt()!r}; name what the subject is "

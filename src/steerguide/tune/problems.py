@@ -51,11 +51,12 @@ def toy_problem(
 ) -> tuple[Problem, dict]:
     """A toy subject's problem, and the sweep config whose `ensure_personalization` trains its default LoRA
     when `personalization` is None (call `train_toy` once the other checks have passed)."""
-    from steerguide.evaluate.benchmarks import toy_benchmark
-    from steerguide.evaluate.metrics import ToyFidelityMetric, ToyTextMetric
-    from steerguide.sweep.cache import resolve_base
+    from steerguide.bases import resolve_base
+    from steerguide.evaluate.benchmarks import load_benchmark
+    from steerguide.evaluate.metrics import metric_class
 
-    bench = toy_benchmark([subject], subjects_file=subjects_file)  # UserError naming the known subjects
+    # UserError naming the known subjects
+    bench = load_benchmark({"name": "toy", "subjects": [subject], "subjects_file": subjects_file})
     bench_subject = bench.subjects[0]
     if personalization is not None and not Path(personalization).exists():
         raise UserError(f"--personalization {personalization}: no such file or folder")
@@ -65,8 +66,8 @@ def toy_problem(
         subject=bench_subject,
         prompts=_check_prompts(list(prompts or bench_subject.prompts), num_prompts),
         seeds=check_seeds(seeds),
-        fidelity_metric=ToyFidelityMetric(),
-        text_metric=ToyTextMetric(),
+        fidelity_metric=metric_class("toy_fidelity")(),
+        text_metric=metric_class("toy_text")(),
         sampling={"steps": _check_steps(steps)},
     )
     benchmark = {"name": "toy", "subjects": [bench_subject.name]}

@@ -341,6 +341,7 @@ def _preset(problem: Problem, target: Target, chosen: Probe, scores: dict, probe
 def _portable_base(base) -> str:
     """The base as a preset names it: 'toy' for the toy world's, whose folder lies inside the installed
     package (an absolute path would tie the preset to the install that wrote it)."""
-    from steerguide.sweep.cache import resolve_base
+    from steerguide.bases import named_base
 
-    return "toy" if Path(str(base)).resolve() == Path(resolve_base("toy")).resolve() else str(base)
+    found = named_base(base)
+    return found[0] if found else str(base)

@@ -21,6 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from steerguide import limits
+from steerguide.bases import named_base, resolve_base
 from steerguide.errors import UserError
 from steerguide.methods import described, get, order_of, registered
 from steerguide.methods.ag import AG
@@ -232,11 +233,9 @@ class Studio:
 
             resolve_device(device)
             resolve_dtype(dtype)
-        self.toy = base is None or base == "toy" or _is_toy_base(base)  # "toy", or its folder (a preset's)
+        self.toy = base is None or _is_toy_base(base)  # "toy", or its folder (a preset's)
         if self.toy:
-            from steerguide.toyworld import base_model_path
-
-            base = str(base_model_path())
+            base = resolve_base("toy")
         elif str(base).startswith((".", "/", "~")) and not Path(base).expanduser().exists():
             raise UserError(f"base model not found: {base} (no such file or folder)")
         if personalization and not Path(personalization).exists():
@@ -255,7 +254,7 @@ class Studio:
 
     def serves(self, base: str) -> bool:
         """Whether `base` (a preset's, say) names the base model this studio samples with."""
-        if base == "toy" or _is_toy_base(base):
+        if _is_toy_base(base):
             return self.toy
         if base == self.base:
             return True
@@ -406,7 +405,7 @@ class Studio:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         if toy_subject:
             from steerguide import toyworld
-            from steerguide.train.toy import toy_config
+            from steerguide.toyworld.recipes import toy_config
 
             subject = toyworld.get_subject(toy_subject)
             out = self.workdir / "personalizations" / f"{subject.name}-{stamp}"
@@ -445,13 +444,9 @@ class Studio:
 
 
 def _is_toy_base(base: str) -> bool:
-    """A path to the toy world's shipped base model (what a toy tuning writes into its preset)."""
-    path = Path(base).expanduser()
-    if not path.is_dir():
-        return False
-    from steerguide.toyworld.assets import base_model_path
-
-    return path.resolve() == base_model_path().resolve()
+    """"toy", or a path to the toy world's shipped base model (what a toy tuning writes into its preset)."""
+    found = named_base(base)
+    return found is not None and found[0] == "toy"
 
 
 def _label(config) -> str:

@@ -1,4 +1,5 @@
-"""Is a toy personalization in the paper's regime? The calibration criterion of the toy recipes.
+"""Is a toy personalization in the paper's regime? The calibration criterion (`steerguide.train.criterion`)
+measured on the toy world, which chose the toy recipes.
 
 Fixed in advance and blind to guidance: the personalized model, sampled with CFG at w = 5 on its
 subject's evaluation prompts, must keep most of the prompt and get most, not all, of the subject:
@@ -15,61 +16,18 @@ Fidelity is measured as the toy benchmark measures it: mean cosine similarity to
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from steerguide.errors import UserError
+from steerguide.train.criterion import CRITERION, Calibration, Criterion, assess  # noqa: F401 (the toy check's)
 
 GUIDANCE_SCALE = 5.0
 SAMPLING_STEPS = 20
-FIDELITY_REFERENCES = 8  # as the toy benchmark (steerguide.evaluate.benchmarks.TOY_FIDELITY_REFERENCES)
+FIDELITY_REFERENCES = 8  # as the toy benchmark (steerguide.toyworld.benchmark.TOY_FIDELITY_REFERENCES)
 HELDOUT_SAMPLES = 32  # held-out renders (another draw of contexts) that F_heldout averages over
-
-
-@dataclass(frozen=True)
-class Criterion:
-    text_ratio_min: float = 0.80
-    fidelity_min: float = 0.35
-    fidelity_max: float = 0.85
-
-
-CRITERION = Criterion()
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """One personalization against the criterion (means over its subject's prompts x seeds)."""
-
-    text: float
-    text_base: float
-    fidelity: float
-    fidelity_base: float
-    fidelity_heldout: float
-    text_ratio: float
-    normalized_fidelity: float
-    passed: bool
-    why: str  # "" when passed; otherwise which bound is missed
-
-
-def assess(text: float, text_base: float, fidelity: float, fidelity_base: float, fidelity_heldout: float,
-           criterion: Criterion = CRITERION) -> Calibration:
-    """The criterion on five means; a ratio that cannot be formed (base text 0, held-out renders no
-    closer to the subject than base samples) is NaN and a miss."""
-    ratio = text / text_base if text_base > 0 else math.nan
-    span = fidelity_heldout - fidelity_base
-    normalized = (fidelity - fidelity_base) / span if span > 0 else math.nan
-    why = []
-    if not ratio >= criterion.text_ratio_min:
-        why.append(f"text ratio {ratio:.2f} < {criterion.text_ratio_min:.2f}")
-    if not normalized >= criterion.fidelity_min:
-        why.append(f"normalized fidelity {normalized:.2f} < {criterion.fidelity_min:.2f}")
-    elif not normalized <= criterion.fidelity_max:
-        why.append(f"normalized fidelity {normalized:.2f} > {criterion.fidelity_max:.2f}")
-    return Calibration(text, text_base, fidelity, fidelity_base, fidelity_heldout, ratio, normalized,
-                       not why, "; ".join(why))
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -169,8 +127,8 @@ class Measurer:
 def subject_for(folder: str | Path, subjects_file: str | Path | None = None):
     """The toy subject a trained folder was trained on (looked up in `subjects_file` when given)."""
     from steerguide import toyworld
+    from steerguide.toyworld.recipes import trained_subject
     from steerguide.train.results import read_record
-    from steerguide.train.toy import trained_subject
 
     record = read_record(folder)
     name = ((record.get("config") or {}).get("extra") or {}).get("toy_subject")

@@ -1,5 +1,5 @@
 """Toy-world personalization: a subject of `steerguide.toyworld` with defaults tuned for a 2-core CPU,
-and the fidelity check of a trained subject (`python -m steerguide.train.toy DIR...`)."""
+and the fidelity check of a trained subject (`python -m steerguide.toyworld.recipes DIR...`)."""
 
 from __future__ import annotations
 
@@ -81,6 +81,12 @@ def toy_config(subject: str, method: str = "lora", subjects_file: str | Path | N
     values.update(TOY_DEFAULTS.get(overrides.get("method", method), {}))
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def identity(method: str) -> dict:
+    """What of the recipe a sweep's cache key hashes: only the defaults of the method trained, so that
+    recalibrating another method keeps caches (and the shipped personalizations) valid."""
+    return {"toy": {"defaults": {method: TOY_DEFAULTS.get(method, {})}, "common": TOY_COMMON}}
 
 
 def trained_subject(record: dict[str, Any]):
