@@ -4,8 +4,8 @@ on validation renders.
 The criterion is the one `steerguide toyworld check-personalization` applies (text >= 0.80 x the base
 model's, normalized fidelity in [0.35, 0.85] at CFG w = 5), measured here on what the check never looks
 at, so that the check stays a held-out measurement of a personalization trained under this rule:
-- prompts: captions of `VALIDATION_PROMPTS` new contexts of the subject (background, position, size and
-  second object drawn at random where the photos never were), none of them an evaluation prompt;
+- prompts: `VALIDATION_PROMPTS` prompts of the evaluation prompts' kinds (a second object, a recoloring,
+  a new background and position), drawn apart from them: none of them an evaluation prompt;
 - fidelity references and held-out renders: other draws (`REFERENCE_DRAW`, `HELDOUT_DRAW`) than the
   check's.
 A miss on fidelity alone (too little of the subject, the prompt kept) can be helped by more steps; a
@@ -17,14 +17,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from steerguide.errors import UserError
 from steerguide.toyworld.calibration import GUIDANCE_SCALE, SAMPLING_STEPS
 from steerguide.train.criterion import assess, more_steps_can_help
 from steerguide.train.stopping import Check
 
 VALIDATION_PROMPTS = 8
-VALIDATION_SEEDS = 2
-VALIDATION_DRAW = 7  # `Subject.heldout_specs` seed of the validation contexts
+VALIDATION_SEEDS = 4  # as the check
+VALIDATION_DRAW = 7  # the seed of the validation prompts' draw
 REFERENCE_DRAW = 2  # ... of the fidelity references (the check uses draw 0)
 HELDOUT_DRAW = 3  # ... of the held-out renders that F_heldout averages over (the check uses draw 1)
 REFERENCES = 8
@@ -32,17 +34,31 @@ HELDOUT_SAMPLES = 32
 
 
 def validation_prompts(subject) -> list[str]:
-    from steerguide.toyworld.world import caption
+    """Prompts of the evaluation's kinds, none of them an evaluation prompt: two second objects and two
+    recolorings (other colors and shapes than the evaluation's), then new background + position pairs
+    (every other one with a size), drawn with another seed."""
+    from steerguide.toyworld.world import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, Spec, caption
 
-    prompts: list[str] = []
     evaluation = set(subject.eval_prompts())
-    # the subject's own look is what is learned: its color and pattern are not asked for; a context drawn
-    # twice is asked once, and none that the evaluation asks for
-    for spec in subject.heldout_specs(8 * VALIDATION_PROMPTS, seed=VALIDATION_DRAW):
-        prompt = caption(spec, drop=frozenset({"color", "pattern"}))
-        if prompt not in prompts and prompt not in evaluation:
-            prompts.append(prompt)
-    return prompts[:VALIDATION_PROMPTS]
+    rng = np.random.default_rng([VALIDATION_DRAW, *subject.token.encode()])
+    base = Spec(shape=subject.class_noun, token=subject.token)
+    others = [(str(c), str(s)) for c in COLORS for s in SHAPES if s != subject.class_noun]
+    seconds = [base.replace(second=others[int(i)]) for i in rng.permutation(len(others))]
+    recolored = [base.replace(color=str(c)) for c in rng.permutation(list(COLORS))]
+    new_bgs = [b for b in BACKGROUNDS if b not in subject.photo_backgrounds]
+    new_pos = [p for p in POSITIONS if p not in subject.photo_positions]
+    pairs = [(b, p) for b in new_bgs for p in new_pos]
+    placed = [base.replace(background=b, position=p, size=None if k % 2 else SIZES[int(rng.integers(2))])
+              for k, (b, p) in enumerate(pairs[int(i)] for i in rng.permutation(len(pairs)))]
+    prompts: list[str] = []
+    for specs, n in ((seconds, 2), (recolored, 2), (placed, VALIDATION_PROMPTS - 4)):
+        taken = 0
+        for spec in specs:
+            prompt = caption(spec)
+            if taken < n and prompt not in evaluation and prompt not in prompts:
+                prompts.append(prompt)
+                taken += 1
+    return prompts
 
 
 class Calibrated:
