@@ -100,15 +100,12 @@ class Calibrated:
         return float(text), float(sum(fidelity) / len(fidelity))
 
     def check(self, folder: Path) -> Check:
-        from diffusers.utils import logging as dlogging
-
         from steerguide import toyworld
+        from steerguide.quiet import libraries_quieted
         from steerguide.train.results import load_trained
 
         references = self.subject.heldout_images(REFERENCES, seed=REFERENCE_DRAW)
-        bars = dlogging.is_progress_bar_enabled()
-        dlogging.disable_progress_bar()
-        try:
+        with libraries_quieted():  # no "Loading pipeline components" bars inside the training's output
             pipe, record = load_trained(folder)
             sampled = [p.replace(self.subject.token, record["token"]) for p in self.prompts] \
                 if record["token"] != self.subject.token else self.prompts
@@ -119,9 +116,6 @@ class Calibrated:
                 heldout = self.subject.heldout_images(HELDOUT_SAMPLES, seed=HELDOUT_DRAW)
                 f_heldout = self.judges()[1].fidelity(heldout, references)
                 self._base = (text_base, fidelity_base, float(sum(f_heldout) / len(f_heldout)))
-        finally:
-            if bars:
-                dlogging.enable_progress_bar()
         text_base, fidelity_base, fidelity_heldout = self._base
         result = assess(text, text_base, fidelity, fidelity_base, fidelity_heldout)
         more_helps = more_steps_can_help(result)
