@@ -31,6 +31,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 LIVE_CLASSES = frozenset({"cat", "dog"})
 
 
+
+def without_token(prompt: str, token: str) -> str:
+    """The prompt as a text-alignment metric should read it: without the unique token, which a pretrained
+    CLIP text encoder does not know ("a sks dog in the snow" -> "a dog in the snow")."""
+    return re.sub(rf"\s*\b{re.escape(token)}\b", "", prompt).strip()
+
 @dataclass
 class BenchSubject:
     """One subject: what to personalize on and what to score against.
@@ -74,9 +80,7 @@ class BenchSubject:
         return self.reference_images()
 
     def text_prompt(self, prompt: str) -> str:
-        """The prompt as a text-alignment metric should read it: without the unique token, which a
-        pretrained CLIP text encoder does not know ("a sks dog in the snow" -> "a dog in the snow")."""
-        return re.sub(rf"\s*\b{re.escape(self.token)}\b", "", prompt).strip()
+        return without_token(prompt, self.token)
 
 
 @dataclass

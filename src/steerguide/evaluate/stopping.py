@@ -19,17 +19,11 @@ from pathlib import Path
 
 from steerguide.errors import UserError
 from steerguide.evaluate.metrics import DEFAULT_MODELS
-from steerguide.train.criterion import assess, more_steps_can_help
-from steerguide.train.stopping import Check, register_rule
+from steerguide.train.criterion import assess
+from steerguide.train.stopping import Check, criterion_check, register_rule
 
 VALIDATION_CONTEXTS = ("on the beach", "in the snow", "on a wooden kitchen table", "in front of a red brick wall")
 VALIDATION_SEEDS = 2
-
-
-def _without_token(prompt: str, token: str) -> str:
-    import re
-
-    return re.sub(rf"\s*\b{re.escape(token)}\b", "", prompt).strip()
 
 
 def _mean(values) -> float:
@@ -58,14 +52,18 @@ class DreamBenchRule:
         check_available("CLIP", clip, "clip_t")
         self.config = config
         self.dino, self.clip_t = DinoMetric(dino), ClipTextMetric(clip)
+        self._photos = None  # their DINO embeddings, once
         self._base: tuple[float, float, float] | None = None
 
-    def prompts(self, record: dict) -> tuple[list[str], list[str]]:
-        """(as sampled, as CLIP-T reads them) for each validation context."""
+    @staticmethod
+    def prompts(record: dict) -> tuple[list[str], list[str], list[str]]:
+        """Per validation context: as the personalized model samples it (its token), as the user wrote it
+        (what the base model samples), and as CLIP-T reads it (no rare token)."""
+        from steerguide.evaluate.benchmarks import without_token
+
         sampled = [f"{record['instance_prompt']} {c}" for c in VALIDATION_CONTEXTS]
-        judged = [_without_token(f"{record['config']['instance_prompt']} {c}", record["user_token"])
-                  for c in VALIDATION_CONTEXTS]
-        return sampled, judged
+        user = [f"{record['config']['instance_prompt']} {c}" for c in VALIDATION_CONTEXTS]
+        return sampled, user, [without_token(p, record["user_token"]) for p in user]
 
     def _scores(self, pipe, sampled: list[str], judged: list[str], record: dict, photos) -> tuple[float, float]:
         from steerguide.train.validation import sample
@@ -85,26 +83,21 @@ class DreamBenchRule:
 
         pipe, record = load_trained(folder)
         pipe.set_progress_bar_config(disable=True)  # the training's bar and this line are the progress shown
-        photos = self.dino.prepare(self.photos)
-        sampled, judged = self.prompts(record)
+        if self._photos is None:
+            self._photos = self.dino.prepare(self.photos)
+        photos = self._photos
+        sampled, user, judged = self.prompts(record)
         text, fidelity = self._scores(pipe, sampled, judged, record, photos)
         if self._base is None:
             base = DiffusionPipeline.from_pretrained(record["base"])
             base.set_progress_bar_config(disable=True)
-            plain = [_without_token(p, record["user_token"]) for p in
-                     (f"{record['config']['instance_prompt']} {c}" for c in VALIDATION_CONTEXTS)]
             # the base model reads the user's words (its tokenizer knows no new token)
-            text_base, fidelity_base = self._scores(base, [f"{record['config']['instance_prompt']} {c}"
-                                                           for c in VALIDATION_CONTEXTS], plain, record, photos)
+            text_base, fidelity_base = self._scores(base, user, judged, record, photos)
             others = [mean_cosine(photos[i:i + 1], photos[[j for j in range(len(photos)) if j != i]])[0]
                       for i in range(len(photos))]
             self._base = (text_base, fidelity_base, _mean(others))
         text_base, fidelity_base, fidelity_photos = self._base
-        result = assess(text, text_base, fidelity, fidelity_base, fidelity_photos)
-        summary = (f"validation text ratio {result.text_ratio:.2f}, normalized fidelity "
-                   f"{result.normalized_fidelity:.2f}: " + ("holds" if result.passed else f"misses ({result.why})"))
-        row = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.__dict__.items() if k != "passed"}
-        return Check(result.passed, more_steps_can_help(result), summary, row)
+        return criterion_check(assess(text, text_base, fidelity, fidelity_base, fidelity_photos))
 
 
 register_rule("dreambench", DreamBenchRule)

@@ -21,8 +21,8 @@ import numpy as np
 
 from steerguide.errors import UserError
 from steerguide.toyworld.calibration import GUIDANCE_SCALE, SAMPLING_STEPS
-from steerguide.train.criterion import assess, more_steps_can_help
-from steerguide.train.stopping import Check
+from steerguide.train.criterion import assess
+from steerguide.train.stopping import Check, criterion_check
 
 VALIDATION_PROMPTS = 8
 VALIDATION_SEEDS = 4  # as the check
@@ -117,11 +117,5 @@ class Calibrated:
                 f_heldout = self.judges()[1].fidelity(heldout, references)
                 self._base = (text_base, fidelity_base, float(sum(f_heldout) / len(f_heldout)))
         text_base, fidelity_base, fidelity_heldout = self._base
-        result = assess(text, text_base, fidelity, fidelity_base, fidelity_heldout)
-        more_helps = more_steps_can_help(result)
-        summary = (f"validation text ratio {result.text_ratio:.2f}, normalized fidelity "
-                   f"{result.normalized_fidelity:.2f}: " + ("holds" if result.passed else f"misses ({result.why})"))
-        row = {k: round(v, 4) if isinstance(v, float) else v
-               for k, v in result.__dict__.items() if k not in ("passed",)}
-        return Check(result.passed, more_helps, summary, row)
+        return criterion_check(assess(text, text_base, fidelity, fidelity_base, fidelity_heldout))
 

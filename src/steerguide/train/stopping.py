@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +33,16 @@ class Check:
     more_helps: bool
     summary: str
     row: dict[str, Any] = field(default_factory=dict)
+
+
+def criterion_check(result) -> Check:
+    """The `Check` of a rule on the calibration criterion (`train.criterion.assess`'s result)."""
+    from steerguide.train.criterion import more_steps_can_help
+
+    summary = (f"validation text ratio {result.text_ratio:.2f}, normalized fidelity "
+               f"{result.normalized_fidelity:.2f}: " + ("holds" if result.passed else f"misses ({result.why})"))
+    row = {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(result).items() if k != "passed"}
+    return Check(result.passed, more_steps_can_help(result), summary, row)
 
 
 class StoppingRule(Protocol):
